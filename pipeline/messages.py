@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
@@ -435,3 +436,25 @@ def decode(model: type[M], raw: bytes | None) -> M:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a valid JSON number")
+
+
+# ---------------------------------------------------------------- tombstones
+# An empty value on a compacted topic deletes what its key named; these carry that key.
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTombstone:
+    rule_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileReset:
+    """The user's profile was deleted: documented defaults apply again."""
+
+    user_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PositionClosed:
+    user_id: str
+    symbol: str

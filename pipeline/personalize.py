@@ -12,9 +12,17 @@ from datetime import timedelta
 
 from pipeline.consolidation import Consolidator
 from pipeline.learning import RelevanceModel, RelevanceScore
-from pipeline.messages import Channel, Feedback, Notification, Priority, Profile, TriggeredAlert
+from pipeline.messages import (
+    Channel,
+    Feedback,
+    Notification,
+    Priority,
+    Profile,
+    ProfileReset,
+    TriggeredAlert,
+)
 
-UserInput = Profile | Feedback | TriggeredAlert
+UserInput = Profile | ProfileReset | Feedback | TriggeredAlert
 UserOutput = Notification | RelevanceScore
 
 RECENT_ALERTS_KEPT = 1000
@@ -23,16 +31,23 @@ DEFAULT_CHANNELS = [Channel.IN_APP]
 
 @dataclass
 class UserDesk:
-    user_id: str
+    """The state of one user; it learns its user id from the first item it is given."""
+
     window: timedelta = timedelta(seconds=60)
+    grace: timedelta = timedelta(seconds=5)
+    user_id: str = ""
     profile: Profile | None = None
     relevance: RelevanceModel = field(init=False)
     consolidator: Consolidator = field(init=False)
     recent_symbols: OrderedDict[str, str] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
-        self.relevance = RelevanceModel(self.user_id)
-        self.consolidator = Consolidator(self.user_id, window=self.window)
+        self._bind(self.user_id)
+
+    def _bind(self, user_id: str) -> None:
+        self.user_id = user_id
+        self.relevance = RelevanceModel(user_id)
+        self.consolidator = Consolidator(user_id, window=self.window, grace=self.grace)
 
     def channels_for(self, priority: Priority) -> list[Channel]:
         """The profile's channels for a priority; users with no profile get the in-app feed."""
@@ -42,11 +57,15 @@ class UserDesk:
 
     def process(self, batch: list[UserInput], now: float | None = None) -> list[UserOutput]:
         """Profiles first (they apply from the next event on), then feedback and alerts by ts."""
+        if not self.user_id and batch:
+            self._bind(batch[0].user_id)
         out: list[UserOutput] = []
         timed: list[Feedback | TriggeredAlert] = []
         for item in batch:
             if isinstance(item, Profile):
                 self.profile = item
+            elif isinstance(item, ProfileReset):
+                self.profile = None
             else:
                 timed.append(item)
         timed.sort(key=lambda item: item.ts if isinstance(item, Feedback) else item.triggered_at)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 
-from pipeline.messages import Rule
+from pipeline.messages import Rule, RuleTombstone
 
 
 def shard_of(symbol: str, shard_count: int) -> str:
@@ -23,17 +23,7 @@ def all_shards(shard_count: int) -> list[str]:
     return [f"shard-{index:04d}" for index in range(shard_count)]
 
 
-@dataclass(frozen=True, slots=True)
-class RuleUpsert:
-    rule: Rule
-
-
-@dataclass(frozen=True, slots=True)
-class RuleRemoval:
-    rule_id: str
-
-
-RuleChange = RuleUpsert | RuleRemoval
+RuleChange = Rule | RuleTombstone
 
 
 @dataclass
@@ -53,7 +43,7 @@ class RuleRouter:
             target = {shard_of(symbol, self.shard_count) for symbol in rule.scope}
         changes: list[tuple[str, RuleChange]] = []
         if rule is not None:
-            changes += [(shard, RuleUpsert(rule)) for shard in sorted(target)]
-        changes += [(shard, RuleRemoval(rule_id)) for shard in sorted(self.shards - target)]
+            changes += [(shard, rule) for shard in sorted(target)]
+        changes += [(shard, RuleTombstone(rule_id)) for shard in sorted(self.shards - target)]
         self.shards = target
         return changes

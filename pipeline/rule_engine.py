@@ -14,11 +14,18 @@ from datetime import datetime, timedelta
 
 from pipeline.conditions import MarketContext, Observation, evaluate_tree
 from pipeline.ids import alert_id
-from pipeline.messages import OptionsFlow, Position, Rule, Tick, TriggeredAlert
-from pipeline.routing import RuleChange, RuleRemoval, RuleUpsert
+from pipeline.messages import (
+    OptionsFlow,
+    Position,
+    PositionClosed,
+    Rule,
+    RuleTombstone,
+    Tick,
+    TriggeredAlert,
+)
 
 MarketEvent = Tick | OptionsFlow
-ShardInput = RuleChange | Position | MarketEvent
+ShardInput = Rule | RuleTombstone | Position | PositionClosed | MarketEvent
 
 
 @dataclass
@@ -54,12 +61,14 @@ class ShardEngine:
         """
         events: list[MarketEvent] = []
         for item in batch:
-            if isinstance(item, RuleUpsert):
-                self.upsert(item.rule)
-            elif isinstance(item, RuleRemoval):
+            if isinstance(item, Rule):
+                self.upsert(item)
+            elif isinstance(item, RuleTombstone):
                 self.remove(item.rule_id)
             elif isinstance(item, Position):
                 self.update_position(item)
+            elif isinstance(item, PositionClosed):
+                self.positions.pop((item.user_id, item.symbol), None)
             else:
                 events.append(item)
         events.sort(key=lambda event: event.ts)

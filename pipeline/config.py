@@ -1,0 +1,158 @@
+"""Configuration: a TOML file, overridden by environment variables; secrets only from the env.
+
+Precedence, highest first: ``SMART_ALERTS_<SECTION>__<KEY>`` variables (and the conventional
+``KAFKA_BOOTSTRAP_SERVERS``, ``DATABASE_URL``, ``REDIS_URL``), then the TOML file given with
+``--config`` (or ``SMART_ALERTS_CONFIG``), then the defaults below. docs/operations.md lists
+every key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from pipeline.messages import describe_validation_error
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Topics(_Section):
+    ticks: str = "market.ticks"
+    options_flow: str = "market.options_flow"
+    rules: str = "alerts.rules"
+    positions: str = "portfolio.positions"
+    feedback: str = "alerts.feedback"
+    profiles: str = "users.profiles"
+    triggered: str = "alerts.triggered"
+    notifications: str = "alerts.notifications"
+    dlq: str = "alerts.dlq"
+
+    def inputs(self) -> list[str]:
+        return [
+            self.rules,
+            self.profiles,
+            self.positions,
+            self.ticks,
+            self.options_flow,
+            self.feedback,
+        ]
+
+    def reference(self) -> list[str]:
+        """Compacted topics read to their end before market data flows."""
+        return [self.rules, self.profiles, self.positions]
+
+
+class Partitions(_Section):
+    market: int = Field(6, ge=1)
+    reference: int = Field(3, ge=1)
+    feedback: int = Field(3, ge=1)
+    outputs: int = Field(6, ge=1)
+
+
+class Engine(_Section):
+    shard_count: int = Field(64, ge=1, le=65536)
+    window_seconds: int = Field(60, ge=1, le=86400)
+    grace_seconds: int = Field(5, ge=0, le=3600)
+    epoch_ms: int = Field(500, ge=10, le=60000)
+    batch_size: int = Field(2000, ge=1)
+    workers_per_process: int = Field(1, ge=1)
+    process_id: int | None = None
+    addresses: list[str] | None = None
+
+
+class Recovery(_Section):
+    directory: Path | None = None
+    snapshot_seconds: float = Field(10.0, gt=0)
+    backup_seconds: float = Field(0.0, ge=0)
+
+
+class InApp(_Section):
+    stream_maxlen: int = Field(1000, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SMART_ALERTS_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    kafka_bootstrap_servers: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "kafka_bootstrap_servers",
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "SMART_ALERTS_KAFKA_BOOTSTRAP_SERVERS",
+        ),
+    )
+    database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("database_url", "DATABASE_URL", "SMART_ALERTS_DATABASE_URL"),
+    )
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("redis_url", "REDIS_URL", "SMART_ALERTS_REDIS_URL")
+    )
+    topics: Topics = Field(default_factory=Topics)
+    partitions: Partitions = Field(default_factory=Partitions)
+    engine: Engine = Field(default_factory=Engine)
+    recovery: Recovery = Field(default_factory=Recovery)
+    in_app: InApp = Field(default_factory=InApp)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment beats the file: the file is passed as init kwargs, so order them.
+        return env_settings, init_settings
+
+    def require_servers(self) -> tuple[str, str, str]:
+        missing = [
+            name
+            for name, value in (
+                ("KAFKA_BOOTSTRAP_SERVERS", self.kafka_bootstrap_servers),
+                ("DATABASE_URL", self.database_url),
+                ("REDIS_URL", self.redis_url),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigError(
+                f"missing server configuration: {', '.join(missing)} "
+                "(set them in the environment or the config file, or use `smart-alerts demo`)"
+            )
+        assert self.kafka_bootstrap_servers and self.database_url and self.redis_url
+        return self.kafka_bootstrap_servers, self.database_url, self.redis_url
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read the TOML file (if any) and the environment into Settings, or raise ConfigError."""
+    if path is None and os.environ.get("SMART_ALERTS_CONFIG"):
+        path = Path(os.environ["SMART_ALERTS_CONFIG"])
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"bad configuration{where}: {describe_validation_error(exc)}") from exc

@@ -1,0 +1,332 @@
+"""The Bytewax wiring: the only module that imports bytewax.
+
+    kafka_in -> parse --(bad)--> alerts.dlq
+                  |-- rules -> route_rules (by rule id) --+
+                  |-- ticks, flow, positions (by shard) --+--> evaluate -> alerts
+                  |-- profiles, feedback (by user) -------+
+                                        alerts (by user) --+--> personalize
+                                                              -> notifications, scores
+
+Every step's logic is a plain class from this package; the operators here only key, route and
+hand batches to it. Sources and sinks are adapters around the plain readers and writers in
+``connectors/`` and ``sinks/``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from connectors.kafka import PartitionReader, SourceRecord, list_partitions
+from pipeline.config import Settings, Topics
+from pipeline.learning import RelevanceScore
+from pipeline.messages import (
+    DeadLetter,
+    Feedback,
+    Notification,
+    OptionsFlow,
+    Position,
+    PositionClosed,
+    Profile,
+    ProfileReset,
+    Rule,
+    RuleTombstone,
+    Tick,
+    TriggeredAlert,
+)
+from pipeline.parsing import ParsedItem, parse_record
+from pipeline.personalize import UserDesk, UserInput, UserOutput
+from pipeline.routing import RuleRouter, shard_of
+from pipeline.rule_engine import ShardEngine, ShardInput
+from sinks.inapp import NotificationSink
+from sinks.kafka import CheckedProducer, OutgoingRecord
+from sinks.postgres import HistoryWriter
+from sinks.redis_store import RelevanceStore
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------- input
+
+
+@dataclass
+class ReferenceGate:
+    """Holds market data back until this process has read the reference topics to their end.
+
+    Rules, profiles and positions present at start-up then apply before the first market event
+    (deterministic replays). The gate is per process: see docs/operations.md on scaling.
+    """
+
+    reference_topics: frozenset[str]
+    _pending: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def register(self, part: str) -> None:
+        with self._lock:
+            self._pending.add(part)
+
+    def reached_end(self, part: str) -> None:
+        with self._lock:
+            self._pending.discard(part)
+
+    @property
+    def open(self) -> bool:
+        with self._lock:
+            return not self._pending
+
+
+class _KafkaPartition(StatefulSourcePartition[SourceRecord, int]):
+    def __init__(self, reader: PartitionReader, gate: ReferenceGate, part: str, bounded: bool):
+        self._reader = reader
+        self._gate = gate
+        self._part = part
+        self._bounded = bounded
+        self._reference = reader.topic in gate.reference_topics
+        self._idle_until = 0.0
+        if self._reference:
+            gate.register(part)
+
+    def next_batch(self) -> list[SourceRecord]:
+        if not self._reference and not self._gate.open:
+            self._idle_until = time.monotonic() + 0.02
+            return []
+        batch = self._reader.next_batch()
+        if self._reader.at_end:
+            if self._reference:
+                self._gate.reached_end(self._part)
+            if self._bounded and not batch:
+                raise StopIteration
+        self._idle_until = 0.0 if batch else time.monotonic() + 0.01
+        return batch
+
+    def next_awake(self) -> datetime | None:
+        if self._idle_until <= time.monotonic():
+            return None
+        return datetime.now().astimezone() + timedelta(seconds=self._idle_until - time.monotonic())
+
+    def snapshot(self) -> int:
+        return self._reader.next_offset
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+class KafkaInput(FixedPartitionedSource[SourceRecord, int]):
+    """Every partition of the input topics; offsets are kept in Bytewax recovery snapshots."""
+
+    def __init__(self, settings: Settings, *, bounded: bool) -> None:
+        self._bootstrap = settings.require_servers()[0]
+        self._topics = settings.topics.inputs()
+        self._batch_size = settings.engine.batch_size
+        self._bounded = bounded
+        self._gate = ReferenceGate(frozenset(settings.topics.reference()))
+
+    def list_parts(self) -> list[str]:
+        return [f"{topic}#{p}" for topic, p in list_partitions(self._bootstrap, self._topics)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaPartition:
+        topic, _, partition = for_part.rpartition("#")
+        reader = PartitionReader(
+            self._bootstrap, topic, int(partition), resume_state, batch_size=self._batch_size
+        )
+        return _KafkaPartition(reader, self._gate, for_part, self._bounded)
+
+
+# ---------------------------------------------------------------- output
+
+
+class _WriterPartition(StatelessSinkPartition[T], Generic[T]):
+    def __init__(self, writer: Any, write: Callable[[Any, list[T]], None]) -> None:
+        self._writer = writer
+        self._write = write
+
+    def write_batch(self, items: list[T]) -> None:
+        if items:
+            self._write(self._writer, items)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class WriterSink(DynamicSink[T], Generic[T]):
+    """Adapts a plain writer (built once per worker) to a Bytewax sink."""
+
+    def __init__(self, build: Callable[[], Any], write: Callable[[Any, list[T]], None]) -> None:
+        self._build = build
+        self._write = write
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _WriterPartition[T]:
+        return _WriterPartition(self._build(), self._write)
+
+
+# ---------------------------------------------------------------- stateful steps
+
+
+class _ShardLogic(op.StatefulBatchLogic[ShardInput, TriggeredAlert, ShardEngine]):
+    def __init__(self, engine: ShardEngine) -> None:
+        self.engine = engine
+
+    def on_batch(self, values: list[ShardInput]) -> tuple[Iterable[TriggeredAlert], bool]:
+        return self.engine.process(values), op.StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> ShardEngine:
+        return self.engine
+
+
+class _DeskLogic(op.StatefulBatchLogic[UserInput, UserOutput, UserDesk]):
+    """Bounded runs close windows by event time and at EOF; live runs also by wall clock."""
+
+    def __init__(self, desk: UserDesk, bounded: bool) -> None:
+        self.desk = desk
+        self.bounded = bounded
+
+    def on_batch(self, values: list[UserInput]) -> tuple[Iterable[UserOutput], bool]:
+        now = None if self.bounded else time.time()
+        return self.desk.process(values, now), op.StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[UserOutput], bool]:
+        return self.desk.close_due(time.time()), op.StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[UserOutput], bool]:
+        return self.desk.close_all(), op.StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        deadline = None if self.bounded else self.desk.next_deadline()
+        return None if deadline is None else datetime.fromtimestamp(deadline, tz=UTC)
+
+    def snapshot(self) -> UserDesk:
+        return self.desk
+
+
+# ---------------------------------------------------------------- the flow
+
+
+@dataclass(frozen=True)
+class Writers:
+    """Factories of the plain writers; each worker builds its own (own connections)."""
+
+    kafka: Callable[[], CheckedProducer]
+    history: Callable[[], HistoryWriter]
+    notifications: Callable[[], NotificationSink]
+    relevance: Callable[[], RelevanceStore]
+
+
+def build_flow(settings: Settings, writers: Writers, *, bounded: bool) -> Dataflow:
+    """The whole job. ``bounded`` reads every input to its current end and then stops."""
+    topics = settings.topics
+    shards = settings.engine.shard_count
+    window = timedelta(seconds=settings.engine.window_seconds)
+    grace = timedelta(seconds=settings.engine.grace_seconds)
+    flow = Dataflow("smart_alerts")
+
+    raw = op.input("kafka_in", flow, KafkaInput(settings, bounded=bounded))
+    parsed = op.map("parse", raw, lambda record: parse_record(record, topics))
+    split = op.branch("split_dead_letters", parsed, lambda p: p.dead_letter is None)
+    good: Stream[ParsedItem] = op.map("valid", split.trues, lambda p: p.item)
+    dead: Stream[DeadLetter] = op.map("invalid", split.falses, lambda p: p.dead_letter)
+
+    # EVALUATE, keyed by shard: rules go to the shards of their symbols (all, for wildcards).
+    rule_changes = op.filter("rule_changes", good, lambda i: isinstance(i, Rule | RuleTombstone))
+    by_rule_id = op.key_on("key_by_rule", rule_changes, _rule_id)
+
+    def route(router: RuleRouter | None, change: Rule | RuleTombstone) -> tuple[RuleRouter, list]:
+        router = router or RuleRouter(shards)
+        rule = change if isinstance(change, Rule) else None
+        return router, router.route(_rule_id(change), rule)
+
+    routed = op.stateful_map("route_rules", by_rule_id, route)
+    rules_per_shard = op.flat_map("rules_to_shards", routed, lambda kv: kv[1])
+    market = op.filter_map("key_by_shard", good, lambda item: _shard_keyed(item, shards))
+    engine_in = op.merge("evaluate_in", rules_per_shard, market)
+    evaluated = op.stateful_batch(
+        "evaluate", engine_in, lambda resume: _ShardLogic(resume or ShardEngine())
+    )
+    alerts: Stream[TriggeredAlert] = op.map("alerts", evaluated, lambda kv: kv[1])
+
+    # PERSONALIZE, keyed by user: profiles, feedback and alerts meet in one UserDesk.
+    user_items = op.filter("user_items", good, lambda i: isinstance(i, USER_ITEM_TYPES))
+    desk_in = op.key_on("key_by_user", op.merge("desk_in", user_items, alerts), _user_id)
+    desk_out = op.stateful_batch(
+        "personalize",
+        desk_in,
+        lambda resume: _DeskLogic(resume or UserDesk(window=window, grace=grace), bounded),
+    )
+    personalized: Stream[UserOutput] = op.map("desk_out", desk_out, lambda kv: kv[1])
+    notifications = op.filter("notifications", personalized, _is(Notification))
+    scores = op.filter("scores", personalized, _is(RelevanceScore))
+
+    # Outputs: each writer is idempotent, so a replay after recovery rewrites the same rows.
+    kafka_items = op.merge("kafka_items", alerts, notifications, dead)
+    op.output(
+        "kafka_out",
+        op.map("to_records", kafka_items, lambda item: _to_record(item, topics)),
+        WriterSink(writers.kafka, CheckedProducer.write_batch),
+    )
+    history_items = op.merge(
+        "history_items",
+        rule_changes,
+        op.filter("profiles", good, _is(Profile)),
+        alerts,
+    )
+    op.output("history", history_items, WriterSink(writers.history, _write_history))
+    op.output(
+        "notify", notifications, WriterSink(writers.notifications, NotificationSink.write_batch)
+    )
+    op.output("relevance", scores, WriterSink(writers.relevance, RelevanceStore.write_batch))
+    return flow
+
+
+USER_ITEM_TYPES = (Profile, ProfileReset, Feedback)
+
+
+def _is(kind: type) -> Callable[[object], bool]:
+    return lambda item: isinstance(item, kind)
+
+
+def _rule_id(change: Rule | RuleTombstone) -> str:
+    return change.id if isinstance(change, Rule) else change.rule_id
+
+
+def _user_id(item: UserInput) -> str:
+    return item.user_id
+
+
+def _shard_keyed(item: ParsedItem, shards: int) -> tuple[str, ShardInput] | None:
+    if isinstance(item, Tick | Position | PositionClosed):
+        return shard_of(item.symbol, shards), item
+    if isinstance(item, OptionsFlow):
+        return shard_of(item.underlying, shards), item
+    return None
+
+
+def _to_record(item: TriggeredAlert | Notification | DeadLetter, topics: Topics) -> OutgoingRecord:
+    if isinstance(item, TriggeredAlert):
+        return OutgoingRecord(topics.triggered, item.user_id.encode(), item.to_json())
+    if isinstance(item, Notification):
+        return OutgoingRecord(topics.notifications, item.user_id.encode(), item.to_json())
+    key = item.key.encode() if item.key is not None else None
+    return OutgoingRecord(topics.dlq, key, item.to_json())
+
+
+def _write_history(writer: HistoryWriter, batch: list[Any]) -> None:
+    rules = [i for i in batch if isinstance(i, Rule)]
+    tombstones = [i.rule_id for i in batch if isinstance(i, RuleTombstone)]
+    profiles = [i for i in batch if isinstance(i, Profile)]
+    alerts = [i for i in batch if isinstance(i, TriggeredAlert)]
+    if rules:
+        writer.write_rules(rules)
+    if tombstones:
+        writer.delete_rules(tombstones)
+    if profiles:
+        writer.write_profiles(profiles)
+    if alerts:
+        writer.write_alerts(alerts)
