@@ -25,6 +25,8 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.recovery import RecoveryConfig
+from bytewax.run import cli_main
 
 from connectors.kafka import PartitionReader, SourceRecord, list_partitions
 from pipeline.config import Settings, Topics
@@ -50,7 +52,7 @@ from pipeline.rule_engine import ShardEngine, ShardInput
 from sinks.inapp import NotificationSink
 from sinks.kafka import CheckedProducer, OutgoingRecord
 from sinks.postgres import HistoryWriter
-from sinks.redis_store import RelevanceStore
+from sinks.redis_store import InAppFeed, RelevanceStore
 
 T = TypeVar("T")
 
@@ -330,3 +332,40 @@ def _write_history(writer: HistoryWriter, batch: list[Any]) -> None:
         writer.write_profiles(profiles)
     if alerts:
         writer.write_alerts(alerts)
+
+
+# ---------------------------------------------------------------- running
+
+
+def writers_for(settings: Settings) -> Writers:
+    bootstrap, database_url, redis_url = settings.require_servers()
+    maxlen = settings.in_app.stream_maxlen
+    return Writers(
+        kafka=lambda: CheckedProducer(bootstrap),
+        history=lambda: HistoryWriter(database_url),
+        notifications=lambda: NotificationSink(
+            HistoryWriter(database_url), InAppFeed(redis_url, maxlen=maxlen)
+        ),
+        relevance=lambda: RelevanceStore(redis_url),
+    )
+
+
+def run(settings: Settings, *, bounded: bool = False) -> None:
+    """Run the job in this process (one of ``engine.addresses`` when scaled out)."""
+    flow = build_flow(settings, writers_for(settings), bounded=bounded)
+    engine, recovery = settings.engine, settings.recovery
+    epoch = timedelta(milliseconds=engine.epoch_ms)
+    recovery_config = None
+    if recovery.directory is not None:
+        recovery_config = RecoveryConfig(
+            str(recovery.directory), timedelta(seconds=recovery.backup_seconds)
+        )
+        epoch = timedelta(seconds=recovery.snapshot_seconds)
+    cli_main(
+        flow,
+        workers_per_process=engine.workers_per_process,
+        process_id=engine.process_id,
+        addresses=engine.addresses,
+        epoch_interval=epoch,
+        recovery_config=recovery_config,
+    )

@@ -458,3 +458,20 @@ class ProfileReset:
 class PositionClosed:
     user_id: str
     symbol: str
+
+
+def message_key(message: BaseModel) -> str:
+    """The Kafka key of a message on its topic (ARCHITECTURE.md §4)."""
+    if isinstance(message, Tick):
+        return message.symbol
+    if isinstance(message, OptionsFlow):
+        return message.underlying
+    if isinstance(message, Rule):
+        return message.id
+    if isinstance(message, Position):
+        return f"{message.user_id}:{message.symbol}"
+    if isinstance(message, Feedback | Profile | TriggeredAlert | Notification):
+        return message.user_id
+    if isinstance(message, DeadLetter):
+        return message.key or ""
+    raise TypeError(f"no Kafka key defined for {type(message).__name__}")

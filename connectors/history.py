@@ -1,0 +1,53 @@
+"""Read side of the PostgreSQL history, for summaries, tools and tests."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import psycopg
+
+
+class HistoryReader:
+    def __init__(self, database_url: str) -> None:
+        self._conn = psycopg.connect(database_url, autocommit=True)
+
+    def __enter__(self) -> HistoryReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def alerts_per_rule(self) -> list[tuple[str, int]]:
+        """(rule wire id, alert count), by rule wire id."""
+        rows = self._conn.execute(
+            """
+            SELECT coalesce(r.external_id, t.rule_id::text), count(*)
+            FROM triggered_alerts t LEFT JOIN alert_rules r ON r.id = t.rule_id
+            GROUP BY 1 ORDER BY 1
+            """
+        ).fetchall()
+        return [(str(rule), int(count)) for rule, count in rows]
+
+    def notification_count(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM consolidated_alerts").fetchone()[0])
+
+    def delivery_count(self, channel: str, status: str = "DELIVERED") -> int:
+        row = self._conn.execute(
+            "SELECT count(*) FROM delivery_logs WHERE channel = %s AND status = %s",
+            (channel, status),
+        ).fetchone()
+        return int(row[0])
+
+    def user_ids_with_notifications(self) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT DISTINCT user_external_id FROM consolidated_alerts ORDER BY 1"
+        ).fetchall()
+        return [str(user) for (user,) in rows if user is not None]

@@ -1,0 +1,149 @@
+"""The ``smart-alerts`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from connectors.files import FileFormatError
+from pipeline import commands
+from pipeline.config import ConfigError, Settings, load_settings
+
+DESCRIPTION = """\
+VS-9 Smart Alerts: a streaming alert engine for options trading.
+
+Servers come from the config file (--config or SMART_ALERTS_CONFIG) and the environment
+(KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, REDIS_URL; SMART_ALERTS_<SECTION>__<KEY> for the
+rest). `demo` needs none: it starts its own broker, PostgreSQL and Redis.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smart-alerts",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    run = verbs.add_parser(
+        "run",
+        help="run the dataflow against the configured Kafka, PostgreSQL and Redis",
+        description="Run the job until stopped (SIGINT/SIGTERM). With [recovery] directory "
+        "set, state and input offsets are snapshotted there and a restart resumes.",
+    )
+    run.add_argument(
+        "--bounded",
+        action="store_true",
+        help="read every input topic to its current end, then stop (replays, batch runs)",
+    )
+    run.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics")
+
+    for name in ("demo", "dev"):
+        demo = verbs.add_parser(
+            name,
+            help="run the job on an embedded broker, PostgreSQL and Redis over bundled sample data"
+            + (" (same as demo)" if name == "dev" else ""),
+            description="Start the embedded stack, create topics, migrate, load example rules, "
+            "profiles and feedback, replay an hour of ticks and a few malformed messages, run "
+            "the dataflow and print a summary read back from Kafka, PostgreSQL and Redis.",
+        )
+        demo.add_argument(
+            "--state-dir",
+            type=Path,
+            default=Path(".state/demo"),
+            help="where the embedded servers keep their data and logs (default: .state/demo)",
+        )
+
+    verbs.add_parser("migrate", help="apply the SQL migrations in sql/ that are not yet applied")
+
+    topics = verbs.add_parser("topics", help="manage Kafka topics")
+    topic_verbs = topics.add_subparsers(dest="topics_verb", required=True, metavar="ACTION")
+    topic_verbs.add_parser(
+        "create", help="create the input and output topics (partitions from [partitions])"
+    )
+
+    rules = verbs.add_parser("rules", help="manage alert rules")
+    rule_verbs = rules.add_subparsers(dest="rules_verb", required=True, metavar="ACTION")
+    apply = rule_verbs.add_parser("apply", help="validate a JSON list of rules and publish them")
+    apply.add_argument("file", type=Path)
+
+    replay = verbs.add_parser(
+        "replay", help="publish a Parquet/CSV/JSON/JSONL file to an input topic, validated"
+    )
+    replay.add_argument("file", type=Path)
+    replay.add_argument(
+        "--topic",
+        required=True,
+        help="input topic, by name or config key: ticks, options_flow, rules, positions, "
+        "feedback, profiles",
+    )
+
+    schemas = verbs.add_parser("schemas", help="JSON Schemas of the messages")
+    schema_verbs = schemas.add_subparsers(dest="schemas_verb", required=True, metavar="ACTION")
+    export = schema_verbs.add_parser("export", help="write docs/schemas/<topic>.schema.json")
+    export.add_argument("--dir", type=Path, default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return _dispatch(args)
+    except (ConfigError, commands.CommandError, FileFormatError) as exc:
+        print(f"smart-alerts: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("smart-alerts: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.verb in ("demo", "dev"):
+        from pipeline.demo import run_demo
+
+        run_demo(args.state_dir, config=args.config)
+        return 0
+    if args.verb == "schemas":
+        from pipeline.schemas import SCHEMA_DIR, export
+
+        for path in export(args.dir or SCHEMA_DIR):
+            print(path)
+        return 0
+    settings = load_settings(args.config)
+    if args.verb == "run":
+        return _run(settings, args)
+    if args.verb == "migrate":
+        commands.run_migrations(settings)
+    elif args.verb == "topics":
+        commands.topics_create(settings)
+    elif args.verb == "rules":
+        commands.rules_apply(settings, args.file)
+    elif args.verb == "replay":
+        commands.replay(settings, args.file, args.topic)
+    return 0
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.dataflow import run
+
+    settings.require_servers()
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port)
+    run(settings, bounded=args.bounded)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

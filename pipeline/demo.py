@@ -1,0 +1,117 @@
+"""``smart-alerts demo``: the real job on the embedded stack, over the bundled sample.
+
+Starts the broker, PostgreSQL and Redis (or uses the servers named in the environment), creates
+the topics, migrates, loads the example rules, profiles and feedback, replays an hour of market
+ticks plus a few malformed messages, runs the dataflow to the end of its input and prints what
+it did, read back from where it was written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from connectors.embedded import stack_from_env_or_embedded
+from connectors.history import HistoryReader
+from pipeline import commands
+from pipeline.commands import Echo, Summary, publish, read_topic
+from pipeline.config import Settings, load_settings
+from pipeline.messages import Feedback, Profile, Rule, Tick
+from sinks.kafka import CheckedProducer
+from sinks.redis_store import InAppFeed, RelevanceStore
+
+SAMPLES = Path(__file__).parent / "samples"
+DEMO_WINDOW_SECONDS = 300
+
+
+def run_demo(state_dir: Path, echo: Echo = print, config: Path | None = None) -> Summary:
+    with stack_from_env_or_embedded(state_dir) as urls:
+        echo(f"stack: kafka {urls.kafka_bootstrap} | {urls.database_url} | {urls.redis_url}")
+        settings = load_settings(
+            config,
+            kafka_bootstrap_servers=urls.kafka_bootstrap,
+            database_url=urls.database_url,
+            redis_url=urls.redis_url,
+            engine={"window_seconds": DEMO_WINDOW_SECONDS},
+        )
+        return run_demo_on(settings, echo)
+
+
+def run_demo_on(settings: Settings, echo: Echo = print) -> Summary:
+    from pipeline.dataflow import run
+
+    commands.topics_create(settings, echo)
+    commands.run_migrations(settings, echo)
+    produced = load_sample(settings, echo)
+    echo("running the dataflow over the sample ...")
+    started = time.monotonic()
+    run(settings, bounded=True)
+    echo(f"dataflow finished in {time.monotonic() - started:.1f} s")
+    summary = summarize(settings, produced)
+    echo(summary.render())
+    return summary
+
+
+def load_sample(settings: Settings, echo: Echo) -> Counter[str]:
+    topics = settings.topics
+    producer = CheckedProducer(settings.require_servers()[0])
+    produced: Counter[str] = Counter()
+    try:
+        for topic, model, name in (
+            (topics.rules, Rule, "rules.json"),
+            (topics.profiles, Profile, "profiles.json"),
+            (topics.feedback, Feedback, "feedback.jsonl"),
+            (topics.ticks, Tick, "ticks.csv"),
+        ):
+            messages = commands.load_messages(SAMPLES / name, model)
+            produced[topic] += publish(producer, topic, messages, echo=echo)
+    finally:
+        producer.close()
+    produced["malformed"] = commands.produce_raw(settings, SAMPLES / "bad_messages.jsonl")
+    echo("loaded sample: " + ", ".join(f"{n} {topic}" for topic, n in produced.items()))
+    return produced
+
+
+def summarize(settings: Settings, produced: Counter[str]) -> Summary:
+    bootstrap, database_url, redis_url = settings.require_servers()
+    topics = settings.topics
+    summary = Summary()
+    for topic in topics.inputs():
+        summary.add(f"events read: {topic}", produced.get(topic, 0), f"kafka {topic}")
+    summary.add("malformed messages sent", produced.get("malformed", 0), "(inputs above)")
+
+    with HistoryReader(database_url) as history:
+        per_rule = history.alerts_per_rule()
+        for rule_id, count in per_rule:
+            summary.add(f"alerts: {rule_id}", count, "postgres triggered_alerts")
+        summary.add("alerts triggered", sum(c for _, c in per_rule), "postgres triggered_alerts")
+        summary.add("notifications", history.notification_count(), "postgres consolidated_alerts")
+        summary.add("in-app deliveries", history.delivery_count("in_app"), "postgres delivery_logs")
+        users = history.user_ids_with_notifications()
+
+    summary.add("alerts on topic", len(read_topic(bootstrap, topics.triggered)), topics.triggered)
+    summary.add(
+        "notifications on topic",
+        len(read_topic(bootstrap, topics.notifications)),
+        topics.notifications,
+    )
+    summary.add("dead letters", len(read_topic(bootstrap, topics.dlq)), f"kafka {topics.dlq}")
+
+    feed = InAppFeed(redis_url)
+    relevance = RelevanceStore(redis_url)
+    try:
+        entries = sum(len(feed.entries(user)) for user in users)
+        summary.add("in-app feed entries", entries, "redis sa:inapp:{user}")
+        scores: dict[str, Any] = {}
+        for user in ("u-alice", "u-carol"):
+            for name, value in relevance.read(user).items():
+                if not name.startswith("updated_at"):
+                    scores[f"{user} {name}"] = round(value, 3)
+        for name, value in sorted(scores.items()):
+            summary.add(f"relevance {name}", value, "redis sa:relevance:{user}")
+    finally:
+        feed.close()
+        relevance.close()
+    return summary
