@@ -407,9 +407,22 @@ class InvalidMessage(ValueError):
 def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_url=False):
-        where = ".".join(str(step) for step in error["loc"]) or "message"
+        where = ".".join(str(step) for step in _without_union_tags(error["loc"])) or "message"
         parts.append(f"{where}: {error['msg']}")
     return "; ".join(parts)
+
+
+def _without_union_tags(loc: tuple[int | str, ...]) -> list[int | str]:
+    """The path of an error as a person writes it: no union tags from the condition tree."""
+    leaf_tags = {model.model_fields["type"].annotation.__args__[0] for model in LEAF_CONDITIONS}
+    steps = list(loc)
+    kept = []
+    for index, step in enumerate(steps):
+        following = steps[index + 1] if index + 1 < len(steps) else None
+        if step in leaf_tags or (step in ("all", "any") and following == step):
+            continue
+        kept.append(step)
+    return kept
 
 
 def decode(model: type[M], raw: bytes | None) -> M:

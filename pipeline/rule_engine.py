@@ -9,6 +9,7 @@ time; ``once`` rules retire after firing; expired or inactive rules are not eval
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -157,11 +158,16 @@ def build_alert(rule: Rule, ctx: MarketContext, observations: list[Observation])
             if name in values and values[name] != value:
                 clashing.add(name)
             values.setdefault(name, value)
+    type_counts = Counter(observation.condition_type for observation in observations)
+    seen: Counter[str] = Counter()
+    for observation in observations:
+        kind = observation.condition_type
+        seen[kind] += 1
+        prefix = kind if type_counts[kind] == 1 else f"{kind}[{seen[kind]}]"
+        for name in clashing & observation.values.keys():
+            values[f"{prefix}.{name}"] = observation.values[name]
     for name in clashing:
         del values[name]
-        for observation in observations:
-            if name in observation.values:
-                values[f"{observation.condition_type}.{name}"] = observation.values[name]
     types = list(dict.fromkeys(observation.condition_type for observation in observations))
     return TriggeredAlert(
         alert_id=alert_id(rule.id, rule.version, ctx.ts, ctx.symbol),

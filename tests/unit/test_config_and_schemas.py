@@ -1,0 +1,45 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, load_settings
+from pipeline.schemas import TOPIC_MODELS, export, stale
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('database_url = "postgresql://file"\n[engine]\nwindow_seconds = 30\n')
+    monkeypatch.setenv("DATABASE_URL", "postgresql://env")
+    monkeypatch.setenv("SMART_ALERTS_ENGINE__SHARD_COUNT", "8")
+    settings = load_settings(config)
+    assert settings.database_url == "postgresql://env"
+    assert (settings.engine.window_seconds, settings.engine.shard_count) == (30, 8)
+
+
+def test_bad_configuration_names_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("[engine]\nwindow_seconds = 0\n")
+    with pytest.raises(ConfigError, match="engine.window_seconds"):
+        load_settings(config)
+    config.write_text("[engin]\n")
+    with pytest.raises(ConfigError, match="engin: Extra inputs"):
+        load_settings(config)
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "missing.toml")
+
+
+def test_missing_servers_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, REDIS_URL"):
+        load_settings().require_servers()
+
+
+def test_checked_in_schemas_match_the_models(tmp_path: Path) -> None:
+    assert stale() == [], "run `smart-alerts schemas export` and commit docs/schemas/"
+    export(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{topic}.schema.json" for topic in TOPIC_MODELS
+    )
+    (tmp_path / "market.ticks.schema.json").write_text("{}")
+    assert stale(tmp_path) == ["market.ticks"]

@@ -1,0 +1,28 @@
+from pipeline.messages import RuleTombstone
+from pipeline.routing import RuleRouter, all_shards, shard_of
+from tests.unit.helpers import rule
+
+LEVEL = {"type": "price_above", "threshold": 1}
+
+
+def test_shard_of_is_stable_and_in_range() -> None:
+    assert shard_of("AAPL", 64) == shard_of("AAPL", 64)
+    assert shard_of("AAPL", 64) in all_shards(64)
+    assert len({shard_of(f"S{i}", 8) for i in range(200)}) == 8
+
+
+def test_rule_goes_to_its_symbols_shards_and_leaves_old_ones() -> None:
+    router = RuleRouter(64)
+    first = router.route("r-1", rule(LEVEL, symbol="AAPL"))
+    assert [(s, type(c).__name__) for s, c in first] == [(shard_of("AAPL", 64), "Rule")]
+    moved = router.route("r-1", rule(LEVEL, symbol="MSFT", version=2))
+    assert (shard_of("MSFT", 64), "Rule") in [(s, type(c).__name__) for s, c in moved]
+    assert (shard_of("AAPL", 64), RuleTombstone("r-1")) in moved
+
+
+def test_wildcard_rule_is_broadcast_and_tombstone_removes_it_everywhere() -> None:
+    router = RuleRouter(4)
+    assert len(router.route("r-1", rule(LEVEL, symbol=None))) == 4
+    removed = router.route("r-1", None)
+    assert sorted(removed) == [(s, RuleTombstone("r-1")) for s in all_shards(4)]
+    assert router.route("r-1", None) == []
