@@ -1,0 +1,30 @@
+# The two commands of the README, and what they need.
+#   make demo   run the job on the embedded stack over the bundled sample and print a summary
+#   make test   run the whole test suite (starts its own broker, PostgreSQL and Redis)
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/smart-alerts demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy pipeline connectors sinks
+
+clean:
+	rm -rf $(VENV) .state .pytest_cache
