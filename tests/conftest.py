@@ -20,3 +20,36 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUrls]:
     """Kafka, PostgreSQL and Redis URLs, shared by the whole test session."""
     with stack_from_env_or_embedded(tmp_path_factory.mktemp("stack")) as urls:
         yield urls
+
+
+@pytest.fixture(scope="module")
+def database_url(stack: StackUrls, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, migrated database for one test module, on the stack's PostgreSQL server.
+
+    Created with CREATE DATABASE next to the stack's database, migrated with
+    ``sinks.migrations.migrate``, dropped after the module.
+    """
+    import re
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    from sinks.migrations import migrate
+
+    module = re.sub(r"[^a-z0-9]+", "_", request.module.__name__.rsplit(".", 1)[-1].lower())
+    name = f"t_{module[:40]}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(stack.database_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(stack.database_url)
+    if parts.scheme in ("postgres", "postgresql"):  # keep the URL form for URL readers
+        url = urlunsplit(parts._replace(path=f"/{name}"))
+    else:
+        url = make_conninfo(stack.database_url, dbname=name)
+    try:
+        migrate(url, log=lambda _line: None)
+        yield url
+    finally:
+        with psycopg.connect(stack.database_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
