@@ -1,0 +1,625 @@
+"""The PostgreSQL history writer (plain Python: the dataflow wraps it in a sink).
+
+Every write is idempotent, because Bytewax recovery replays output after a crash: rows are keyed
+by deterministic ids (``pipeline.ids.storage_uuid`` of the wire ids, see sql/001_initial.sql) and
+written with upserts. Each call is one transaction on the writer's single connection; when the
+connection is lost the writer reconnects once and runs the whole batch again (safe for the same
+reason), otherwise it raises.
+
+Upserts skip rows whose content is unchanged (``IS DISTINCT FROM`` guards), so a replay neither
+bumps ``updated_at`` nor leaves dead tuples behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import datetime, time
+from types import TracebackType
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import Jsonb
+
+from pipeline.ids import NAMESPACE, storage_uuid
+from pipeline.learning import RelevanceScore
+from pipeline.messages import Notification, Profile, Rule, TriggeredAlert, iter_conditions
+
+log = logging.getLogger("smart_alerts.postgres")
+
+APPLICATION_NAME = "smart-alerts-history"
+MAX_ERROR_LENGTH = 4000
+# decimal(15, 4): at most 11 digits before the point.
+MAX_THRESHOLD = 10**11
+PRIORITY_ORDER = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
+
+T = TypeVar("T")
+
+# ---------------------------------------------------------------- statements
+
+UPSERT_RULE = """
+INSERT INTO alert_rules AS r (
+    id, external_id, user_id, user_external_id, name, symbol, symbols, priority, is_active,
+    cooldown_minutes, cooldown_seconds, expires_at, version, mode, channels, conditions)
+VALUES (%s, %s, %s, %s, %s, %s, %s::text[], %s, %s, %s, %s, %s, %s, %s, %s::text[], %s)
+ON CONFLICT (id) DO UPDATE SET
+    external_id = EXCLUDED.external_id, user_id = EXCLUDED.user_id,
+    user_external_id = EXCLUDED.user_external_id, name = EXCLUDED.name,
+    symbol = EXCLUDED.symbol, symbols = EXCLUDED.symbols, priority = EXCLUDED.priority,
+    is_active = EXCLUDED.is_active, cooldown_minutes = EXCLUDED.cooldown_minutes,
+    cooldown_seconds = EXCLUDED.cooldown_seconds, expires_at = EXCLUDED.expires_at,
+    version = EXCLUDED.version, mode = EXCLUDED.mode, channels = EXCLUDED.channels,
+    conditions = EXCLUDED.conditions, deleted_at = NULL, updated_at = now()
+WHERE r.deleted_at IS NOT NULL
+   OR (r.external_id, r.user_id, r.user_external_id, r.name, r.symbol, r.symbols, r.priority,
+       r.is_active, r.cooldown_minutes, r.cooldown_seconds, r.expires_at, r.version, r.mode,
+       r.channels, r.conditions)
+      IS DISTINCT FROM
+      (EXCLUDED.external_id, EXCLUDED.user_id, EXCLUDED.user_external_id, EXCLUDED.name,
+       EXCLUDED.symbol, EXCLUDED.symbols, EXCLUDED.priority, EXCLUDED.is_active,
+       EXCLUDED.cooldown_minutes, EXCLUDED.cooldown_seconds, EXCLUDED.expires_at,
+       EXCLUDED.version, EXCLUDED.mode, EXCLUDED.channels, EXCLUDED.conditions)
+RETURNING r.id
+"""
+
+DELETE_CONDITIONS = "DELETE FROM alert_conditions WHERE rule_id = ANY(%s)"
+
+INSERT_CONDITION = """
+INSERT INTO alert_conditions (
+    id, rule_id, position, condition_type, threshold, comparison, time_window_minutes, params)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+"""
+
+TOMBSTONE_RULES = """
+UPDATE alert_rules SET deleted_at = now(), is_active = false, updated_at = now()
+WHERE id = ANY(%s) AND deleted_at IS NULL
+"""
+
+# An alert may arrive before its rule (another topic, another worker): a placeholder row keeps
+# the foreign key; the rule, when it arrives, overwrites it. Never touches an existing rule.
+PLACEHOLDER_RULE = """
+INSERT INTO alert_rules (id, external_id, user_id, user_external_id, version)
+VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT DO NOTHING
+"""
+
+INSERT_ALERT = """
+INSERT INTO triggered_alerts (
+    id, external_id, rule_id, rule_version, user_id, user_external_id, symbol, priority,
+    title, message, triggered_at, condition_types, "values")
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s)
+ON CONFLICT (id) DO NOTHING
+"""
+
+UPSERT_NOTIFICATION = """
+INSERT INTO consolidated_alerts AS c (
+    id, external_id, user_id, user_external_id, alert_ids, consolidated_title,
+    consolidated_message, highest_priority, channels, window_start, window_end)
+VALUES (%s, %s, %s, %s, %s::uuid[], %s, %s, %s, %s::text[], %s, %s)
+ON CONFLICT (id) DO UPDATE SET
+    external_id = EXCLUDED.external_id, user_id = EXCLUDED.user_id,
+    user_external_id = EXCLUDED.user_external_id, alert_ids = EXCLUDED.alert_ids,
+    consolidated_title = EXCLUDED.consolidated_title,
+    consolidated_message = EXCLUDED.consolidated_message,
+    highest_priority = EXCLUDED.highest_priority, channels = EXCLUDED.channels,
+    window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end, updated_at = now()
+WHERE (c.external_id, c.user_id, c.user_external_id, c.alert_ids, c.consolidated_title,
+       c.consolidated_message, c.highest_priority, c.channels, c.window_start, c.window_end)
+      IS DISTINCT FROM
+      (EXCLUDED.external_id, EXCLUDED.user_id, EXCLUDED.user_external_id, EXCLUDED.alert_ids,
+       EXCLUDED.consolidated_title, EXCLUDED.consolidated_message, EXCLUDED.highest_priority,
+       EXCLUDED.channels, EXCLUDED.window_start, EXCLUDED.window_end)
+"""
+
+UPSERT_PROFILE = """
+INSERT INTO user_alert_profiles AS p (
+    id, user_id, user_external_id, preferred_channels, quiet_hours_start, quiet_hours_end,
+    timezone, channels, digest_seconds, max_per_hour, min_relevance, destinations)
+VALUES (%s, %s, %s, %s::text[], %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (user_id) DO UPDATE SET
+    user_external_id = EXCLUDED.user_external_id,
+    preferred_channels = EXCLUDED.preferred_channels,
+    quiet_hours_start = EXCLUDED.quiet_hours_start, quiet_hours_end = EXCLUDED.quiet_hours_end,
+    timezone = EXCLUDED.timezone, channels = EXCLUDED.channels,
+    digest_seconds = EXCLUDED.digest_seconds, max_per_hour = EXCLUDED.max_per_hour,
+    min_relevance = EXCLUDED.min_relevance, destinations = EXCLUDED.destinations,
+    updated_at = now()
+WHERE (p.user_external_id, p.preferred_channels, p.quiet_hours_start, p.quiet_hours_end,
+       p.timezone, p.channels, p.digest_seconds, p.max_per_hour, p.min_relevance,
+       p.destinations)
+      IS DISTINCT FROM
+      (EXCLUDED.user_external_id, EXCLUDED.preferred_channels, EXCLUDED.quiet_hours_start,
+       EXCLUDED.quiet_hours_end, EXCLUDED.timezone, EXCLUDED.channels,
+       EXCLUDED.digest_seconds, EXCLUDED.max_per_hour, EXCLUDED.min_relevance,
+       EXCLUDED.destinations)
+"""
+
+# Two-level merge: {"symbol": {"AAPL": 0.62}} || patch, per dimension and key. The WHERE clause
+# skips a patch the row already contains (a replay).
+MERGE_RELEVANCE = """
+INSERT INTO user_alert_profiles AS p (id, user_id, user_external_id, relevance_scores)
+VALUES (%s, %s, %s, %s)
+ON CONFLICT (user_id) DO UPDATE SET
+    relevance_scores =
+        CASE WHEN jsonb_typeof(p.relevance_scores) = 'object'
+             THEN p.relevance_scores ELSE '{}'::jsonb END
+        || coalesce(
+            (SELECT jsonb_object_agg(
+                        patch.key,
+                        CASE WHEN jsonb_typeof(p.relevance_scores -> patch.key) = 'object'
+                             THEN p.relevance_scores -> patch.key ELSE '{}'::jsonb END
+                        || patch.value)
+             FROM jsonb_each(EXCLUDED.relevance_scores) AS patch),
+            '{}'::jsonb),
+    user_external_id = coalesce(p.user_external_id, EXCLUDED.user_external_id),
+    updated_at = now()
+WHERE NOT coalesce(p.relevance_scores @> EXCLUDED.relevance_scores, false)
+"""
+
+# The notification row must exist for the foreign key; the notification itself (written by
+# write_notifications, usually just before) fills it in.
+RECORD_DELIVERY = """
+WITH placeholder AS (
+    INSERT INTO consolidated_alerts (id, external_id, user_id, user_external_id)
+    VALUES (%(notification)s, %(notification_external)s, %(user)s, %(user_external)s)
+    ON CONFLICT DO NOTHING
+), recorded AS (
+    INSERT INTO delivery_logs (id, notification_id, channel, destination, status)
+    VALUES (%(id)s, %(notification)s, %(channel)s, %(destination)s, 'PENDING')
+    ON CONFLICT (notification_id, channel, destination) DO NOTHING
+    RETURNING status
+)
+SELECT status FROM recorded
+UNION ALL
+SELECT status FROM delivery_logs
+WHERE notification_id = %(notification)s AND channel = %(channel)s
+  AND destination = %(destination)s
+"""
+
+DELIVERY_STATUS = """
+SELECT status FROM delivery_logs
+WHERE notification_id = %s AND channel = %s AND destination = %s
+"""
+
+MARK_DELIVERED = """
+UPDATE delivery_logs SET
+    status = 'DELIVERED', delivered_at = now(), provider_message_id = %s,
+    attempts = attempts + 1, last_attempt_at = now(), next_attempt_at = NULL, updated_at = now()
+WHERE notification_id = %s AND channel = %s AND destination = %s AND status <> 'DELIVERED'
+RETURNING id
+"""
+
+MARK_FAILED = """
+UPDATE delivery_logs SET
+    status = %(status)s, error_message = %(error)s, attempts = attempts + 1,
+    retry_count = retry_count + %(retried)s, last_attempt_at = now(),
+    next_attempt_at = %(next_attempt_at)s, updated_at = now()
+WHERE notification_id = %(notification)s AND channel = %(channel)s
+  AND destination = %(destination)s AND status <> 'DELIVERED'
+RETURNING id
+"""
+
+
+class HistoryWriter:
+    """Writes rules, alerts, notifications, profiles, scores and deliveries to PostgreSQL."""
+
+    def __init__(self, database_url: str) -> None:
+        self._database_url = database_url
+        self._conn: psycopg.Connection | None = None
+        self._conn = self._connect()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def __enter__(self) -> HistoryWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _connect(self) -> psycopg.Connection:
+        options: dict[str, Any] = {"autocommit": False}
+        if "application_name" not in conninfo_to_dict(self._database_url):
+            options["application_name"] = APPLICATION_NAME
+        return psycopg.connect(self._database_url, **options)
+
+    def _transaction(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """Run ``work`` in one transaction; on a lost connection reconnect once and rerun it.
+
+        A deadlock or serialization failure is retried once too. Rows are written in key order
+        so that concurrent writers (one per worker) take row locks in the same order.
+        """
+        for attempt in (1, 2):
+            if self._conn is None or self._conn.closed:
+                self._conn = self._connect()
+            conn = self._conn
+            try:
+                result = work(conn)
+                conn.commit()
+                return result
+            except psycopg.errors.TransactionRollback as exc:  # deadlock, serialization
+                _rollback_quietly(conn)
+                if attempt == 2 or conn.broken or conn.closed:
+                    raise
+                log.warning("PostgreSQL rolled the batch back (%s); retrying it once", exc)
+            except psycopg.OperationalError as exc:
+                if attempt == 2 or not (conn.broken or conn.closed):
+                    _rollback_quietly(conn)
+                    raise
+                log.warning("PostgreSQL connection lost (%s); reconnecting to retry the batch", exc)
+                conn.close()
+                self._conn = None
+            except BaseException:
+                _rollback_quietly(conn)
+                raise
+        raise AssertionError("unreachable")
+
+    def _executemany(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+
+        def work(conn: psycopg.Connection) -> None:
+            with conn.cursor() as cur:
+                cur.executemany(statement, rows)
+
+        self._transaction(work)
+
+    # ------------------------------------------------------------ rules
+
+    def write_rules(self, rules: list[Rule]) -> None:
+        """Upsert rules (last one wins per id) and replace the leaf conditions of changed ones."""
+        latest = list(_last_per_key(rules, lambda rule: rule.id))
+        if not latest:
+            return
+        rows = sorted((_rule_row(rule) for rule in latest), key=_first)
+        by_uuid = {_key("rule", rule.id): rule for rule in latest}
+
+        def work(conn: psycopg.Connection) -> None:
+            with conn.cursor() as cur:
+                cur.executemany(UPSERT_RULE, rows, returning=True)
+                changed = _returned_ids(cur)
+                if not changed:
+                    return
+                cur.execute(DELETE_CONDITIONS, (changed,))
+                conditions = [row for key in changed for row in _condition_rows(by_uuid[key])]
+                if conditions:
+                    cur.executemany(INSERT_CONDITION, conditions)
+
+        self._transaction(work)
+
+    def delete_rules(self, rule_ids: list[str]) -> None:
+        """Tombstones: mark the rules deleted (deleted_at, is_active = false); rows stay."""
+        keys = sorted({_key("rule", rule_id) for rule_id in rule_ids})
+        if not keys:
+            return
+        self._transaction(lambda conn: conn.execute(TOMBSTONE_RULES, (keys,)))
+
+    # ------------------------------------------------------------ alerts, notifications
+
+    def write_alerts(self, alerts: list[TriggeredAlert]) -> None:
+        """Insert alerts once each (a replayed alert id is ignored)."""
+        if not alerts:
+            return
+        firsts: dict[str, TriggeredAlert] = {}
+        for alert in alerts:
+            firsts.setdefault(alert.rule_id, alert)
+        placeholders = sorted(
+            (_key("rule", a.rule_id), a.rule_id, _key("user", a.user_id), a.user_id, a.rule_version)
+            for a in firsts.values()
+        )
+        rows = [_alert_row(alert) for alert in alerts]
+
+        def work(conn: psycopg.Connection) -> None:
+            with conn.cursor() as cur:
+                cur.executemany(PLACEHOLDER_RULE, placeholders)
+                cur.executemany(INSERT_ALERT, rows)
+
+        self._transaction(work)
+
+    def write_notifications(self, notifications: list[Notification]) -> None:
+        """Upsert notifications: a re-emitted window (more alerts) updates its row."""
+        latest = _last_per_key(notifications, lambda n: n.notification_id)
+        rows = sorted((_notification_row(n) for n in latest), key=_first)
+        self._executemany(UPSERT_NOTIFICATION, rows)
+
+    # ------------------------------------------------------------ users
+
+    def write_profiles(self, profiles: list[Profile]) -> None:
+        """Upsert each user's profile; relevance scores and action history are kept."""
+        latest = _last_per_key(profiles, lambda p: p.user_id)
+        rows = sorted((_profile_row(p) for p in latest), key=_first)
+        self._executemany(UPSERT_PROFILE, rows)
+
+    def write_relevance(self, scores: list[RelevanceScore]) -> None:
+        """Merge scores into relevance_scores as {dimension: {key: score}}, per key."""
+        patches: dict[str, dict[str, dict[str, float]]] = {}
+        for score in scores:  # in stream order: the last score of a key wins
+            patches.setdefault(score.user_id, {}).setdefault(score.dimension, {})[score.key] = (
+                score.score
+            )
+        rows = sorted(
+            (
+                (_key("user", user), _key("user", user), user, Jsonb(patch))
+                for user, patch in patches.items()
+            ),
+            key=_first,
+        )
+        self._executemany(MERGE_RELEVANCE, rows)
+
+    # ------------------------------------------------------------ deliveries (outbox)
+
+    def record_delivery(
+        self, notification_id: str, user_id: str, channel: str, destination: str
+    ) -> bool:
+        """Record a PENDING delivery unless recorded; True while it is not DELIVERED yet."""
+        key = storage_uuid("notification", notification_id)
+        params = {
+            "id": delivery_uuid(notification_id, channel, destination),
+            "notification": key,
+            "notification_external": notification_id,
+            "user": _key("user", user_id),
+            "user_external": user_id,
+            "channel": channel,
+            "destination": destination,
+        }
+
+        def work(conn: psycopg.Connection) -> bool:
+            row = conn.execute(RECORD_DELIVERY, params).fetchone()
+            if row is None:  # recorded concurrently after this statement's snapshot
+                row = conn.execute(DELIVERY_STATUS, (key, channel, destination)).fetchone()
+            return row is None or row[0] != "DELIVERED"
+
+        return self._transaction(work)
+
+    def mark_delivered(
+        self,
+        notification_id: str,
+        channel: str,
+        destination: str,
+        provider_message_id: str | None,
+    ) -> None:
+        key = storage_uuid("notification", notification_id)
+
+        def work(conn: psycopg.Connection) -> None:
+            updated = conn.execute(
+                MARK_DELIVERED, (provider_message_id, key, channel, destination)
+            ).fetchone()
+            if updated is None:
+                _require_recorded(conn, notification_id, channel, destination)
+
+        self._transaction(work)
+
+    def mark_failed(
+        self,
+        notification_id: str,
+        channel: str,
+        destination: str,
+        error: str,
+        *,
+        retry: bool,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
+        """A failed attempt: RETRYING (``retry``) or FAILED. A DELIVERED row stays DELIVERED.
+
+        ``next_attempt_at`` (an aware datetime) tells when a retry is due, if the caller knows.
+        """
+        params = {
+            "status": "RETRYING" if retry else "FAILED",
+            "error": error[:MAX_ERROR_LENGTH],
+            "retried": 1 if retry else 0,
+            "next_attempt_at": next_attempt_at if retry else None,
+            "notification": storage_uuid("notification", notification_id),
+            "channel": channel,
+            "destination": destination,
+        }
+
+        def work(conn: psycopg.Connection) -> None:
+            if conn.execute(MARK_FAILED, params).fetchone() is None:
+                _require_recorded(conn, notification_id, channel, destination)
+
+        self._transaction(work)
+
+
+# ---------------------------------------------------------------- rows
+
+
+def delivery_uuid(notification_id: str, channel: str, destination: str) -> uuid.UUID:
+    """The key of a delivery row: replays of one (notification, channel, destination) meet."""
+    return uuid.uuid5(NAMESPACE, f"delivery|{notification_id}|{channel}|{destination}")
+
+
+def _rule_row(rule: Rule) -> tuple[Any, ...]:
+    return (
+        _key("rule", rule.id),
+        rule.id,
+        _key("user", rule.user_id),
+        rule.user_id,
+        rule.name,
+        rule.symbol,
+        rule.symbols,
+        rule.priority.value,
+        rule.active,
+        math.ceil(rule.cooldown_seconds / 60),
+        rule.cooldown_seconds,
+        rule.expires_at,
+        rule.version,
+        rule.mode,
+        [channel.value for channel in rule.channels] if rule.channels is not None else None,
+        Jsonb(rule.conditions.model_dump(mode="json", exclude_none=True)),
+    )
+
+
+def _condition_rows(rule: Rule) -> list[tuple[Any, ...]]:
+    rows = []
+    rule_key = _key("rule", rule.id)
+    for position, leaf in enumerate(iter_conditions(rule.conditions)):
+        params = leaf.model_dump(mode="json", exclude_none=True)
+        condition_type = str(params.get("type", ""))
+        threshold = params.get("threshold")
+        if not isinstance(threshold, int | float) or abs(threshold) >= MAX_THRESHOLD:
+            threshold = None
+        window = params.get("window_seconds")
+        window_minutes = math.ceil(window / 60) if isinstance(window, int | float) else None
+        rows.append(
+            (
+                uuid.uuid5(NAMESPACE, f"condition|{rule.id}|{position}"),
+                rule_key,
+                position,
+                condition_type[:50],
+                threshold,
+                comparison_of(condition_type),
+                window_minutes,
+                Jsonb(params),
+            )
+        )
+    return rows
+
+
+def comparison_of(condition_type: str) -> str | None:
+    """above / below / crosses_above / crosses_below, as the condition type says; else None."""
+    if "crosses_above" in condition_type or condition_type.endswith("cross_up"):
+        return "crosses_above"
+    if "crosses_below" in condition_type or condition_type.endswith("cross_down"):
+        return "crosses_below"
+    if condition_type.endswith("_above"):
+        return "above"
+    if condition_type.endswith("_below"):
+        return "below"
+    return None
+
+
+def _alert_row(alert: TriggeredAlert) -> tuple[Any, ...]:
+    return (
+        storage_uuid("alert", alert.alert_id),
+        alert.alert_id,
+        _key("rule", alert.rule_id),
+        alert.rule_version,
+        _key("user", alert.user_id),
+        alert.user_id,
+        alert.symbol,
+        alert.priority.value,
+        alert.title,
+        alert.message,
+        alert.triggered_at,
+        alert.condition_types,
+        Jsonb(alert.values),
+    )
+
+
+def _notification_row(notification: Notification) -> tuple[Any, ...]:
+    return (
+        storage_uuid("notification", notification.notification_id),
+        notification.notification_id,
+        _key("user", notification.user_id),
+        notification.user_id,
+        [storage_uuid("alert", alert_id) for alert_id in notification.alert_ids],
+        notification.title,
+        notification.message,
+        notification.highest_priority.value,
+        [channel.value for channel in notification.channels],
+        notification.window_start,
+        notification.window_end,
+    )
+
+
+def _profile_row(profile: Profile) -> tuple[Any, ...]:
+    data = profile.model_dump(mode="json", exclude_none=True)
+    channels: dict[str, list[str]] = data["channels"]
+    preferred: list[str] = []
+    for priority in sorted(channels, key=_priority_rank):
+        preferred.extend(c for c in channels[priority] if c not in preferred)
+    quiet = profile.quiet_hours
+    key = _key("user", profile.user_id)
+    return (
+        key,
+        key,
+        profile.user_id,
+        preferred,
+        _clock(quiet.start) if quiet else None,
+        _clock(quiet.end) if quiet else None,
+        profile.timezone,
+        Jsonb(channels),
+        profile.digest_seconds,
+        profile.max_per_hour,
+        profile.min_relevance,
+        Jsonb(data["destinations"]),
+    )
+
+
+def _priority_rank(priority: str) -> int:
+    return PRIORITY_ORDER.index(priority) if priority in PRIORITY_ORDER else len(PRIORITY_ORDER)
+
+
+def _clock(text: str) -> time:
+    hours, minutes = text.split(":")
+    return time(int(hours), int(minutes))
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _key(kind: str, wire_id: str) -> uuid.UUID:
+    """storage_uuid of a rule or user id, memoized: they repeat (UUIDv5 is not free)."""
+    return storage_uuid(kind, wire_id)
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _last_per_key(items: Iterable[V], key: Callable[[V], K]) -> Iterable[V]:
+    """The last item of each key, in the order of those last items (stream order)."""
+    latest: dict[K, V] = {}
+    for item in items:
+        latest.pop(key(item), None)
+        latest[key(item)] = item
+    return latest.values()
+
+
+def _first(row: tuple[Any, ...]) -> Any:
+    return row[0]
+
+
+def _returned_ids(cur: psycopg.Cursor[Any]) -> list[uuid.UUID]:
+    ids: list[uuid.UUID] = []
+    while True:
+        ids.extend(row[0] for row in cur.fetchall())
+        if not cur.nextset():
+            return ids
+
+
+def _require_recorded(
+    conn: psycopg.Connection, notification_id: str, channel: str, destination: str
+) -> None:
+    key = storage_uuid("notification", notification_id)
+    if conn.execute(DELIVERY_STATUS, (key, channel, destination)).fetchone() is None:
+        raise LookupError(
+            f"no delivery recorded for notification {notification_id} on {channel} to "
+            f"{destination}: call record_delivery before sending"
+        )
+
+
+def _rollback_quietly(conn: psycopg.Connection) -> None:
+    if conn.closed or conn.broken:
+        return
+    try:
+        conn.rollback()
+    except psycopg.Error:
+        log.debug("rollback failed", exc_info=True)
+
+
+__all__ = ["HistoryWriter", "comparison_of", "delivery_uuid"]
