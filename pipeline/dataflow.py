@@ -29,6 +29,7 @@ from bytewax.recovery import RecoveryConfig
 from bytewax.run import cli_main
 
 from connectors.kafka import PartitionReader, SourceRecord, list_partitions
+from pipeline import metrics
 from pipeline.config import Settings, Topics
 from pipeline.learning import RelevanceScore
 from pipeline.messages import (
@@ -45,7 +46,7 @@ from pipeline.messages import (
     Tick,
     TriggeredAlert,
 )
-from pipeline.parsing import ParsedItem, parse_record
+from pipeline.parsing import ParsedItem, ParsedRecord, parse_record
 from pipeline.personalize import UserDesk, UserInput, UserOutput
 from pipeline.routing import RuleRouter, shard_of
 from pipeline.rule_engine import ShardEngine, ShardInput
@@ -231,7 +232,7 @@ def build_flow(settings: Settings, writers: Writers, *, bounded: bool) -> Datafl
     flow = Dataflow("smart_alerts")
 
     raw = op.input("kafka_in", flow, KafkaInput(settings, bounded=bounded))
-    parsed = op.map("parse", raw, lambda record: parse_record(record, topics))
+    parsed = op.map("parse", raw, lambda record: _counted(parse_record(record, topics), record))
     split = op.branch("split_dead_letters", parsed, lambda p: p.dead_letter is None)
     good: Stream[ParsedItem] = op.map("valid", split.trues, lambda p: p.item)
     dead: Stream[DeadLetter] = op.map("invalid", split.falses, lambda p: p.dead_letter)
@@ -252,7 +253,7 @@ def build_flow(settings: Settings, writers: Writers, *, bounded: bool) -> Datafl
     evaluated = op.stateful_batch(
         "evaluate", engine_in, lambda resume: _ShardLogic(resume or ShardEngine())
     )
-    alerts: Stream[TriggeredAlert] = op.map("alerts", evaluated, lambda kv: kv[1])
+    alerts: Stream[TriggeredAlert] = op.map("alerts", evaluated, lambda kv: _counted_alert(kv[1]))
 
     # PERSONALIZE, keyed by user: profiles, feedback and alerts meet in one UserDesk.
     user_items = op.filter("user_items", good, lambda i: isinstance(i, USER_ITEM_TYPES))
@@ -262,7 +263,9 @@ def build_flow(settings: Settings, writers: Writers, *, bounded: bool) -> Datafl
         desk_in,
         lambda resume: _DeskLogic(resume or UserDesk(window=window, grace=grace), bounded),
     )
-    personalized: Stream[UserOutput] = op.map("desk_out", desk_out, lambda kv: kv[1])
+    personalized: Stream[UserOutput] = op.map(
+        "desk_out", desk_out, lambda kv: _counted_output(kv[1])
+    )
     notifications = op.filter("notifications", personalized, _is(Notification))
     scores = op.filter("scores", personalized, _is(RelevanceScore))
 
@@ -278,6 +281,7 @@ def build_flow(settings: Settings, writers: Writers, *, bounded: bool) -> Datafl
         rule_changes,
         op.filter("profiles", good, _is(Profile)),
         alerts,
+        scores,
     )
     op.output("history", history_items, WriterSink(writers.history, _write_history))
     op.output(
@@ -320,10 +324,13 @@ def _to_record(item: TriggeredAlert | Notification | DeadLetter, topics: Topics)
 
 
 def _write_history(writer: HistoryWriter, batch: list[Any]) -> None:
-    rules = [i for i in batch if isinstance(i, Rule)]
-    tombstones = [i.rule_id for i in batch if isinstance(i, RuleTombstone)]
+    # The last change of a rule id in the batch is its state; earlier ones are superseded.
+    latest_rule_change = {_rule_id(i): i for i in batch if isinstance(i, Rule | RuleTombstone)}
+    rules = [i for i in latest_rule_change.values() if isinstance(i, Rule)]
+    tombstones = [i.rule_id for i in latest_rule_change.values() if isinstance(i, RuleTombstone)]
     profiles = [i for i in batch if isinstance(i, Profile)]
     alerts = [i for i in batch if isinstance(i, TriggeredAlert)]
+    scores = [i for i in batch if isinstance(i, RelevanceScore)]
     if rules:
         writer.write_rules(rules)
     if tombstones:
@@ -332,6 +339,27 @@ def _write_history(writer: HistoryWriter, batch: list[Any]) -> None:
         writer.write_profiles(profiles)
     if alerts:
         writer.write_alerts(alerts)
+    if scores:
+        writer.write_relevance(scores)
+
+
+def _counted(parsed: ParsedRecord, record: SourceRecord) -> ParsedRecord:
+    outcome = "ok" if parsed.dead_letter is None else "dead_letter"
+    metrics.EVENTS.labels(topic=record.topic, outcome=outcome).inc()
+    return parsed
+
+
+def _counted_alert(alert: TriggeredAlert) -> TriggeredAlert:
+    metrics.ALERTS.labels(priority=alert.priority.value).inc()
+    return alert
+
+
+def _counted_output(output: UserOutput) -> UserOutput:
+    if isinstance(output, Notification):
+        metrics.NOTIFICATIONS.labels(priority=output.highest_priority.value).inc()
+    else:
+        metrics.SCORES.inc()
+    return output
 
 
 # ---------------------------------------------------------------- running

@@ -15,10 +15,11 @@ from typing import Any
 
 from connectors.embedded import stack_from_env_or_embedded
 from connectors.history import HistoryReader
-from pipeline import commands
+from pipeline import commands, metrics
 from pipeline.commands import Echo, Summary, publish, read_topic
 from pipeline.config import Settings, load_settings
 from pipeline.messages import Feedback, Profile, Rule, Tick
+from pipeline.metrics import counter_value
 from sinks.kafka import CheckedProducer
 from sinks.redis_store import InAppFeed, RelevanceStore
 
@@ -44,12 +45,12 @@ def run_demo_on(settings: Settings, echo: Echo = print) -> Summary:
 
     commands.topics_create(settings, echo)
     commands.run_migrations(settings, echo)
-    produced = load_sample(settings, echo)
+    load_sample(settings, echo)
     echo("running the dataflow over the sample ...")
     started = time.monotonic()
     run(settings, bounded=True)
     echo(f"dataflow finished in {time.monotonic() - started:.1f} s")
-    summary = summarize(settings, produced)
+    summary = summarize(settings)
     echo(summary.render())
     return summary
 
@@ -74,13 +75,15 @@ def load_sample(settings: Settings, echo: Echo) -> Counter[str]:
     return produced
 
 
-def summarize(settings: Settings, produced: Counter[str]) -> Summary:
+def summarize(settings: Settings) -> Summary:
     bootstrap, database_url, redis_url = settings.require_servers()
     topics = settings.topics
     summary = Summary()
     for topic in topics.inputs():
-        summary.add(f"events read: {topic}", produced.get(topic, 0), f"kafka {topic}")
-    summary.add("malformed messages sent", produced.get("malformed", 0), "(inputs above)")
+        valid = counter_value(metrics.EVENTS, topic=topic, outcome="ok")
+        invalid = counter_value(metrics.EVENTS, topic=topic, outcome="dead_letter")
+        rejected = f" + {invalid:.0f} invalid" if invalid else ""
+        summary.add(f"read from {topic}", f"{valid:.0f}{rejected}", f"kafka {topic}")
 
     with HistoryReader(database_url) as history:
         per_rule = history.alerts_per_rule()

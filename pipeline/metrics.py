@@ -1,0 +1,30 @@
+"""Prometheus metrics of the job, served by ``smart-alerts run --metrics-port``.
+
+Counters are process-wide (one registry per process); with several processes, sum them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+EVENTS = Counter(
+    "smart_alerts_input_messages",
+    "Input messages read, by topic and outcome (ok or dead_letter)",
+    ["topic", "outcome"],
+)
+ALERTS = Counter("smart_alerts_alerts_triggered", "Alerts triggered", ["priority"])
+NOTIFICATIONS = Counter(
+    "smart_alerts_notifications",
+    "Notifications emitted (re-emitted windows count again)",
+    ["priority"],
+)
+SCORES = Counter("smart_alerts_relevance_updates", "Relevance score updates")
+
+
+def counter_value(counter: Counter, **labels: str) -> float:
+    """The current value of one labelled counter (0 when never incremented)."""
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
