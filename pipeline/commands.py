@@ -212,11 +212,9 @@ class Summary:
         self.rows.append((what, str(count), where))
 
     def render(self) -> str:
-        width = [
-            max(len(r[i]) for r in [*self.rows, ("what", "count", "written to")]) for i in range(3)
-        ]
+        head = ("what", "count", "where")
+        width = [max(len(r[i]) for r in [*self.rows, head]) for i in range(3)]
         line = "+-" + "-+-".join("-" * w for w in width) + "-+"
-        head = ("what", "count", "written to")
 
         def fmt(r: tuple[str, str, str]) -> str:
             return f"| {r[0]:<{width[0]}} | {r[1]:>{width[1]}} | {r[2]:<{width[2]}} |"
