@@ -73,6 +73,7 @@ class Engine(_Section):
 
 class Recovery(_Section):
     directory: Path | None = None
+    partitions: int = Field(1, ge=1)
     snapshot_seconds: float = Field(10.0, gt=0)
     backup_seconds: float = Field(0.0, ge=0)
 

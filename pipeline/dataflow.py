@@ -19,13 +19,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from bytewax.recovery import RecoveryConfig
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from connectors.kafka import PartitionReader, SourceRecord, list_partitions
@@ -385,8 +386,9 @@ def run(settings: Settings, *, bounded: bool = False) -> None:
     epoch = timedelta(milliseconds=engine.epoch_ms)
     recovery_config = None
     if recovery.directory is not None:
+        _ensure_recovery_partitions(recovery.directory, recovery.partitions)
         recovery_config = RecoveryConfig(
-            str(recovery.directory), timedelta(seconds=recovery.backup_seconds)
+            recovery.directory, timedelta(seconds=recovery.backup_seconds)
         )
         epoch = timedelta(seconds=recovery.snapshot_seconds)
     cli_main(
@@ -397,3 +399,10 @@ def run(settings: Settings, *, bounded: bool = False) -> None:
         epoch_interval=epoch,
         recovery_config=recovery_config,
     )
+
+
+def _ensure_recovery_partitions(directory: Path, count: int) -> None:
+    """Create the recovery partitions on first use, as ``python -m bytewax.recovery`` would."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if not any(directory.glob("part-*.sqlite3")):
+        init_db_dir(directory, count)
