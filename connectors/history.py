@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from types import TracebackType
+from typing import LiteralString
 
 import psycopg
 
@@ -37,14 +38,17 @@ class HistoryReader:
         return [(str(rule), int(count)) for rule, count in rows]
 
     def notification_count(self) -> int:
-        return int(self._conn.execute("SELECT count(*) FROM consolidated_alerts").fetchone()[0])
+        return self._count("SELECT count(*) FROM consolidated_alerts", ())
 
     def delivery_count(self, channel: str, status: str = "DELIVERED") -> int:
-        row = self._conn.execute(
+        return self._count(
             "SELECT count(*) FROM delivery_logs WHERE channel = %s AND status = %s",
             (channel, status),
-        ).fetchone()
-        return int(row[0])
+        )
+
+    def _count(self, query: LiteralString, params: tuple[object, ...]) -> int:
+        row = self._conn.execute(query, params).fetchone()
+        return int(row[0]) if row else 0
 
     def user_ids_with_notifications(self) -> list[str]:
         rows = self._conn.execute(

@@ -152,7 +152,7 @@ def replay(settings: Settings, path: Path, topic_name: str, echo: Echo = print) 
 def rules_apply(settings: Settings, path: Path, echo: Echo = print) -> int:
     if path.suffix.lower() in (".yaml", ".yml"):
         raise CommandError("YAML rule files arrive with the rule engine issue; use JSON for now")
-    rules = list(load_messages(path, Rule))
+    rules = [rule for rule in load_messages(path, Rule) if isinstance(rule, Rule)]
     producer = CheckedProducer(settings.require_servers()[0])
     try:
         sent = publish(producer, settings.topics.rules, rules)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -57,6 +57,13 @@ from sinks.postgres import HistoryWriter
 from sinks.redis_store import InAppFeed, RelevanceStore
 
 T = TypeVar("T")
+
+
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+W = TypeVar("W", bound=Closeable)
 
 
 # ---------------------------------------------------------------- input
@@ -148,8 +155,8 @@ class KafkaInput(FixedPartitionedSource[SourceRecord, int]):
 # ---------------------------------------------------------------- output
 
 
-class _WriterPartition(StatelessSinkPartition[T], Generic[T]):
-    def __init__(self, writer: Any, write: Callable[[Any, list[T]], None]) -> None:
+class _WriterPartition(StatelessSinkPartition[T], Generic[W, T]):
+    def __init__(self, writer: W, write: Callable[[W, list[T]], None]) -> None:
         self._writer = writer
         self._write = write
 
@@ -161,14 +168,14 @@ class _WriterPartition(StatelessSinkPartition[T], Generic[T]):
         self._writer.close()
 
 
-class WriterSink(DynamicSink[T], Generic[T]):
+class WriterSink(DynamicSink[T], Generic[W, T]):
     """Adapts a plain writer (built once per worker) to a Bytewax sink."""
 
-    def __init__(self, build: Callable[[], Any], write: Callable[[Any, list[T]], None]) -> None:
+    def __init__(self, build: Callable[[], W], write: Callable[[W, list[T]], None]) -> None:
         self._build = build
         self._write = write
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _WriterPartition[T]:
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _WriterPartition[W, T]:
         return _WriterPartition(self._build(), self._write)
 
 
@@ -233,13 +240,16 @@ def build_flow(settings: Settings, writers: Writers, *, bounded: bool) -> Datafl
     flow = Dataflow("smart_alerts")
 
     raw = op.input("kafka_in", flow, KafkaInput(settings, bounded=bounded))
-    parsed = op.map("parse", raw, lambda record: _counted(parse_record(record, topics), record))
-    split = op.branch("split_dead_letters", parsed, lambda p: p.dead_letter is None)
-    good: Stream[ParsedItem] = op.map("valid", split.trues, lambda p: p.item)
-    dead: Stream[DeadLetter] = op.map("invalid", split.falses, lambda p: p.dead_letter)
+
+    def parse(record: SourceRecord) -> ParsedRecord:
+        return _counted(parse_record(record, topics), record)
+
+    parsed = op.map("parse", raw, parse)
+    good: Stream[ParsedItem] = op.filter_map("valid", parsed, _valid)
+    dead = op.filter_map("invalid", parsed, _invalid)
 
     # EVALUATE, keyed by shard: rules go to the shards of their symbols (all, for wildcards).
-    rule_changes = op.filter("rule_changes", good, lambda i: isinstance(i, Rule | RuleTombstone))
+    rule_changes: Stream[Rule | RuleTombstone] = op.filter_map("rule_changes", good, _rule_change)
     by_rule_id = op.key_on("key_by_rule", rule_changes, _rule_id)
 
     def route(router: RuleRouter | None, change: Rule | RuleTombstone) -> tuple[RuleRouter, list]:
@@ -257,7 +267,7 @@ def build_flow(settings: Settings, writers: Writers, *, bounded: bool) -> Datafl
     alerts: Stream[TriggeredAlert] = op.map("alerts", evaluated, lambda kv: _counted_alert(kv[1]))
 
     # PERSONALIZE, keyed by user: profiles, feedback and alerts meet in one UserDesk.
-    user_items = op.filter("user_items", good, lambda i: isinstance(i, USER_ITEM_TYPES))
+    user_items: Stream[UserInput] = op.filter_map("user_items", good, _user_item)
     desk_in = op.key_on("key_by_user", op.merge("desk_in", user_items, alerts), _user_id)
     desk_out = op.stateful_batch(
         "personalize",
@@ -267,8 +277,8 @@ def build_flow(settings: Settings, writers: Writers, *, bounded: bool) -> Datafl
     personalized: Stream[UserOutput] = op.map(
         "desk_out", desk_out, lambda kv: _counted_output(kv[1])
     )
-    notifications = op.filter("notifications", personalized, _is(Notification))
-    scores = op.filter("scores", personalized, _is(RelevanceScore))
+    notifications = op.filter_map("notifications", personalized, _only(Notification))
+    scores = op.filter_map("scores", personalized, _only(RelevanceScore))
 
     # Outputs: each writer is idempotent, so a replay after recovery rewrites the same rows.
     kafka_items = op.merge("kafka_items", alerts, notifications, dead)
@@ -280,7 +290,7 @@ def build_flow(settings: Settings, writers: Writers, *, bounded: bool) -> Datafl
     history_items = op.merge(
         "history_items",
         rule_changes,
-        op.filter("profiles", good, _is(Profile)),
+        op.filter_map("profiles", good, _only(Profile)),
         alerts,
         scores,
     )
@@ -292,11 +302,24 @@ def build_flow(settings: Settings, writers: Writers, *, bounded: bool) -> Datafl
     return flow
 
 
-USER_ITEM_TYPES = (Profile, ProfileReset, Feedback)
+def _valid(parsed: ParsedRecord) -> ParsedItem | None:
+    return parsed.item
 
 
-def _is(kind: type) -> Callable[[object], bool]:
-    return lambda item: isinstance(item, kind)
+def _invalid(parsed: ParsedRecord) -> DeadLetter | None:
+    return parsed.dead_letter
+
+
+def _only(kind: type[T]) -> Callable[[object], T | None]:
+    return lambda item: item if isinstance(item, kind) else None
+
+
+def _rule_change(item: ParsedItem) -> Rule | RuleTombstone | None:
+    return item if isinstance(item, Rule | RuleTombstone) else None
+
+
+def _user_item(item: ParsedItem) -> Profile | ProfileReset | Feedback | None:
+    return item if isinstance(item, Profile | ProfileReset | Feedback) else None
 
 
 def _rule_id(change: Rule | RuleTombstone) -> str:

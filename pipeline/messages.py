@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 MAX_ID_LENGTH = 128
 MAX_TEXT_LENGTH = 4096
 
@@ -414,7 +414,7 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 def _without_union_tags(loc: tuple[int | str, ...]) -> list[int | str]:
     """The path of an error as a person writes it: no union tags from the condition tree."""
-    leaf_tags = {model.model_fields["type"].annotation.__args__[0] for model in LEAF_CONDITIONS}
+    leaf_tags = {get_args(model.model_fields["type"].annotation)[0] for model in LEAF_CONDITIONS}
     steps = list(loc)
     kept = []
     for index, step in enumerate(steps):
