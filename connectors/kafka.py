@@ -122,7 +122,8 @@ def list_partitions(
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         raise KafkaReadError(
-            f"cannot list Kafka topics on {bootstrap} within {timeout_s:g} s: {_describe(exc)}"
+            f"cannot list Kafka topics on {bootstrap} within {timeout_s:g} s: "
+            f"{describe_kafka_error(exc)}"
         ) from exc
     missing = [name for name in topics if name not in metadata.topics]
     if missing:
@@ -136,7 +137,7 @@ def list_partitions(
         if topic.error is not None or not topic.partitions:
             raise KafkaReadError(
                 f"Kafka topic {name!r} on {bootstrap} has no usable partitions: "
-                f"{_describe(topic.error) if topic.error is not None else 'none listed'}"
+                f"{describe_kafka_error(topic.error) if topic.error is not None else 'none listed'}"
             )
         result.extend((name, partition) for partition in sorted(topic.partitions))
     return result
@@ -215,7 +216,9 @@ class PartitionReader:
         try:
             messages = consumer.consume(self.batch_size, self.poll_timeout_s)
         except KafkaException as exc:
-            raise KafkaReadError(f"reading {self.where} failed: {_describe(exc)}") from exc
+            raise KafkaReadError(
+                f"reading {self.where} failed: {describe_kafka_error(exc)}"
+            ) from exc
         records: list[SourceRecord] = []
         for message in messages:
             error = message.error()
@@ -275,7 +278,7 @@ class PartitionReader:
         except KafkaException as exc:
             raise KafkaReadError(
                 f"cannot reach Kafka at {self.bootstrap} within {timeout_s:g} s to read "
-                f"{self.topic}[{self.partition}]: {_describe(exc)}"
+                f"{self.topic}[{self.partition}]: {describe_kafka_error(exc)}"
             ) from exc
         topic = metadata.topics.get(self.topic)
         if topic is None or topic.error is not None:
@@ -311,12 +314,14 @@ class PartitionReader:
 
     def _handle_error(self, error: KafkaError) -> None:
         if _is_fatal(error):
-            raise KafkaReadError(f"reading {self.where} failed: {_describe(error)}")
+            raise KafkaReadError(f"reading {self.where} failed: {describe_kafka_error(error)}")
         self._warn(error)
 
     def _raise_async_error(self) -> None:
         if self._async_error is not None:
-            raise KafkaReadError(f"reading {self.where} failed: {_describe(self._async_error)}")
+            raise KafkaReadError(
+                f"reading {self.where} failed: {describe_kafka_error(self._async_error)}"
+            )
 
     def _warn(self, error: KafkaError) -> None:
         now = time.monotonic()
@@ -329,7 +334,8 @@ def _is_fatal(error: KafkaError) -> bool:
     return bool(error.fatal()) or error.code() in _FATAL_CODES
 
 
-def _describe(error: object) -> str:
+def describe_kafka_error(error: object) -> str:
+    """A librdkafka error as 'NAME: text', for messages operators read."""
     if isinstance(error, KafkaException) and error.args:
         error = error.args[0]
     if isinstance(error, KafkaError):

@@ -22,6 +22,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from connectors.kafka import describe_kafka_error
+
 __all__ = ["CheckedProducer", "KafkaDeliveryError", "OutgoingRecord"]
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ class _BatchReport:
         if error is None:
             self.acked += 1
         else:
-            self.fail(message.topic() or "?", _describe(error), message.partition())
+            self.fail(message.topic() or "?", describe_kafka_error(error), message.partition())
 
     def fail(self, topic: str, reason: str, partition: int | None = None) -> None:
         self.failed += 1
@@ -177,7 +179,7 @@ class CheckedProducer:
                     return
                 producer.poll(0.05)
             except KafkaException as exc:
-                report.fail(record.topic, _describe(exc), record.partition)
+                report.fail(record.topic, describe_kafka_error(exc), record.partition)
                 return
 
     def _discard_queued(self, producer: Producer) -> None:
@@ -203,13 +205,6 @@ class CheckedProducer:
     def _raise_fatal(self) -> None:
         if self._fatal is not None:
             raise KafkaDeliveryError(
-                f"Kafka producer for {self.bootstrap} failed fatally: {_describe(self._fatal)}"
+                f"Kafka producer for {self.bootstrap} failed fatally: "
+                f"{describe_kafka_error(self._fatal)}"
             )
-
-
-def _describe(error: object) -> str:
-    if isinstance(error, KafkaException) and error.args:
-        error = error.args[0]
-    if isinstance(error, KafkaError):
-        return f"{error.name()}: {error.str()}"
-    return str(error)
