@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pipeline.messages import (
+from pipeline.condition_specs import (
     AllOf,
     AnyOf,
     ConditionNode,

@@ -12,20 +12,20 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    Discriminator,
     Field,
     PlainSerializer,
-    Tag,
     ValidationError,
     model_validator,
 )
+
+from pipeline.condition_specs import CONDITION_MODELS, ConditionNode
 
 SCHEMA_VERSION: Literal[1] = 1
 MAX_ID_LENGTH = 128
@@ -160,90 +160,6 @@ class OptionsFlow(Message):
 
 
 # ---------------------------------------------------------------- rules
-
-
-class ConditionSpec(BaseModel):
-    """Base of one leaf condition; its ``type`` field selects the model."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-class PriceAbove(ConditionSpec):
-    type: Literal["price_above"]
-    threshold: Price
-
-
-class PriceBelow(ConditionSpec):
-    type: Literal["price_below"]
-    threshold: Price
-
-
-class PriceCrossesAbove(ConditionSpec):
-    type: Literal["price_crosses_above"]
-    threshold: Price
-
-
-class PriceCrossesBelow(ConditionSpec):
-    type: Literal["price_crosses_below"]
-    threshold: Price
-
-
-LEAF_CONDITIONS: tuple[type[ConditionSpec], ...] = (
-    PriceAbove,
-    PriceBelow,
-    PriceCrossesAbove,
-    PriceCrossesBelow,
-)
-Condition = PriceAbove | PriceBelow | PriceCrossesAbove | PriceCrossesBelow
-
-
-def _node_tag(node: Any) -> str | None:
-    if isinstance(node, dict):
-        if "all" in node:
-            return "all"
-        if "any" in node:
-            return "any"
-        kind = node.get("type")
-        return kind if isinstance(kind, str) else None
-    if isinstance(node, AllOf):
-        return "all"
-    if isinstance(node, AnyOf):
-        return "any"
-    return getattr(node, "type", None)
-
-
-class AllOf(ConditionSpec):
-    all: Annotated[list[ConditionNode], Field(min_length=1, max_length=64)]
-
-
-class AnyOf(ConditionSpec):
-    any: Annotated[list[ConditionNode], Field(min_length=1, max_length=64)]
-
-
-ConditionNode = Annotated[
-    Annotated[AllOf, Tag("all")]
-    | Annotated[AnyOf, Tag("any")]
-    | Annotated[PriceAbove, Tag("price_above")]
-    | Annotated[PriceBelow, Tag("price_below")]
-    | Annotated[PriceCrossesAbove, Tag("price_crosses_above")]
-    | Annotated[PriceCrossesBelow, Tag("price_crosses_below")],
-    Discriminator(
-        _node_tag,
-        custom_error_type="unknown_condition",
-        custom_error_message="unknown condition type (see docs/rules.md for the list)",
-    ),
-]
-AllOf.model_rebuild()
-AnyOf.model_rebuild()
-
-
-def iter_conditions(node: ConditionNode) -> list[Condition]:
-    """The leaf conditions of a condition tree, depth first."""
-    if isinstance(node, AllOf):
-        return [leaf for child in node.all for leaf in iter_conditions(child)]
-    if isinstance(node, AnyOf):
-        return [leaf for child in node.any for leaf in iter_conditions(child)]
-    return [node]
 
 
 class Rule(Message):
@@ -414,7 +330,7 @@ def describe_validation_error(exc: ValidationError) -> str:
 
 def _without_union_tags(loc: tuple[int | str, ...]) -> list[int | str]:
     """The path of an error as a person writes it: no union tags from the condition tree."""
-    leaf_tags = {get_args(model.model_fields["type"].annotation)[0] for model in LEAF_CONDITIONS}
+    leaf_tags = CONDITION_MODELS.keys()
     steps = list(loc)
     kept = []
     for index, step in enumerate(steps):

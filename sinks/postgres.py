@@ -25,9 +25,10 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
+from pipeline.condition_specs import iter_conditions
 from pipeline.ids import NAMESPACE, storage_uuid
 from pipeline.learning import RelevanceScore
-from pipeline.messages import Notification, Profile, Rule, TriggeredAlert, iter_conditions
+from pipeline.messages import Notification, Profile, Rule, TriggeredAlert
 
 log = logging.getLogger("smart_alerts.postgres")
 

@@ -3,6 +3,7 @@ import math
 
 import pytest
 
+from pipeline.condition_specs import iter_conditions
 from pipeline.messages import (
     InvalidMessage,
     Profile,
@@ -10,7 +11,6 @@ from pipeline.messages import (
     Tick,
     TriggeredAlert,
     decode,
-    iter_conditions,
     message_key,
 )
 
