@@ -14,9 +14,10 @@ hand batches to it. Sources and sinks are adapters around the plain readers and 
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
+from connectors.files import FileRecord
 from connectors.kafka import PartitionReader, SourceRecord, list_partitions
 from pipeline import metrics
 from pipeline.config import Settings, Topics
@@ -47,7 +49,7 @@ from pipeline.messages import (
     Tick,
     TriggeredAlert,
 )
-from pipeline.parsing import ParsedItem, ParsedRecord, parse_record
+from pipeline.parsing import ParsedItem, ParsedRecord, RawRecord, parse_record
 from pipeline.personalize import UserDesk, UserInput, UserOutput
 from pipeline.routing import RuleRouter, shard_of
 from pipeline.rule_engine import ShardEngine, ShardInput
@@ -56,6 +58,7 @@ from sinks.kafka import CheckedProducer, OutgoingRecord
 from sinks.postgres import HistoryWriter
 from sinks.redis_store import InAppFeed, RelevanceStore
 
+FILE_BATCH = 2000
 T = TypeVar("T")
 
 
@@ -152,6 +155,66 @@ class KafkaInput(FixedPartitionedSource[SourceRecord, int]):
         return _KafkaPartition(reader, self._gate, for_part, self._bounded)
 
 
+class _ListPartition(StatefulSourcePartition[FileRecord, int]):
+    """Records from a list, in order; a market partition waits for the reference ones."""
+
+    def __init__(
+        self,
+        records: Iterator[FileRecord],
+        resume: int | None,
+        gate: ReferenceGate,
+        part: str,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self._records = records
+        self._position = 0
+        self._gate = gate
+        self._part = part
+        self._progress = progress
+        self._reference = part == "reference"
+        if self._reference:
+            gate.register(part)
+        for _ in range(resume or 0):
+            next(self._records, None)
+            self._position += 1
+
+    def next_batch(self) -> list[FileRecord]:
+        if not self._reference and not self._gate.open:
+            return []
+        batch = list(itertools.islice(self._records, FILE_BATCH))
+        self._position += len(batch)
+        if self._progress is not None and not self._reference:
+            self._progress(self._position)
+        if not batch:
+            self._gate.reached_end(self._part)
+            raise StopIteration
+        return batch
+
+    def snapshot(self) -> int:
+        return self._position
+
+
+class FileInput(FixedPartitionedSource[FileRecord, int]):
+    """A backtest's input: reference records (rules) first, then market records in time order."""
+
+    def __init__(
+        self,
+        reference: Callable[[], Iterator[FileRecord]],
+        market: Callable[[], Iterator[FileRecord]],
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self._factories = {"reference": reference, "market": market}
+        self._progress = progress
+        self._gate = ReferenceGate(frozenset())
+
+    def list_parts(self) -> list[str]:
+        return ["reference", "market"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ListPartition:
+        records = self._factories[for_part]()
+        return _ListPartition(records, resume_state, self._gate, for_part, self._progress)
+
+
 # ---------------------------------------------------------------- output
 
 
@@ -183,11 +246,16 @@ class WriterSink(DynamicSink[T], Generic[W, T]):
 
 
 class _ShardLogic(op.StatefulBatchLogic[ShardInput, TriggeredAlert, ShardEngine]):
+    """At the end of a bounded input, the last open bars close (their end is the watermark)."""
+
     def __init__(self, engine: ShardEngine) -> None:
         self.engine = engine
 
     def on_batch(self, values: list[ShardInput]) -> tuple[Iterable[TriggeredAlert], bool]:
         return self.engine.process(values), op.StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[TriggeredAlert], bool]:
+        return self.engine.flush(), op.StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> ShardEngine:
         return self.engine
@@ -223,25 +291,44 @@ class _DeskLogic(op.StatefulBatchLogic[UserInput, UserOutput, UserDesk]):
 
 @dataclass(frozen=True)
 class Writers:
-    """Factories of the plain writers; each worker builds its own (own connections)."""
+    """Factories of the plain writers; each worker builds its own (own connections).
 
-    kafka: Callable[[], CheckedProducer]
-    history: Callable[[], HistoryWriter]
-    notifications: Callable[[], NotificationSink]
-    relevance: Callable[[], RelevanceStore]
+    ``records`` takes every Kafka output record; a backtest passes a collector there and
+    leaves the stores out (None).
+    """
+
+    records: Callable[[], RecordWriter]
+    history: Callable[[], HistoryWriter] | None = None
+    notifications: Callable[[], NotificationSink] | None = None
+    relevance: Callable[[], RelevanceStore] | None = None
 
 
-def build_flow(settings: Settings, writers: Writers, *, bounded: bool) -> Dataflow:
-    """The whole job. ``bounded`` reads every input to its current end and then stops."""
+class RecordWriter(Protocol):
+    def write_batch(self, records: list[OutgoingRecord]) -> None: ...
+    def close(self) -> None: ...
+
+
+def build_flow(
+    settings: Settings,
+    writers: Writers,
+    *,
+    bounded: bool,
+    source: FixedPartitionedSource[Any, int] | None = None,
+) -> Dataflow:
+    """The whole job. ``bounded`` reads every input to its current end and then stops.
+
+    The input is every partition of the Kafka input topics unless ``source`` gives records of
+    the same shape (a backtest's files): everything after it is the same dataflow.
+    """
     topics = settings.topics
     shards = settings.engine.shard_count
     window = timedelta(seconds=settings.engine.window_seconds)
     grace = timedelta(seconds=settings.engine.grace_seconds)
     flow = Dataflow("smart_alerts")
 
-    raw = op.input("kafka_in", flow, KafkaInput(settings, bounded=bounded))
+    raw = op.input("input", flow, source or KafkaInput(settings, bounded=bounded))
 
-    def parse(record: SourceRecord) -> ParsedRecord:
+    def parse(record: RawRecord) -> ParsedRecord:
         return _counted(parse_record(record, topics), record)
 
     parsed = op.map("parse", raw, parse)
@@ -285,20 +372,23 @@ def build_flow(settings: Settings, writers: Writers, *, bounded: bool) -> Datafl
     op.output(
         "kafka_out",
         op.map("to_records", kafka_items, lambda item: _to_record(item, topics)),
-        WriterSink(writers.kafka, CheckedProducer.write_batch),
+        WriterSink(writers.records, _write_records),
     )
-    history_items = op.merge(
-        "history_items",
-        rule_changes,
-        op.filter_map("profiles", good, _only(Profile)),
-        alerts,
-        scores,
-    )
-    op.output("history", history_items, WriterSink(writers.history, _write_history))
-    op.output(
-        "notify", notifications, WriterSink(writers.notifications, NotificationSink.write_batch)
-    )
-    op.output("relevance", scores, WriterSink(writers.relevance, RelevanceStore.write_batch))
+    if writers.history is not None:
+        history_items = op.merge(
+            "history_items",
+            rule_changes,
+            op.filter_map("profiles", good, _only(Profile)),
+            alerts,
+            scores,
+        )
+        op.output("history", history_items, WriterSink(writers.history, _write_history))
+    if writers.notifications is not None:
+        op.output(
+            "notify", notifications, WriterSink(writers.notifications, NotificationSink.write_batch)
+        )
+    if writers.relevance is not None:
+        op.output("relevance", scores, WriterSink(writers.relevance, RelevanceStore.write_batch))
     return flow
 
 
@@ -347,6 +437,10 @@ def _to_record(item: TriggeredAlert | Notification | DeadLetter, topics: Topics)
     return OutgoingRecord(topics.dlq, key, item.to_json())
 
 
+def _write_records(writer: RecordWriter, batch: list[OutgoingRecord]) -> None:
+    writer.write_batch(batch)
+
+
 def _write_history(writer: HistoryWriter, batch: list[Any]) -> None:
     # The last change of a rule id in the batch is its state; earlier ones are superseded.
     latest_rule_change = {_rule_id(i): i for i in batch if isinstance(i, Rule | RuleTombstone)}
@@ -367,7 +461,7 @@ def _write_history(writer: HistoryWriter, batch: list[Any]) -> None:
         writer.write_relevance(scores)
 
 
-def _counted(parsed: ParsedRecord, record: SourceRecord) -> ParsedRecord:
+def _counted(parsed: ParsedRecord, record: RawRecord) -> ParsedRecord:
     outcome = "ok" if parsed.dead_letter is None else "dead_letter"
     metrics.EVENTS.labels(topic=record.topic, outcome=outcome).inc()
     return parsed
@@ -393,7 +487,7 @@ def writers_for(settings: Settings) -> Writers:
     bootstrap, database_url, redis_url = settings.require_servers()
     maxlen = settings.in_app.stream_maxlen
     return Writers(
-        kafka=lambda: CheckedProducer(bootstrap),
+        records=lambda: CheckedProducer(bootstrap),
         history=lambda: HistoryWriter(database_url),
         notifications=lambda: NotificationSink(
             HistoryWriter(database_url), InAppFeed(redis_url, maxlen=maxlen)

@@ -7,6 +7,7 @@ for 2020-2030 and kept as a sorted list of dates, so lookups are a bisection.
 from __future__ import annotations
 
 import re
+import warnings
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from datetime import date
@@ -46,8 +47,11 @@ def parse_occ(symbol: str) -> OccSymbol | None:
 def nyse_sessions() -> tuple[date, ...]:
     import exchange_calendars
 
-    calendar = exchange_calendars.get_calendar("XNYS", start=CALENDAR_START, end=CALENDAR_END)
-    return tuple(session.date() for session in calendar.sessions)
+    with warnings.catch_warnings():
+        # exchange_calendars trips a pandas deprecation warning internally; nothing for us to do.
+        warnings.simplefilter("ignore")
+        calendar = exchange_calendars.get_calendar("XNYS", start=CALENDAR_START, end=CALENDAR_END)
+        return tuple(session.date() for session in calendar.sessions)
 
 
 def trading_days_until(today: date, expiry: date) -> int | None:

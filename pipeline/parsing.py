@@ -29,7 +29,7 @@ from pipeline.messages import (
 MAX_DEAD_LETTER_VALUE_CHARS = 65536
 
 
-class SourceRecord(Protocol):
+class RawRecord(Protocol):
     """What parsing needs of a record read from Kafka (connectors.kafka.SourceRecord)."""
 
     @property
@@ -58,14 +58,14 @@ class ParsedRecord:
     dead_letter: DeadLetter | None = None
 
 
-def parse_record(record: SourceRecord, topics: Topics) -> ParsedRecord:
+def parse_record(record: RawRecord, topics: Topics) -> ParsedRecord:
     try:
         return ParsedRecord(item=_parse(record, topics))
     except InvalidMessage as exc:
         return ParsedRecord(dead_letter=dead_letter(record, str(exc)))
 
 
-def _parse(record: SourceRecord, topics: Topics) -> ParsedItem:
+def _parse(record: RawRecord, topics: Topics) -> ParsedItem:
     key = record.key.decode("utf-8", "replace") if record.key is not None else None
     tombstone = not record.value
     topic = record.topic
@@ -110,7 +110,7 @@ def _check_key(key: str | None, expected: str, what: str) -> None:
         raise InvalidMessage(f"message key {key!r} does not match its {what} {expected!r}")
 
 
-def dead_letter(record: SourceRecord, error: str) -> DeadLetter:
+def dead_letter(record: RawRecord, error: str) -> DeadLetter:
     """The record as a dead letter; its ts is the record's broker timestamp (deterministic)."""
     ts = (
         datetime.fromtimestamp(record.timestamp_ms / 1000, tz=UTC)

@@ -1,24 +1,49 @@
 """EVALUATE: the rules of one shard against the market events of its symbols.
 
-One ShardEngine holds every rule routed to its shard and the little market state the rules need
-(the previous price per symbol). It is plain state, snapshotted whole by the engine wrapper.
-Semantics (ARCHITECTURE.md §5): a rule fires on the event where its condition tree goes from not
-satisfied to satisfied, then stays silent until ``triggered_at + cooldown_seconds`` in event
-time; ``once`` rules retire after firing; expired or inactive rules are not evaluated.
+One ShardEngine holds every rule routed to its shard (ARCHITECTURE.md §3) and the market state
+its rules need, per symbol. Semantics (ARCHITECTURE.md §5): a rule fires on the event where its
+condition tree goes from not satisfied to satisfied, then stays silent until
+``triggered_at + cooldown_seconds`` in event time; ``once`` rules retire after firing; expired
+or inactive rules are not evaluated; a new version replaces a rule and resets its state.
+
+How it scales: a rule is only looked at when an event could change its value.
+- A rule whose whole tree is one price leaf (the common "AAPL above 200") sits in a sorted
+  threshold index of its symbol; a tick moving the price from p0 to p1 finds, by bisection, the
+  thresholds between p0 and p1, the only rules whose value can have changed.
+- Any other rule is listed under the event kinds its leaves are sensitive to (ticks, flow
+  prints, bar closes of a timeframe) and evaluated only at those events.
+- Indicators and windows are computed once per symbol however many rules read them
+  (``SymbolState``), and dropped with their last rule.
 """
 
 from __future__ import annotations
 
+import zlib
+from bisect import bisect_left, bisect_right
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from pipeline.conditions import MarketContext, Observation, evaluate_tree
+from pipeline.condition_specs import CONDITION_MODELS, ConditionNode, LeafCondition, iter_conditions
+from pipeline.conditions import (
+    BAR,
+    FLOW,
+    TICK,
+    EventContext,
+    Observation,
+    evaluate_tree,
+    indicator_specs,
+    leaf_kinds,
+)
 from pipeline.ids import alert_id
+from pipeline.indicators import BarClose
+from pipeline.market_state import SymbolState
 from pipeline.messages import (
     OptionsFlow,
     Position,
     PositionClosed,
+    Priority,
     Rule,
     RuleTombstone,
     Tick,
@@ -28,33 +53,142 @@ from pipeline.messages import (
 MarketEvent = Tick | OptionsFlow
 ShardInput = Rule | RuleTombstone | Position | PositionClosed | MarketEvent
 
+END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+INDEXED_TYPES = ("price_above", "price_below", "price_crosses_above", "price_crosses_below")
 
-@dataclass
-class SymbolRuleState:
+
+@dataclass(slots=True)
+class EdgeState:
     """Edge and cooldown memory of one rule on one symbol."""
 
     satisfied: bool = False
     silent_until: datetime | None = None
 
 
-@dataclass
-class RuleSlot:
-    rule: Rule
+@dataclass(slots=True)
+class CompiledRule:
+    """A rule as the engine keeps it: what evaluation needs, in little memory."""
+
+    id: str
+    version: int
+    digest: int
+    user_id: str
+    name: str
+    priority: Priority
+    once: bool
+    cooldown: timedelta
+    expires_at: datetime | None
+    active: bool
+    scope: tuple[str, ...] | None  # None: every symbol
+    tree: ConditionNode | None  # None for an indexed rule: its one leaf is (index_type, threshold)
+    index_type: str | None
+    threshold: float
+    kinds: frozenset[str]
     retired: bool = False
-    per_symbol: dict[str, SymbolRuleState] = field(default_factory=dict)
+    edges: EdgeState | dict[str, EdgeState] | None = None
+
+    def edge(self, symbol: str) -> EdgeState:
+        if self.scope is not None and len(self.scope) == 1:
+            if not isinstance(self.edges, EdgeState):
+                self.edges = EdgeState()
+            return self.edges
+        if not isinstance(self.edges, dict):
+            self.edges = {}
+        state = self.edges.get(symbol)
+        if state is None:
+            state = self.edges[symbol] = EdgeState()
+        return state
+
+    def leaves(self) -> list[LeafCondition]:
+        if self.tree is None:
+            assert self.index_type is not None
+            return [
+                CONDITION_MODELS[self.index_type].model_construct(
+                    type=self.index_type, threshold=self.threshold
+                )
+            ]
+        return iter_conditions(self.tree)
+
+    def condition_tree(self) -> ConditionNode:
+        return self.tree if self.tree is not None else self.leaves()[0]
+
+
+def compile_rule(rule: Rule) -> CompiledRule:
+    leaves = iter_conditions(rule.conditions)
+    single = leaves[0] if len(leaves) == 1 and leaves[0] is rule.conditions else None
+    indexed = single is not None and single.type in INDEXED_TYPES and not rule.is_wildcard
+    return CompiledRule(
+        id=rule.id,
+        version=rule.version,
+        digest=zlib.crc32(rule.model_dump_json().encode()),
+        user_id=rule.user_id,
+        name=rule.name,
+        priority=rule.priority,
+        once=rule.mode == "once",
+        cooldown=timedelta(seconds=rule.cooldown_seconds),
+        expires_at=rule.expires_at,
+        active=rule.active,
+        scope=None if rule.is_wildcard else tuple(rule.scope),
+        tree=None if indexed else rule.conditions,
+        index_type=single.type if indexed and single is not None else None,
+        threshold=float(getattr(single, "threshold", 0.0)) if indexed else 0.0,
+        kinds=frozenset(leaf_kinds(rule.conditions)),
+    )
+
+
+@dataclass(slots=True)
+class SortedThresholds:
+    """Rule ids sorted by threshold, for range lookups by bisection."""
+
+    thresholds: list[float] = field(default_factory=list)
+    rule_ids: list[str] = field(default_factory=list)
+
+    def add(self, threshold: float, rule_id: str) -> None:
+        index = bisect_right(self.thresholds, threshold)
+        self.thresholds.insert(index, threshold)
+        self.rule_ids.insert(index, rule_id)
+
+    def remove(self, threshold: float, rule_id: str) -> None:
+        low = bisect_left(self.thresholds, threshold)
+        high = bisect_right(self.thresholds, threshold)
+        for index in range(low, high):
+            if self.rule_ids[index] == rule_id:
+                del self.thresholds[index]
+                del self.rule_ids[index]
+                return
+
+    def between(self, low: float, high: float, *, closed_low: bool, closed_high: bool) -> list[str]:
+        start = (bisect_left if closed_low else bisect_right)(self.thresholds, low)
+        end = (bisect_right if closed_high else bisect_left)(self.thresholds, high)
+        return self.rule_ids[start:end]
+
+    def __len__(self) -> int:
+        return len(self.thresholds)
+
+
+@dataclass(slots=True)
+class SymbolRules:
+    """The rules watching one symbol, by how they are found."""
+
+    indexes: dict[str, SortedThresholds] = field(default_factory=dict)
+    fresh: set[str] = field(default_factory=set)  # indexed, not yet evaluated once
+    by_kind: dict[str, set[str]] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        return not self.fresh and not any(self.indexes.values()) and not any(self.by_kind.values())
 
 
 @dataclass
 class ShardEngine:
-    rules: dict[str, RuleSlot] = field(default_factory=dict)
-    by_symbol: dict[str, set[str]] = field(default_factory=dict)
-    wildcard: set[str] = field(default_factory=set)
-    last_price: dict[str, float] = field(default_factory=dict)
+    rules: dict[str, CompiledRule] = field(default_factory=dict)
+    symbols: dict[str, SymbolRules] = field(default_factory=dict)
+    wildcard: dict[str, set[str]] = field(default_factory=dict)  # kind -> rule ids
+    markets: dict[str, SymbolState] = field(default_factory=dict)
     positions: dict[tuple[str, str], Position] = field(default_factory=dict)
 
     # ------------------------------------------------------------ input
 
-    def process(self, batch: list[ShardInput]) -> list[TriggeredAlert]:
+    def process(self, batch: Iterable[ShardInput]) -> list[TriggeredAlert]:
         """Apply one batch: rule and position changes first, then market events in ts order.
 
         Changes first makes the outcome independent of how a batch interleaved its sources;
@@ -75,26 +209,30 @@ class ShardEngine:
         events.sort(key=lambda event: event.ts)
         alerts: list[TriggeredAlert] = []
         for event in events:
-            alerts.extend(self.on_event(event))
+            if isinstance(event, Tick):
+                alerts.extend(self.on_tick(event))
+            else:
+                alerts.extend(self.on_flow(event))
         return alerts
 
     def upsert(self, rule: Rule) -> None:
-        slot = self.rules.get(rule.id)
-        if slot is not None:
-            if slot.rule == rule or slot.rule.version > rule.version:
-                return  # a replayed or stale copy: keep the state it built
-            self._unindex(slot.rule)
-        self.rules[rule.id] = RuleSlot(rule)
-        if rule.is_wildcard:
-            self.wildcard.add(rule.id)
+        current = self.rules.get(rule.id)
+        if current is not None:
+            if current.version > rule.version:
+                return  # a stale copy
+            compiled = compile_rule(rule)
+            if current.version == rule.version and current.digest == compiled.digest:
+                return  # a replayed copy: keep the state it built
+            self._unregister(current)
         else:
-            for symbol in rule.scope:
-                self.by_symbol.setdefault(symbol, set()).add(rule.id)
+            compiled = compile_rule(rule)
+        self.rules[rule.id] = compiled
+        self._register(compiled)
 
     def remove(self, rule_id: str) -> None:
-        slot = self.rules.pop(rule_id, None)
-        if slot is not None:
-            self._unindex(slot.rule)
+        compiled = self.rules.pop(rule_id, None)
+        if compiled is not None:
+            self._unregister(compiled)
 
     def update_position(self, position: Position) -> None:
         key = (position.user_id, position.symbol)
@@ -106,51 +244,200 @@ class ShardEngine:
         else:
             self.positions[key] = position
 
-    def _unindex(self, rule: Rule) -> None:
-        self.wildcard.discard(rule.id)
+    # ------------------------------------------------------------ registration
+
+    def _register(self, rule: CompiledRule) -> None:
+        if rule.scope is None:
+            for kind in rule.kinds:
+                self.wildcard.setdefault(kind, set()).add(rule.id)
+            for market in self.markets.values():
+                self._acquire(market, rule, +1)
+            return
         for symbol in rule.scope:
-            ids = self.by_symbol.get(symbol)
-            if ids is not None:
-                ids.discard(rule.id)
-                if not ids:
-                    del self.by_symbol[symbol]
+            rules = self.symbols.setdefault(symbol, SymbolRules())
+            if rule.index_type is not None:
+                rules.indexes.setdefault(rule.index_type, SortedThresholds()).add(
+                    rule.threshold, rule.id
+                )
+                rules.fresh.add(rule.id)
+            else:
+                for kind in rule.kinds:
+                    rules.by_kind.setdefault(kind, set()).add(rule.id)
+            self._acquire(self._market(symbol), rule, +1)
 
-    # ------------------------------------------------------------ evaluation
+    def _unregister(self, rule: CompiledRule) -> None:
+        if rule.scope is None:
+            for kind in rule.kinds:
+                self.wildcard.get(kind, set()).discard(rule.id)
+            for market in self.markets.values():
+                self._acquire(market, rule, -1)
+            return
+        for symbol in rule.scope:
+            rules = self.symbols.get(symbol)
+            if rules is None:
+                continue
+            if rule.index_type is not None:
+                rules.indexes[rule.index_type].remove(rule.threshold, rule.id)
+                rules.fresh.discard(rule.id)
+            else:
+                for kind in rule.kinds:
+                    rules.by_kind.get(kind, set()).discard(rule.id)
+            self._acquire(self.markets[symbol], rule, -1)
+            if rules.is_empty():
+                del self.symbols[symbol]
 
-    def on_event(self, event: MarketEvent) -> list[TriggeredAlert]:
-        symbol = event.symbol if isinstance(event, Tick) else event.underlying
-        price = event.price if isinstance(event, Tick) else None
-        ctx = MarketContext(symbol, event.ts, price, self.last_price.get(symbol))
-        if price is not None:
-            self.last_price[symbol] = price
-        candidates = self.by_symbol.get(symbol, set()) | self.wildcard
-        alerts = []
-        for rule_id in sorted(candidates):
+    def _market(self, symbol: str) -> SymbolState:
+        market = self.markets.get(symbol)
+        if market is None:
+            market = self.markets[symbol] = SymbolState(symbol)
+            for rule_ids in self.wildcard.values():
+                for rule_id in rule_ids:
+                    self._acquire(market, self.rules[rule_id], +1)
+        return market
+
+    def _acquire(self, market: SymbolState, rule: CompiledRule, step: int) -> None:
+        """Take (+1) or give back (-1) the indicators and windows the rule's leaves read."""
+        if rule.tree is None:
+            return
+        take = step > 0
+        for leaf in iter_conditions(rule.tree):
+            for spec in indicator_specs(leaf):
+                (market.indicators.acquire if take else market.indicators.release)(spec)
+            kind = leaf.type
+            if kind in ("percent_move_up", "percent_move_down"):
+                (market.acquire_extrema if take else market.release_extrema)(leaf.window_seconds)
+            elif kind == "iv_change_pct":
+                (market.acquire_iv_window if take else market.release_iv_window)(
+                    leaf.window_seconds
+                )
+            elif kind == "iv_rank_above":
+                (market.acquire_iv_rank if take else market.release_iv_rank)(leaf.lookback_days)
+            elif kind in ("flow_repeated_hits", "put_call_premium_ratio"):
+                (market.acquire_flow_window if take else market.release_flow_window)(
+                    leaf.window_seconds
+                )
+
+    # ------------------------------------------------------------ events
+
+    def on_tick(self, tick: Tick) -> list[TriggeredAlert]:
+        symbol = tick.symbol
+        market = self._market(symbol)
+        alerts: list[TriggeredAlert] = []
+        for bar in market.indicators.on_event(tick.ts, tick.price, tick.size):
+            alerts.extend(self._on_bar(market, bar))
+        previous = market.last_price
+        market.on_tick(tick)
+        ctx = EventContext(symbol, tick.ts, TICK, market, self.positions)
+        for rule_id in self._tick_candidates(symbol, previous, tick.price):
             alert = self._evaluate(self.rules[rule_id], ctx)
             if alert is not None:
                 alerts.append(alert)
         return alerts
 
-    def _evaluate(self, slot: RuleSlot, ctx: MarketContext) -> TriggeredAlert | None:
-        rule = slot.rule
-        if slot.retired or not rule.active:
+    def on_flow(self, print_: OptionsFlow) -> list[TriggeredAlert]:
+        symbol = print_.underlying
+        market = self._market(symbol)
+        market.on_flow(print_)
+        ctx = EventContext(symbol, print_.ts, FLOW, market, self.positions, flow=print_)
+        return self._evaluate_all(self._general(symbol, FLOW), ctx)
+
+    def flush(self) -> list[TriggeredAlert]:
+        """End of a bounded input: close every open bar (its end is the watermark)."""
+        alerts: list[TriggeredAlert] = []
+        for market in self.markets.values():
+            for bar in market.indicators.advance_to(END_OF_TIME):
+                alerts.extend(self._on_bar(market, bar))
+        return alerts
+
+    def _on_bar(self, market: SymbolState, bar: BarClose) -> list[TriggeredAlert]:
+        ctx = EventContext(market.symbol, bar.end, BAR, market, self.positions, bar=bar)
+        return self._evaluate_all(self._general(market.symbol, f"{BAR}:{bar.timeframe}"), ctx)
+
+    def _evaluate_all(self, rule_ids: list[str], ctx: EventContext) -> list[TriggeredAlert]:
+        alerts = []
+        for rule_id in rule_ids:
+            alert = self._evaluate(self.rules[rule_id], ctx)
+            if alert is not None:
+                alerts.append(alert)
+        return alerts
+
+    def _general(self, symbol: str, kind: str) -> list[str]:
+        rules = self.symbols.get(symbol)
+        own = rules.by_kind.get(kind, set()) if rules is not None else set()
+        wild = self.wildcard.get(kind, set())
+        return sorted(own | wild) if wild else sorted(own)
+
+    def _tick_candidates(self, symbol: str, previous: float | None, price: float) -> list[str]:
+        """Rules whose value can have changed at a tick from ``previous`` to ``price``."""
+        rules = self.symbols.get(symbol)
+        candidates: set[str] = set(self.wildcard.get(TICK, ()))
+        if rules is None:
+            return sorted(candidates)
+        candidates.update(rules.by_kind.get(TICK, ()))
+        candidates.update(rules.fresh)
+        rules.fresh.clear()
+        indexes = rules.indexes
+        if previous is None:
+            # First price: every level rule already true fires (its state starts unsatisfied).
+            if "price_above" in indexes:
+                candidates.update(
+                    indexes["price_above"].between(
+                        float("-inf"), price, closed_low=True, closed_high=False
+                    )
+                )
+            if "price_below" in indexes:
+                candidates.update(
+                    indexes["price_below"].between(
+                        price, float("inf"), closed_low=False, closed_high=True
+                    )
+                )
+            return sorted(candidates)
+        low, high = min(previous, price), max(previous, price)
+        if "price_above" in indexes:  # value p > t flips for t in [low, high)
+            candidates.update(
+                indexes["price_above"].between(low, high, closed_low=True, closed_high=False)
+            )
+        if "price_below" in indexes:  # value p < t flips for t in (low, high]
+            candidates.update(
+                indexes["price_below"].between(low, high, closed_low=False, closed_high=True)
+            )
+        if price > previous and "price_crosses_above" in indexes:  # previous <= t < price
+            candidates.update(
+                indexes["price_crosses_above"].between(
+                    previous, price, closed_low=True, closed_high=False
+                )
+            )
+        if price < previous and "price_crosses_below" in indexes:  # previous >= t > price
+            candidates.update(
+                indexes["price_crosses_below"].between(
+                    price, previous, closed_low=False, closed_high=True
+                )
+            )
+        return sorted(candidates)
+
+    # ------------------------------------------------------------ one rule at one event
+
+    def _evaluate(self, rule: CompiledRule, ctx: EventContext) -> TriggeredAlert | None:
+        if rule.retired or not rule.active:
             return None
         if rule.expires_at is not None and ctx.ts >= rule.expires_at:
             return None
-        state = slot.per_symbol.setdefault(ctx.symbol, SymbolRuleState())
-        observations = evaluate_tree(rule.conditions, ctx)
-        was_satisfied, state.satisfied = state.satisfied, observations is not None
+        observations, after = evaluate_tree(rule.condition_tree(), ctx, rule.user_id)
+        state = rule.edge(ctx.symbol)
+        was_satisfied, state.satisfied = state.satisfied, after
         if observations is None or was_satisfied:
             return None
         if state.silent_until is not None and ctx.ts < state.silent_until:
             return None
-        state.silent_until = ctx.ts + timedelta(seconds=rule.cooldown_seconds)
-        if rule.mode == "once":
-            slot.retired = True
+        state.silent_until = ctx.ts + rule.cooldown
+        if rule.once:
+            rule.retired = True
         return build_alert(rule, ctx, observations)
 
 
-def build_alert(rule: Rule, ctx: MarketContext, observations: list[Observation]) -> TriggeredAlert:
+def build_alert(
+    rule: CompiledRule, ctx: EventContext, observations: list[Observation]
+) -> TriggeredAlert:
     values: dict[str, float | str | None] = {}
     clashing: set[str] = set()
     for observation in observations:
@@ -177,7 +464,7 @@ def build_alert(rule: Rule, ctx: MarketContext, observations: list[Observation])
         symbol=ctx.symbol,
         priority=rule.priority,
         title=f"{ctx.symbol}: {rule.name}"[:255],
-        message="; ".join(observation.description for observation in observations),
+        message="; ".join(observation.description for observation in observations)[:4096],
         triggered_at=ctx.ts,
         condition_types=types,
         values=values,

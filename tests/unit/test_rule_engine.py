@@ -72,7 +72,7 @@ def test_replayed_same_version_keeps_state_and_stale_version_is_ignored() -> Non
     engine.upsert(rule({"type": "price_above", "threshold": 10}, version=2))
     engine.upsert(rule({"type": "price_above", "threshold": 99}, version=1))
     assert fired(engine, tick("AAPL", 12, 1)) == []  # still satisfied, no new edge
-    assert engine.rules["r-1"].rule.version == 2
+    assert engine.rules["r-1"].version == 2
 
 
 def test_expired_and_inactive_rules_are_not_evaluated() -> None:
@@ -86,7 +86,7 @@ def test_tombstone_removes_the_rule() -> None:
     engine = ShardEngine()
     engine.upsert(rule({"type": "price_above", "threshold": 10}))
     assert fired(engine, RuleTombstone("r-1"), tick("AAPL", 11, 0)) == []
-    assert engine.rules == {} and engine.by_symbol == {}
+    assert engine.rules == {} and engine.symbols == {}
 
 
 def test_changes_in_a_batch_apply_before_its_events() -> None:
