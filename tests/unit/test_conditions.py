@@ -1,4 +1,4 @@
-"""Every condition type: where it fires, that it does not fire otherwise, edge, cooldown, bad params.
+"""Every condition type: where it fires, where it does not, edges, cooldown, bad parameters.
 
 Each scenario feeds events one at a time to a ShardEngine holding one rule and lists the indexes
 of the events that fire. Indicator scenarios use 1-minute bars with one tick per minute, so the
