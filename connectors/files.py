@@ -193,20 +193,3 @@ def merged_by_time(
             value=json.dumps(row, default=str).encode(),
             timestamp_ms=int(event_time.timestamp() * 1000) if event_time is not None else None,
         )
-
-
-def list_records(
-    topic: str, path: Path, key_of: Callable[[dict[str, Any]], str | None]
-) -> list[FileRecord]:
-    """A file's rows as records in file order (rules: they carry no event time)."""
-    return [
-        FileRecord(
-            topic=topic,
-            partition=0,
-            offset=offset,
-            key=(key.encode() if (key := key_of(row)) is not None else None),
-            value=json.dumps(row, default=str).encode(),
-            timestamp_ms=None,
-        )
-        for offset, row in enumerate(read_rows(path))
-    ]
