@@ -263,7 +263,7 @@ class FlowFilters(ConditionSpec):
     """Filters every flow condition accepts; a print that fails one is not considered."""
 
     right: Literal["C", "P"] | None = None
-    sides: list[Side] | None = None
+    sides: tuple[Side, ...] | None = None
     min_days_to_expiry: Annotated[int, Field(ge=0, le=3650)] | None = None
     max_days_to_expiry: Annotated[int, Field(ge=0, le=3650)] | None = None
     moneyness: Literal["itm", "otm", "atm"] | None = None

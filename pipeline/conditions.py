@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from pipeline import condition_specs as c
@@ -49,7 +50,7 @@ class Observation:
     """Why a condition holds: the values seen and a sentence for people."""
 
     condition_type: str
-    values: dict[str, float | str | None] = field(default_factory=dict)
+    values: Mapping[str, float | str | None] = field(default_factory=dict)
     description: str = ""
 
 
@@ -175,26 +176,32 @@ def _duration(seconds: int) -> str:
 # ---------------------------------------------------------------- bar indicators
 
 
-def indicator_specs(leaf: LeafCondition) -> list[IndicatorSpec]:
+@cache
+def _spec(kind: str, timeframe: str, period: int, stddev: float = 0.0) -> IndicatorSpec:
+    """Specs are looked up at every bar close: build (and validate) each one once."""
+    return IndicatorSpec(kind, timeframe, period, stddev)
+
+
+def indicator_specs(leaf: Any) -> list[IndicatorSpec]:
     """The indicators a leaf reads; the engine acquires them per symbol."""
     tf = getattr(leaf, "timeframe", None)
     if tf is None:
         return []
     kind = leaf.type
     if kind in ("rsi_above", "rsi_below"):
-        return [IndicatorSpec("rsi", tf, leaf.period)]
+        return [_spec("rsi", tf, leaf.period)]
     if kind in ("price_crosses_above_sma", "price_crosses_below_sma"):
-        return [IndicatorSpec("sma", tf, leaf.period)]
+        return [_spec("sma", tf, leaf.period)]
     if kind in ("sma_cross_up", "sma_cross_down"):
-        return [IndicatorSpec("sma", tf, leaf.fast), IndicatorSpec("sma", tf, leaf.slow)]
+        return [_spec("sma", tf, leaf.fast), _spec("sma", tf, leaf.slow)]
     if kind in ("bollinger_break_upper", "bollinger_break_lower"):
-        return [IndicatorSpec("bbands", tf, leaf.period, leaf.stddev)]
+        return [_spec("bbands", tf, leaf.period, leaf.stddev)]
     if kind == "new_high":
-        return [IndicatorSpec("highest", tf, leaf.period)]
+        return [_spec("highest", tf, leaf.period)]
     if kind == "new_low":
-        return [IndicatorSpec("lowest", tf, leaf.period)]
+        return [_spec("lowest", tf, leaf.period)]
     if kind == "volume_spike":
-        return [IndicatorSpec("volume_avg", tf, leaf.period)]
+        return [_spec("volume_avg", tf, leaf.period)]
     return []
 
 
@@ -204,7 +211,7 @@ def _at_bar(ctx: EventContext, timeframe: str) -> bool:
 
 @_evaluator("rsi_above", sensitive_to=BAR)
 def _rsi_above(leaf: c.RsiAbove, ctx: EventContext, owner: str) -> Observation | None:
-    rsi = ctx.state.indicators.value(IndicatorSpec("rsi", leaf.timeframe, leaf.period))
+    rsi = ctx.state.indicators.value(_spec("rsi", leaf.timeframe, leaf.period))
     if not isinstance(rsi, float) or not rsi > leaf.threshold:
         return None
     return Observation(
@@ -216,7 +223,7 @@ def _rsi_above(leaf: c.RsiAbove, ctx: EventContext, owner: str) -> Observation |
 
 @_evaluator("rsi_below", sensitive_to=BAR)
 def _rsi_below(leaf: c.RsiBelow, ctx: EventContext, owner: str) -> Observation | None:
-    rsi = ctx.state.indicators.value(IndicatorSpec("rsi", leaf.timeframe, leaf.period))
+    rsi = ctx.state.indicators.value(_spec("rsi", leaf.timeframe, leaf.period))
     if not isinstance(rsi, float) or not rsi < leaf.threshold:
         return None
     return Observation(
@@ -235,7 +242,7 @@ def _crossed(a0: Any, a1: Any, b0: Any, b1: Any, *, up: bool) -> bool:
 def _close_vs_sma(leaf: Any, ctx: EventContext, *, up: bool) -> Observation | None:
     if not _at_bar(ctx, leaf.timeframe):
         return None
-    ind, spec = ctx.state.indicators, IndicatorSpec("sma", leaf.timeframe, leaf.period)
+    ind, spec = ctx.state.indicators, _spec("sma", leaf.timeframe, leaf.period)
     close, previous_close = ind.last_close(leaf.timeframe), ind.previous_close(leaf.timeframe)
     sma, previous_sma = ind.value(spec), ind.previous_value(spec)
     if not _crossed(previous_close, close, previous_sma, sma, up=up):
@@ -268,8 +275,8 @@ def _sma_cross(leaf: Any, ctx: EventContext, *, up: bool) -> Observation | None:
         return None
     ind = ctx.state.indicators
     fast, slow = (
-        IndicatorSpec("sma", leaf.timeframe, leaf.fast),
-        IndicatorSpec("sma", leaf.timeframe, leaf.slow),
+        _spec("sma", leaf.timeframe, leaf.fast),
+        _spec("sma", leaf.timeframe, leaf.slow),
     )
     f0, f1, s0, s1 = (
         ind.previous_value(fast),
@@ -300,7 +307,7 @@ def _sma_cross_down(leaf: c.SmaCrossDown, ctx: EventContext, owner: str) -> Obse
 
 def _bollinger(leaf: Any, ctx: EventContext, *, upper: bool) -> Observation | None:
     ind = ctx.state.indicators
-    bands = ind.value(IndicatorSpec("bbands", leaf.timeframe, leaf.period, leaf.stddev))
+    bands = ind.value(_spec("bbands", leaf.timeframe, leaf.period, leaf.stddev))
     close = ind.last_close(leaf.timeframe)
     if not isinstance(bands, tuple) or close is None:
         return None
@@ -336,9 +343,7 @@ def _extreme(leaf: Any, ctx: EventContext, *, high: bool) -> Observation | None:
     if not _at_bar(ctx, leaf.timeframe):
         return None
     ind = ctx.state.indicators
-    reference = ind.value(
-        IndicatorSpec("highest" if high else "lowest", leaf.timeframe, leaf.period)
-    )
+    reference = ind.value(_spec("highest" if high else "lowest", leaf.timeframe, leaf.period))
     close = ind.last_close(leaf.timeframe)
     if not isinstance(reference, float) or close is None:
         return None
@@ -368,7 +373,7 @@ def _volume_spike(leaf: c.VolumeSpike, ctx: EventContext, owner: str) -> Observa
     if not _at_bar(ctx, leaf.timeframe):
         return None
     ind = ctx.state.indicators
-    average = ind.value(IndicatorSpec("volume_avg", leaf.timeframe, leaf.period))
+    average = ind.value(_spec("volume_avg", leaf.timeframe, leaf.period))
     volume = ind.last_bar_volume(leaf.timeframe)
     if not isinstance(average, float) or volume is None or average <= 0:
         return None
@@ -701,19 +706,78 @@ def _expiry_within(leaf: c.ExpiryWithinDays, ctx: EventContext, owner: str) -> O
 # ---------------------------------------------------------------- trees
 
 
+# Leaves whose value is a threshold on one number of the symbol: the engine finds the ones a tick
+# changed by bisection over their sorted thresholds (pipeline/rule_engine.py).
+THRESHOLD_QUANTITY = {
+    "price_above": "price",
+    "price_below": "price",
+    "price_crosses_above": "price",
+    "price_crosses_below": "price",
+    "iv_above": "iv",
+    "iv_below": "iv",
+    "delta_above": "delta",
+    "delta_below": "delta",
+    "gamma_above": "gamma",
+    "gamma_below": "gamma",
+    "theta_above": "theta",
+    "theta_below": "theta",
+    "vega_above": "vega",
+    "vega_below": "vega",
+    "spread_pct_above": "spread_pct",
+}
+PER_OWNER = frozenset(name for name in c.POSITION_CONDITIONS)
+
+LeafKey = Any  # (type, threshold) for threshold leaves, (leaf, owner) for positions, else the leaf
+
+
+def leaf_key(leaf: Any, owner: str) -> LeafKey:
+    """What identifies a leaf's value at one event: equal keys have equal values."""
+    if leaf.type in THRESHOLD_QUANTITY:
+        return (leaf.type, leaf.threshold)
+    if leaf.type in PER_OWNER:
+        return (leaf, owner)
+    return leaf
+
+
+def evaluate_leaf(
+    leaf: Any, ctx: EventContext, owner: str, memo: dict[Any, Observation | None]
+) -> Observation | None:
+    """The leaf's observation at this event, computed once per event for equal leaves.
+
+    ``memo`` lives for one event only, so it is keyed by identity (the engine shares equal
+    leaves between rules) rather than by the slower value hash of the models.
+    """
+    kind = leaf.type
+    if kind in THRESHOLD_QUANTITY:
+        key: Any = (kind, leaf.threshold)
+    elif kind in PER_OWNER:
+        key = (id(leaf), owner)
+    else:
+        key = id(leaf)
+    if key in memo:
+        return memo[key]
+    observation = memo[key] = EVALUATORS[kind](leaf, ctx, owner)
+    return observation
+
+
 def evaluate_tree(
-    node: ConditionNode, ctx: EventContext, owner: str
+    node: ConditionNode,
+    ctx: EventContext,
+    owner: str,
+    memo: dict[LeafKey, Observation | None] | None = None,
 ) -> tuple[list[Observation] | None, bool]:
     """(observations that satisfy ``node`` now, or None; whether it still holds after this event).
 
     The second value treats pulse leaves as false: it is the rule's value at the following
-    events it is not evaluated at, which is what edge detection compares with.
+    events it is not evaluated at, which is what edge detection compares with. ``memo`` shares
+    leaf values between the rules evaluated at one event.
     """
+    memo = {} if memo is None else memo
     if isinstance(node, AllOf):
         observed: list[Observation] | None = []
         after = True
         for child in node.all:
-            child_observed, child_after = evaluate_tree(child, ctx, owner)
+            child_observed, child_after = evaluate_tree(child, ctx, owner, memo)
             after = after and child_after
             if child_observed is None:
                 observed = None
@@ -724,24 +788,21 @@ def evaluate_tree(
         held: list[Observation] = []
         any_held, after = False, False
         for child in node.any:
-            child_observed, child_after = evaluate_tree(child, ctx, owner)
+            child_observed, child_after = evaluate_tree(child, ctx, owner, memo)
             after = after or child_after
             if child_observed is not None:
                 any_held = True
                 held.extend(child_observed)
         return (held if any_held else None), after
-    observation = EVALUATORS[node.type](node, ctx, owner)
+    observation = evaluate_leaf(node, ctx, owner, memo)
     holds = observation is not None
     return ([observation] if observation is not None else None), holds and node.type not in PULSES
 
 
-def leaf_kinds(node: ConditionNode) -> set[str]:
-    """The event kinds (tick, flow, bar:<timeframe>) the tree's value can change at."""
-    kinds = set()
-    for leaf in c.iter_conditions(node):
-        sensitivity = SENSITIVITY[leaf.type]
-        kinds.add(f"{BAR}:{leaf.timeframe}" if sensitivity == BAR else sensitivity)
-    return kinds
+def leaf_kind(leaf: Any) -> str:
+    """The event kind (tick, flow, bar:<timeframe>) a leaf's value can change at."""
+    sensitivity = SENSITIVITY[leaf.type]
+    return f"{BAR}:{leaf.timeframe}" if sensitivity == BAR else sensitivity
 
 
 _missing = set(c.CONDITION_MODELS) - set(EVALUATORS)

@@ -348,19 +348,26 @@ def decode(model: type[M], raw: bytes | None) -> M:
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidMessage(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        if not any(error["type"] in ("json_invalid", "model_type") for error in exc.errors()):
+            raise InvalidMessage(
+                f"invalid {model.__name__}: {describe_validation_error(exc)}"
+            ) from exc
+    raise InvalidMessage(_why_not_a_json_object(raw))
+
+
+def _why_not_a_json_object(raw: bytes) -> str:
+    """The precise reason a value is not one JSON object (the slow path, for bad input only)."""
+    try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidMessage(f"not UTF-8: {exc.reason} at byte {exc.start}") from exc
+        return f"not UTF-8: {exc.reason} at byte {exc.start}"
     try:
         payload = json.loads(text, parse_constant=_reject_constant)
     except ValueError as exc:
-        raise InvalidMessage(f"not JSON: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise InvalidMessage(f"expected a JSON object, got {type(payload).__name__}")
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        raise InvalidMessage(f"invalid {model.__name__}: {describe_validation_error(exc)}") from exc
+        return f"not JSON: {exc}"
+    return f"expected a JSON object, got {type(payload).__name__}"
 
 
 def _reject_constant(name: str) -> Any:

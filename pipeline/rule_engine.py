@@ -6,35 +6,54 @@ condition tree goes from not satisfied to satisfied, then stays silent until
 ``triggered_at + cooldown_seconds`` in event time; ``once`` rules retire after firing; expired
 or inactive rules are not evaluated; a new version replaces a rule and resets its state.
 
-How it scales: a rule is only looked at when an event could change its value.
-- A rule whose whole tree is one price leaf (the common "AAPL above 200") sits in a sorted
-  threshold index of its symbol; a tick moving the price from p0 to p1 finds, by bisection, the
-  thresholds between p0 and p1, the only rules whose value can have changed.
-- Any other rule is listed under the event kinds its leaves are sensitive to (ticks, flow
-  prints, bar closes of a timeframe) and evaluated only at those events.
-- Indicators and windows are computed once per symbol however many rules read them
-  (``SymbolState``), and dropped with their last rule.
+How it scales: a rule's value can only change at an event where one of its leaves changes, so
+the engine tracks leaves, not rules. Per symbol, each distinct leaf is kept once with the rules
+that use it:
+- threshold leaves (price, IV, greeks, spread above/below, price crosses) sit in sorted
+  indexes; a tick moving the price from p0 to p1 finds the leaves it flipped by bisection
+  between p0 and p1, whatever the number of thresholds;
+- every other leaf is evaluated once per event of the kind it reads (ticks, flow prints, bar
+  closes of its timeframe), and only a leaf whose value changed (or a pulse that fired) wakes
+  its rules.
+Indicators and windows are computed once per symbol however many leaves read them
+(``SymbolState``) and dropped with the last one. A rule keeps little: its fields, its condition
+tree (shared leaves) or, for a one-leaf threshold rule, just (type, threshold).
 """
 
 from __future__ import annotations
 
+import sys
 import zlib
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any
 
-from pipeline.condition_specs import CONDITION_MODELS, ConditionNode, LeafCondition, iter_conditions
+from pipeline.condition_specs import (
+    CONDITION_MODELS,
+    AllOf,
+    AnyOf,
+    ConditionNode,
+    LeafCondition,
+    iter_conditions,
+)
 from pipeline.conditions import (
     BAR,
     FLOW,
+    PULSES,
+    THRESHOLD_QUANTITY,
     TICK,
     EventContext,
+    LeafKey,
     Observation,
+    evaluate_leaf,
     evaluate_tree,
     indicator_specs,
-    leaf_kinds,
+    leaf_key,
+    leaf_kind,
 )
 from pipeline.ids import alert_id
 from pipeline.indicators import BarClose
@@ -54,7 +73,6 @@ MarketEvent = Tick | OptionsFlow
 ShardInput = Rule | RuleTombstone | Position | PositionClosed | MarketEvent
 
 END_OF_TIME = datetime.max.replace(tzinfo=UTC)
-INDEXED_TYPES = ("price_above", "price_below", "price_crosses_above", "price_crosses_below")
 
 
 @dataclass(slots=True)
@@ -63,6 +81,16 @@ class EdgeState:
 
     satisfied: bool = False
     silent_until: datetime | None = None
+
+
+@cache
+def _shared_kinds(kinds: frozenset[str]) -> frozenset[str]:
+    return kinds
+
+
+@cache
+def _shared_cooldown(seconds: int) -> timedelta:
+    return timedelta(seconds=seconds)
 
 
 @dataclass(slots=True)
@@ -80,111 +108,169 @@ class CompiledRule:
     expires_at: datetime | None
     active: bool
     scope: tuple[str, ...] | None  # None: every symbol
-    tree: ConditionNode | None  # None for an indexed rule: its one leaf is (index_type, threshold)
-    index_type: str | None
-    threshold: float
+    tree: ConditionNode | tuple[str, float]  # (type, threshold) for a one-leaf threshold rule
     kinds: frozenset[str]
     retired: bool = False
-    edges: EdgeState | dict[str, EdgeState] | None = None
+    # Edge state: on the rule itself when it watches one symbol, else per symbol.
+    satisfied: bool = False
+    silent_until: datetime | None = None
+    edges: dict[str, EdgeState] | None = None
 
-    def edge(self, symbol: str) -> EdgeState:
+    def edge(self, symbol: str) -> EdgeState | CompiledRule:
         if self.scope is not None and len(self.scope) == 1:
-            if not isinstance(self.edges, EdgeState):
-                self.edges = EdgeState()
-            return self.edges
-        if not isinstance(self.edges, dict):
+            return self
+        if self.edges is None:
             self.edges = {}
         state = self.edges.get(symbol)
         if state is None:
             state = self.edges[symbol] = EdgeState()
         return state
 
-    def leaves(self) -> list[LeafCondition]:
-        if self.tree is None:
-            assert self.index_type is not None
-            return [
-                CONDITION_MODELS[self.index_type].model_construct(
-                    type=self.index_type, threshold=self.threshold
-                )
-            ]
-        return iter_conditions(self.tree)
-
     def condition_tree(self) -> ConditionNode:
-        return self.tree if self.tree is not None else self.leaves()[0]
+        if isinstance(self.tree, tuple):
+            kind, threshold = self.tree
+            leaf: ConditionNode = CONDITION_MODELS[kind].model_construct(  # type: ignore[call-arg]
+                type=kind, threshold=threshold
+            )
+            return leaf
+        return self.tree
+
+    def leaves(self) -> list[LeafCondition]:
+        return iter_conditions(self.condition_tree())
 
 
 def compile_rule(rule: Rule) -> CompiledRule:
-    leaves = iter_conditions(rule.conditions)
-    single = leaves[0] if len(leaves) == 1 and leaves[0] is rule.conditions else None
-    indexed = single is not None and single.type in INDEXED_TYPES and not rule.is_wildcard
+    conditions = rule.conditions
+    tree: ConditionNode | tuple[str, float] = conditions
+    if not isinstance(conditions, AllOf | AnyOf) and conditions.type in THRESHOLD_QUANTITY:
+        tree = (conditions.type, float(conditions.threshold))
     return CompiledRule(
         id=rule.id,
         version=rule.version,
         digest=zlib.crc32(rule.model_dump_json().encode()),
-        user_id=rule.user_id,
+        user_id=sys.intern(rule.user_id),
         name=rule.name,
         priority=rule.priority,
         once=rule.mode == "once",
-        cooldown=timedelta(seconds=rule.cooldown_seconds),
+        cooldown=_shared_cooldown(rule.cooldown_seconds),
         expires_at=rule.expires_at,
         active=rule.active,
         scope=None if rule.is_wildcard else tuple(rule.scope),
-        tree=None if indexed else rule.conditions,
-        index_type=single.type if indexed and single is not None else None,
-        threshold=float(getattr(single, "threshold", 0.0)) if indexed else 0.0,
-        kinds=frozenset(leaf_kinds(rule.conditions)),
+        tree=tree,
+        kinds=_shared_kinds(frozenset(leaf_kind(leaf) for leaf in iter_conditions(conditions))),
     )
 
 
 @dataclass(slots=True)
+class LeafSlot:
+    """One distinct leaf of a symbol, the rules that read it, and its value at the last event."""
+
+    leaf: LeafCondition | None  # None for threshold leaves (their key says it all)
+    owner: str = ""  # for position leaves: whose position
+    rule_ids: list[str] = field(default_factory=list)
+    value: bool = False
+
+
+@dataclass(slots=True)
 class SortedThresholds:
-    """Rule ids sorted by threshold, for range lookups by bisection."""
+    """Threshold leaves sorted by threshold, for range lookups by bisection."""
 
     thresholds: list[float] = field(default_factory=list)
-    rule_ids: list[str] = field(default_factory=list)
+    slots: list[LeafSlot] = field(default_factory=list)
 
-    def add(self, threshold: float, rule_id: str) -> None:
+    def add(self, threshold: float, slot: LeafSlot) -> None:
         index = bisect_right(self.thresholds, threshold)
         self.thresholds.insert(index, threshold)
-        self.rule_ids.insert(index, rule_id)
+        self.slots.insert(index, slot)
 
-    def remove(self, threshold: float, rule_id: str) -> None:
+    def remove(self, threshold: float, slot: LeafSlot) -> None:
         low = bisect_left(self.thresholds, threshold)
         high = bisect_right(self.thresholds, threshold)
         for index in range(low, high):
-            if self.rule_ids[index] == rule_id:
+            if self.slots[index] is slot:
                 del self.thresholds[index]
-                del self.rule_ids[index]
+                del self.slots[index]
                 return
 
-    def between(self, low: float, high: float, *, closed_low: bool, closed_high: bool) -> list[str]:
+    def between(
+        self, low: float, high: float, *, closed_low: bool, closed_high: bool
+    ) -> list[LeafSlot]:
         start = (bisect_left if closed_low else bisect_right)(self.thresholds, low)
         end = (bisect_right if closed_high else bisect_left)(self.thresholds, high)
-        return self.rule_ids[start:end]
-
-    def __len__(self) -> int:
-        return len(self.thresholds)
+        return self.slots[start:end]
 
 
 @dataclass(slots=True)
 class SymbolRules:
-    """The rules watching one symbol, by how they are found."""
+    leaves: dict[LeafKey, LeafSlot] = field(default_factory=dict)
+    indexes: dict[str, SortedThresholds] = field(default_factory=dict)  # by threshold leaf type
+    by_kind: dict[str, list[LeafSlot]] = field(default_factory=dict)  # other leaves, by event kind
+    fresh: set[str] = field(default_factory=set)  # rules not yet evaluated on this symbol
 
-    indexes: dict[str, SortedThresholds] = field(default_factory=dict)
-    fresh: set[str] = field(default_factory=set)  # indexed, not yet evaluated once
-    by_kind: dict[str, set[str]] = field(default_factory=dict)
+    def attach(self, rule: CompiledRule) -> list[LeafCondition]:
+        """Register the rule's leaves; returns the leaves that are new to this symbol."""
+        new = []
+        for key, leaf in _leaf_entries(rule):
+            slot = self.leaves.get(key)
+            if slot is None:
+                threshold = _is_threshold_key(key)
+                owner = key[1] if isinstance(key, tuple) and not threshold else ""
+                slot = self.leaves[key] = LeafSlot(None if threshold else leaf, owner)
+                if threshold:
+                    self.indexes.setdefault(key[0], SortedThresholds()).add(key[1], slot)
+                else:
+                    self.by_kind.setdefault(leaf_kind(leaf), []).append(slot)
+                new.append(leaf)
+            slot.rule_ids.append(rule.id)
+        self.fresh.add(rule.id)
+        return new
+
+    def detach(self, rule: CompiledRule) -> list[LeafCondition]:
+        """Unregister the rule's leaves; returns the leaves no rule of this symbol reads now."""
+        gone = []
+        for key, leaf in _leaf_entries(rule):
+            slot = self.leaves.get(key)
+            if slot is None or rule.id not in slot.rule_ids:
+                continue
+            slot.rule_ids.remove(rule.id)
+            if slot.rule_ids:
+                continue
+            del self.leaves[key]
+            if _is_threshold_key(key):
+                self.indexes[key[0]].remove(key[1], slot)
+            else:
+                self.by_kind[leaf_kind(leaf)].remove(slot)
+            gone.append(leaf)
+        self.fresh.discard(rule.id)
+        return gone
 
     def is_empty(self) -> bool:
-        return not self.fresh and not any(self.indexes.values()) and not any(self.by_kind.values())
+        return not self.leaves and not self.fresh
+
+
+def _is_threshold_key(key: LeafKey) -> bool:
+    return isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], float)
+
+
+def _leaf_entries(rule: CompiledRule) -> list[tuple[LeafKey, LeafCondition]]:
+    """(key, leaf) of each distinct leaf of the rule."""
+    if isinstance(rule.tree, tuple):  # the rule's own (type, threshold) is the key
+        return [(rule.tree, rule.leaves()[0])]
+    entries: dict[LeafKey, LeafCondition] = {}
+    for leaf in rule.leaves():
+        entries.setdefault(leaf_key(leaf, rule.user_id), leaf)
+    return list(entries.items())
 
 
 @dataclass
 class ShardEngine:
     rules: dict[str, CompiledRule] = field(default_factory=dict)
     symbols: dict[str, SymbolRules] = field(default_factory=dict)
-    wildcard: dict[str, set[str]] = field(default_factory=dict)  # kind -> rule ids
+    wildcard: set[str] = field(default_factory=set)
     markets: dict[str, SymbolState] = field(default_factory=dict)
     positions: dict[tuple[str, str], Position] = field(default_factory=dict)
+    # Equal leaves of different rules share one object: less memory, one evaluation per event.
+    leaf_pool: dict[LeafCondition, list[Any]] = field(default_factory=dict)
 
     # ------------------------------------------------------------ input
 
@@ -196,16 +282,16 @@ class ShardEngine:
         """
         events: list[MarketEvent] = []
         for item in batch:
-            if isinstance(item, Rule):
+            if isinstance(item, Tick | OptionsFlow):
+                events.append(item)
+            elif isinstance(item, Rule):
                 self.upsert(item)
             elif isinstance(item, RuleTombstone):
                 self.remove(item.rule_id)
             elif isinstance(item, Position):
                 self.update_position(item)
-            elif isinstance(item, PositionClosed):
-                self.positions.pop((item.user_id, item.symbol), None)
             else:
-                events.append(item)
+                self.positions.pop((item.user_id, item.symbol), None)
         events.sort(key=lambda event: event.ts)
         alerts: list[TriggeredAlert] = []
         for event in events:
@@ -217,15 +303,15 @@ class ShardEngine:
 
     def upsert(self, rule: Rule) -> None:
         current = self.rules.get(rule.id)
+        if current is not None and current.version > rule.version:
+            return  # a stale copy
+        compiled = compile_rule(rule)
         if current is not None:
-            if current.version > rule.version:
-                return  # a stale copy
-            compiled = compile_rule(rule)
             if current.version == rule.version and current.digest == compiled.digest:
                 return  # a replayed copy: keep the state it built
             self._unregister(current)
-        else:
-            compiled = compile_rule(rule)
+        if not isinstance(compiled.tree, tuple):
+            compiled.tree = self._pooled(compiled.tree)
         self.rules[rule.id] = compiled
         self._register(compiled)
 
@@ -233,6 +319,26 @@ class ShardEngine:
         compiled = self.rules.pop(rule_id, None)
         if compiled is not None:
             self._unregister(compiled)
+
+    def _pooled(self, node: ConditionNode) -> ConditionNode:
+        if isinstance(node, AllOf):
+            return AllOf.model_construct(all=[self._pooled(child) for child in node.all])
+        if isinstance(node, AnyOf):
+            return AnyOf.model_construct(any=[self._pooled(child) for child in node.any])
+        entry = self.leaf_pool.setdefault(node, [node, 0])
+        entry[1] += 1
+        pooled: ConditionNode = entry[0]
+        return pooled
+
+    def _unpool(self, rule: CompiledRule) -> None:
+        if isinstance(rule.tree, tuple):
+            return
+        for leaf in iter_conditions(rule.tree):
+            entry = self.leaf_pool.get(leaf)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del self.leaf_pool[leaf]
 
     def update_position(self, position: Position) -> None:
         key = (position.user_id, position.symbol)
@@ -248,98 +354,87 @@ class ShardEngine:
 
     def _register(self, rule: CompiledRule) -> None:
         if rule.scope is None:
-            for kind in rule.kinds:
-                self.wildcard.setdefault(kind, set()).add(rule.id)
-            for market in self.markets.values():
-                self._acquire(market, rule, +1)
-            return
-        for symbol in rule.scope:
-            rules = self.symbols.setdefault(symbol, SymbolRules())
-            if rule.index_type is not None:
-                rules.indexes.setdefault(rule.index_type, SortedThresholds()).add(
-                    rule.threshold, rule.id
-                )
-                rules.fresh.add(rule.id)
-            else:
-                for kind in rule.kinds:
-                    rules.by_kind.setdefault(kind, set()).add(rule.id)
-            self._acquire(self._market(symbol), rule, +1)
+            self.wildcard.add(rule.id)
+        for symbol in rule.scope if rule.scope is not None else list(self.markets):
+            self._attach(rule, symbol)
 
     def _unregister(self, rule: CompiledRule) -> None:
-        if rule.scope is None:
-            for kind in rule.kinds:
-                self.wildcard.get(kind, set()).discard(rule.id)
-            for market in self.markets.values():
-                self._acquire(market, rule, -1)
-            return
-        for symbol in rule.scope:
+        self._unpool(rule)
+        self.wildcard.discard(rule.id)
+        for symbol in rule.scope if rule.scope is not None else list(self.markets):
             rules = self.symbols.get(symbol)
             if rules is None:
                 continue
-            if rule.index_type is not None:
-                rules.indexes[rule.index_type].remove(rule.threshold, rule.id)
-                rules.fresh.discard(rule.id)
-            else:
-                for kind in rule.kinds:
-                    rules.by_kind.get(kind, set()).discard(rule.id)
-            self._acquire(self.markets[symbol], rule, -1)
+            for leaf in rules.detach(rule):
+                self._acquire(self.markets[symbol], leaf, -1)
             if rules.is_empty():
                 del self.symbols[symbol]
+
+    def _attach(self, rule: CompiledRule, symbol: str) -> None:
+        market = self._market(symbol)
+        for leaf in self.symbols.setdefault(symbol, SymbolRules()).attach(rule):
+            self._acquire(market, leaf, +1)
 
     def _market(self, symbol: str) -> SymbolState:
         market = self.markets.get(symbol)
         if market is None:
             market = self.markets[symbol] = SymbolState(symbol)
-            for rule_ids in self.wildcard.values():
-                for rule_id in rule_ids:
-                    self._acquire(market, self.rules[rule_id], +1)
+            for rule_id in sorted(self.wildcard):
+                self._attach(self.rules[rule_id], symbol)
         return market
 
-    def _acquire(self, market: SymbolState, rule: CompiledRule, step: int) -> None:
-        """Take (+1) or give back (-1) the indicators and windows the rule's leaves read."""
-        if rule.tree is None:
-            return
+    @staticmethod
+    def _acquire(market: SymbolState, leaf: Any, step: int) -> None:
+        """Take (+1) or give back (-1) the indicators and windows a leaf reads."""
         take = step > 0
-        for leaf in iter_conditions(rule.tree):
-            for spec in indicator_specs(leaf):
-                (market.indicators.acquire if take else market.indicators.release)(spec)
-            kind = leaf.type
-            if kind in ("percent_move_up", "percent_move_down"):
-                (market.acquire_extrema if take else market.release_extrema)(leaf.window_seconds)
-            elif kind == "iv_change_pct":
-                (market.acquire_iv_window if take else market.release_iv_window)(
-                    leaf.window_seconds
-                )
-            elif kind == "iv_rank_above":
-                (market.acquire_iv_rank if take else market.release_iv_rank)(leaf.lookback_days)
-            elif kind in ("flow_repeated_hits", "put_call_premium_ratio"):
-                (market.acquire_flow_window if take else market.release_flow_window)(
-                    leaf.window_seconds
-                )
+        for spec in indicator_specs(leaf):
+            (market.indicators.acquire if take else market.indicators.release)(spec)
+        kind = leaf.type
+        if kind in ("percent_move_up", "percent_move_down"):
+            (market.acquire_extrema if take else market.release_extrema)(leaf.window_seconds)
+        elif kind == "iv_change_pct":
+            (market.acquire_iv_window if take else market.release_iv_window)(leaf.window_seconds)
+        elif kind == "iv_rank_above":
+            (market.acquire_iv_rank if take else market.release_iv_rank)(leaf.lookback_days)
+        elif kind in ("flow_repeated_hits", "put_call_premium_ratio"):
+            (market.acquire_flow_window if take else market.release_flow_window)(
+                leaf.window_seconds
+            )
 
     # ------------------------------------------------------------ events
 
     def on_tick(self, tick: Tick) -> list[TriggeredAlert]:
         symbol = tick.symbol
         market = self._market(symbol)
-        alerts: list[TriggeredAlert] = []
-        for bar in market.indicators.on_event(tick.ts, tick.price, tick.size):
-            alerts.extend(self._on_bar(market, bar))
-        previous = market.last_price
+        bars = market.indicators.on_event(tick.ts, tick.price, tick.size)
+        alerts = [alert for bar in bars for alert in self._on_bar(market, bar)] if bars else []
+        rules = self.symbols.get(symbol)
+        if rules is None:
+            market.on_tick(tick)
+            return alerts
+        quantities = {THRESHOLD_QUANTITY[kind] for kind in rules.indexes}
+        before = {name: _quantity(market, name) for name in quantities}
         market.on_tick(tick)
+        flipped: list[LeafSlot] = []
+        for kind, index in rules.indexes.items():
+            name = THRESHOLD_QUANTITY[kind]
+            old, new = before[name], _quantity(market, name)
+            if new is not None and old != new:
+                flipped.extend(_flipped(kind, index, old, new))
+        if not flipped and not rules.fresh and TICK not in rules.by_kind:
+            return alerts
         ctx = EventContext(symbol, tick.ts, TICK, market, self.positions)
-        for rule_id in self._tick_candidates(symbol, previous, tick.price):
-            alert = self._evaluate(self.rules[rule_id], ctx)
-            if alert is not None:
-                alerts.append(alert)
-        return alerts
+        return alerts + self._wake(rules, ctx, TICK, flipped)
 
     def on_flow(self, print_: OptionsFlow) -> list[TriggeredAlert]:
         symbol = print_.underlying
         market = self._market(symbol)
         market.on_flow(print_)
+        rules = self.symbols.get(symbol)
+        if rules is None:
+            return []
         ctx = EventContext(symbol, print_.ts, FLOW, market, self.positions, flow=print_)
-        return self._evaluate_all(self._general(symbol, FLOW), ctx)
+        return self._wake(rules, ctx, FLOW, [])
 
     def flush(self) -> list[TriggeredAlert]:
         """End of a bounded input: close every open bar (its end is the watermark)."""
@@ -350,79 +445,47 @@ class ShardEngine:
         return alerts
 
     def _on_bar(self, market: SymbolState, bar: BarClose) -> list[TriggeredAlert]:
+        rules = self.symbols.get(market.symbol)
+        if rules is None:
+            return []
         ctx = EventContext(market.symbol, bar.end, BAR, market, self.positions, bar=bar)
-        return self._evaluate_all(self._general(market.symbol, f"{BAR}:{bar.timeframe}"), ctx)
+        return self._wake(rules, ctx, f"{BAR}:{bar.timeframe}", [])
 
-    def _evaluate_all(self, rule_ids: list[str], ctx: EventContext) -> list[TriggeredAlert]:
+    def _wake(
+        self, rules: SymbolRules, ctx: EventContext, kind: str, flipped: list[LeafSlot]
+    ) -> list[TriggeredAlert]:
+        """Evaluate the rules of the leaves that changed at this event (and fresh rules)."""
+        memo: dict[LeafKey, Observation | None] = {}
+        woken: set[str] = set(rules.fresh)
+        rules.fresh.clear()
+        for slot in flipped:
+            woken.update(slot.rule_ids)
+        for slot in rules.by_kind.get(kind, ()):
+            leaf = slot.leaf
+            assert leaf is not None
+            holds = evaluate_leaf(leaf, ctx, slot.owner, memo) is not None
+            if holds if leaf.type in PULSES else holds != slot.value:
+                woken.update(slot.rule_ids)
+            slot.value = holds
+        if not woken:
+            return []
         alerts = []
-        for rule_id in rule_ids:
-            alert = self._evaluate(self.rules[rule_id], ctx)
+        for rule_id in sorted(woken):
+            alert = self._evaluate(self.rules[rule_id], ctx, memo)
             if alert is not None:
                 alerts.append(alert)
         return alerts
 
-    def _general(self, symbol: str, kind: str) -> list[str]:
-        rules = self.symbols.get(symbol)
-        own = rules.by_kind.get(kind, set()) if rules is not None else set()
-        wild = self.wildcard.get(kind, set())
-        return sorted(own | wild) if wild else sorted(own)
-
-    def _tick_candidates(self, symbol: str, previous: float | None, price: float) -> list[str]:
-        """Rules whose value can have changed at a tick from ``previous`` to ``price``."""
-        rules = self.symbols.get(symbol)
-        candidates: set[str] = set(self.wildcard.get(TICK, ()))
-        if rules is None:
-            return sorted(candidates)
-        candidates.update(rules.by_kind.get(TICK, ()))
-        candidates.update(rules.fresh)
-        rules.fresh.clear()
-        indexes = rules.indexes
-        if previous is None:
-            # First price: every level rule already true fires (its state starts unsatisfied).
-            if "price_above" in indexes:
-                candidates.update(
-                    indexes["price_above"].between(
-                        float("-inf"), price, closed_low=True, closed_high=False
-                    )
-                )
-            if "price_below" in indexes:
-                candidates.update(
-                    indexes["price_below"].between(
-                        price, float("inf"), closed_low=False, closed_high=True
-                    )
-                )
-            return sorted(candidates)
-        low, high = min(previous, price), max(previous, price)
-        if "price_above" in indexes:  # value p > t flips for t in [low, high)
-            candidates.update(
-                indexes["price_above"].between(low, high, closed_low=True, closed_high=False)
-            )
-        if "price_below" in indexes:  # value p < t flips for t in (low, high]
-            candidates.update(
-                indexes["price_below"].between(low, high, closed_low=False, closed_high=True)
-            )
-        if price > previous and "price_crosses_above" in indexes:  # previous <= t < price
-            candidates.update(
-                indexes["price_crosses_above"].between(
-                    previous, price, closed_low=True, closed_high=False
-                )
-            )
-        if price < previous and "price_crosses_below" in indexes:  # previous >= t > price
-            candidates.update(
-                indexes["price_crosses_below"].between(
-                    price, previous, closed_low=False, closed_high=True
-                )
-            )
-        return sorted(candidates)
-
     # ------------------------------------------------------------ one rule at one event
 
-    def _evaluate(self, rule: CompiledRule, ctx: EventContext) -> TriggeredAlert | None:
+    def _evaluate(
+        self, rule: CompiledRule, ctx: EventContext, memo: dict[LeafKey, Observation | None]
+    ) -> TriggeredAlert | None:
         if rule.retired or not rule.active:
             return None
         if rule.expires_at is not None and ctx.ts >= rule.expires_at:
             return None
-        observations, after = evaluate_tree(rule.condition_tree(), ctx, rule.user_id)
+        observations, after = evaluate_tree(rule.condition_tree(), ctx, rule.user_id, memo)
         state = rule.edge(ctx.symbol)
         was_satisfied, state.satisfied = state.satisfied, after
         if observations is None or was_satisfied:
@@ -433,6 +496,69 @@ class ShardEngine:
         if rule.once:
             rule.retired = True
         return build_alert(rule, ctx, observations)
+
+
+class ExhaustiveShardEngine(ShardEngine):
+    """Evaluates every rule of the symbol at every event: the reference the leaf tracking is
+    checked against in the tests and measured against in bench/evaluate.py."""
+
+    def _wake(
+        self, rules: SymbolRules, ctx: EventContext, kind: str, flipped: list[LeafSlot]
+    ) -> list[TriggeredAlert]:
+        memo: dict[LeafKey, Observation | None] = {}
+        rule_ids = {rule_id for slot in rules.leaves.values() for rule_id in slot.rule_ids}
+        rules.fresh.clear()
+        alerts = []
+        for rule_id in sorted(rule_ids):
+            alert = self._evaluate(self.rules[rule_id], ctx, memo)
+            if alert is not None:
+                alerts.append(alert)
+        return alerts
+
+
+def _quantity(market: SymbolState, name: str) -> float | None:
+    if name == "spread_pct":
+        bid, ask = market.bid, market.ask
+        if bid is None or ask is None or bid + ask <= 0:
+            return None
+        return (ask - bid) / ((ask + bid) / 2) * 100
+    if name == "price":
+        return market.last_price
+    value: float | None = getattr(market, name)
+    return value
+
+
+# How each threshold leaf's value depends on its quantity: a level above or below the
+# threshold, or a cross of it between the previous and the current value.
+_FLIP = {
+    kind: "cross_up"
+    if kind == "price_crosses_above"
+    else "cross_down"
+    if kind == "price_crosses_below"
+    else "above"
+    if kind.endswith("_above")
+    else "below"
+    for kind in THRESHOLD_QUANTITY
+}
+
+
+def _flipped(kind: str, index: SortedThresholds, old: float | None, new: float) -> list[LeafSlot]:
+    """The threshold leaves of ``kind`` whose value changed when the quantity went old -> new."""
+    flip = _FLIP[kind]
+    inf = float("inf")
+    if flip == "above":  # value: new > t; starts false before the first value
+        low, high = (-inf, new) if old is None else (min(old, new), max(old, new))
+        return index.between(low, high, closed_low=True, closed_high=False)
+    if flip == "below":  # value: new < t
+        low, high = (new, inf) if old is None else (min(old, new), max(old, new))
+        return index.between(low, high, closed_low=False, closed_high=True)
+    if old is None:
+        return []
+    if flip == "cross_up" and new > old:  # old <= t < new
+        return index.between(old, new, closed_low=True, closed_high=False)
+    if flip == "cross_down" and new < old:  # old >= t > new
+        return index.between(new, old, closed_low=False, closed_high=True)
+    return []
 
 
 def build_alert(

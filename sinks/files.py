@@ -16,15 +16,15 @@ import polars as pl
 from pipeline.messages import TriggeredAlert, format_timestamp
 
 FORMATS = (".parquet", ".csv", ".jsonl")
-SCHEMA = {
-    "alert_id": pl.String,
-    "rule_id": pl.String,
-    "user_id": pl.String,
-    "symbol": pl.String,
-    "priority": pl.String,
+SCHEMA: dict[str, pl.DataType] = {
+    "alert_id": pl.String(),
+    "rule_id": pl.String(),
+    "user_id": pl.String(),
+    "symbol": pl.String(),
+    "priority": pl.String(),
     "triggered_at": pl.Datetime("ms", "UTC"),
     "condition_types": pl.List(pl.String),
-    "values": pl.String,
+    "values": pl.String(),
 }
 
 

@@ -24,7 +24,7 @@ from pipeline.messages import (
     Tick,
     decode,
 )
-from pipeline.rule_engine import ShardEngine
+from pipeline.rule_engine import ExhaustiveShardEngine, ShardEngine
 
 T0 = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
 OCC = "AAPL  260116C00200000"
@@ -518,42 +518,76 @@ def test_flush_closes_the_last_bar_at_end_of_input() -> None:
     assert alert.triggered_at == at(180)
 
 
-def test_indexed_price_rules_equal_the_naive_evaluation() -> None:
-    """The sorted threshold index finds exactly the rules a full scan would fire."""
-    rng = random.Random(7)
-    kinds = ["price_above", "price_below", "price_crosses_above", "price_crosses_below"]
-    rules = []
-    for index in range(400):
-        leaf = {"type": rng.choice(kinds), "threshold": round(rng.uniform(90, 110), 1)}
-        cooldown = rng.choice([0, 0, 120])
-        for wrap in (False, True):
-            body = {"all": [leaf]} if wrap else leaf  # wrapped: not indexed, evaluated every tick
-            rules.append(
-                Rule.model_validate(
-                    {
-                        "id": f"r-{index}-{wrap}",
-                        "user_id": "u",
-                        "name": "n",
-                        "symbol": "AAPL",
-                        "cooldown_seconds": cooldown,
-                        "conditions": body,
-                    }
-                )
-            )
-    engine = ShardEngine()
+@pytest.mark.parametrize("seed", [7, 8])
+def test_leaf_tracking_finds_exactly_what_evaluating_every_rule_finds(seed: int) -> None:
+    """Threshold indexes and leaf change detection wake exactly the rules that can fire."""
+    rng = random.Random(seed)
+    leaves = [
+        lambda: {
+            "type": rng.choice(
+                ["price_above", "price_below", "price_crosses_above", "price_crosses_below"]
+            ),
+            "threshold": round(rng.uniform(90, 110), 1),
+        },
+        lambda: {
+            "type": rng.choice(["iv_above", "iv_below"]),
+            "threshold": round(rng.uniform(0.2, 0.8), 2),
+        },
+        lambda: {"type": "spread_pct_above", "threshold": rng.choice([0.5, 1, 2])},
+        lambda: {
+            "type": rng.choice(["rsi_above", "rsi_below"]),
+            "threshold": rng.choice([30, 50, 70]),
+            "period": 5,
+            "timeframe": "1m",
+        },
+        lambda: {"type": "percent_move_up", "percent": rng.choice([0.5, 1]), "window_seconds": 300},
+        lambda: {"type": "new_high", "period": 5, "timeframe": "1m"},
+        lambda: {"type": "flow_sweep", "right": rng.choice(["C", "P"])},
+    ]
+
+    def tree(depth: int = 0) -> dict[str, Any]:
+        if depth < 2 and rng.random() < 0.3:
+            return {rng.choice(["all", "any"]): [tree(depth + 1) for _ in range(rng.randint(2, 3))]}
+        return rng.choice(leaves)()
+
+    rules = [
+        Rule.model_validate(
+            {
+                "id": f"r-{i:03d}",
+                "user_id": "u",
+                "name": "n",
+                "symbol": "AAPL",
+                "cooldown_seconds": rng.choice([0, 0, 120]),
+                "conditions": tree(),
+            }
+        )
+        for i in range(300)
+    ]
     price, events = 100.0, []
-    for second in range(2000):
+    for second in range(0, 3600, 3):
+        if rng.random() < 0.1:
+            events.append(flow(second, trade_type="sweep", right=rng.choice("CP")))
+            continue
         price = max(1.0, round(price + rng.choice([-0.3, -0.1, 0, 0.1, 0.3, 1.2, -1.2]), 1))
-        events.append(tick(price, second))
-    for rule in rules[: len(rules) // 2]:
-        engine.upsert(rule)
-    alerts = engine.process(events[:100])
-    for rule in rules[len(rules) // 2 :]:  # rules added mid-stream are evaluated fresh
-        engine.upsert(rule)
-    alerts += engine.process(events[100:])
-    by_variant: dict[bool, list[tuple[str, datetime]]] = {False: [], True: []}
-    for alert in alerts:
-        index, wrap = alert.rule_id.split("-")[1:]
-        by_variant[wrap == "True"].append((index, alert.triggered_at))
-    assert len(by_variant[False]) > 100
-    assert sorted(by_variant[False]) == sorted(by_variant[True])
+        half = rng.choice([0.2, 0.6, 1.5])
+        events.append(
+            tick(
+                price,
+                second,
+                iv=round(rng.uniform(0.1, 0.9), 2),
+                bid=price - half,
+                ask=price + half,
+            )
+        )
+    outcomes = []
+    for engine in (ShardEngine(), ExhaustiveShardEngine()):
+        for rule in rules[:150]:
+            engine.upsert(rule)
+        alerts = engine.process(events[:300])
+        for rule in rules[150:]:  # rules added mid-stream start fresh
+            engine.upsert(rule)
+        alerts += engine.process(events[300:])
+        outcomes.append([(a.rule_id, a.triggered_at, a.values) for a in alerts])
+    tracked, exhaustive = outcomes
+    assert len(tracked) > 200
+    assert tracked == exhaustive
