@@ -436,7 +436,11 @@ def test_cooldown_silences_later_triggers(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "params", "error"),
-    [(name, params, error) for name, s in SCENARIOS.items() for params, error in s.bad],
+    [(name, params, error) for name, s in SCENARIOS.items() for params, error in s.bad]
+    + [
+        (name, {**s.conditions, "type": name, "bogus": 1}, "bogus: Extra inputs")
+        for name, s in SCENARIOS.items()
+    ],
 )
 def test_bad_parameters_are_rejected(name: str, params: dict[str, Any], error: str) -> None:
     body = {"id": "r", "user_id": "u", "name": "n", "conditions": {"type": name, **params}}

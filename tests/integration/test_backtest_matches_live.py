@@ -1,0 +1,76 @@
+"""A backtest over files and the live job over Kafka give the same alerts, ids included."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from connectors.embedded import StackUrls
+from connectors.files import read_rows
+from pipeline import commands
+from pipeline.backtest import run_backtest
+from pipeline.config import Topics, load_settings
+from pipeline.dataflow import run
+from pipeline.messages import Rule, Tick
+from sinks.kafka import CheckedProducer
+
+pytestmark = pytest.mark.integration
+
+SAMPLES = Path(__file__).resolve().parents[2] / "pipeline" / "samples"
+
+
+def test_backtest_and_live_give_the_same_alert_ids(
+    stack: StackUrls, database_url: str, tmp_path: Path
+) -> None:
+    rules = json.loads((SAMPLES / "rules.json").read_text())
+    rules.append(
+        {
+            "id": "r-rsi",
+            "user_id": "u-quant",
+            "name": "RSI extremes",
+            "symbols": ["AAPL", "NVDA", "TSLA"],
+            "cooldown_seconds": 0,
+            "conditions": {
+                "any": [
+                    {"type": "rsi_above", "threshold": 65, "period": 5, "timeframe": "1m"},
+                    {"type": "rsi_below", "threshold": 35, "period": 5, "timeframe": "1m"},
+                ]
+            },
+        }
+    )
+    rules_path = tmp_path / "rules.json"
+    rules_path.write_text(json.dumps(rules))
+
+    prefix = f"bt{uuid.uuid4().hex[:8]}"
+    topics = {name: f"{prefix}.{default}" for name, default in Topics().model_dump().items()}
+    settings = load_settings(
+        None,
+        kafka_bootstrap_servers=stack.kafka_bootstrap,
+        database_url=database_url,
+        redis_url=stack.redis_url,
+        topics=topics,
+        partitions={"market": 3, "reference": 2},
+        engine={"epoch_ms": 50},
+    )
+    commands.topics_create(settings, echo=lambda _: None)
+    producer = CheckedProducer(stack.kafka_bootstrap)
+    commands.publish(producer, settings.topics.rules, [Rule.model_validate(r) for r in rules])
+    ticks = [Tick.model_validate(row) for row in read_rows(SAMPLES / "ticks.csv")]
+    commands.publish(producer, settings.topics.ticks, ticks, echo=lambda _: None)
+    producer.close()
+
+    run(settings, bounded=True)
+    live = commands.read_topic(stack.kafka_bootstrap, settings.topics.triggered)
+    live_ids = sorted(json.loads(record.value)["alert_id"] for record in live if record.value)
+
+    result = run_backtest(
+        load_settings(None), rules=rules_path, ticks=SAMPLES / "ticks.csv", progress=False
+    )
+    backtest_ids = sorted(alert.alert_id for alert in result.alerts)
+
+    assert len(backtest_ids) > 20
+    assert any(alert.rule_id == "r-rsi" for alert in result.alerts)
+    assert live_ids == backtest_ids
