@@ -30,10 +30,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeline.condition_specs import (
-    CONDITION_MODELS,
     AllOf,
     AnyOf,
     ConditionNode,
@@ -108,7 +107,7 @@ class CompiledRule:
     expires_at: datetime | None
     active: bool
     scope: tuple[str, ...] | None  # None: every symbol
-    tree: ConditionNode | tuple[str, float]  # (type, threshold) for a one-leaf threshold rule
+    tree: ConditionNode | ThresholdLeaf
     kinds: frozenset[str]
     retired: bool = False
     # Edge state: on the rule itself when it watches one symbol, else per symbol.
@@ -126,24 +125,28 @@ class CompiledRule:
             state = self.edges[symbol] = EdgeState()
         return state
 
-    def condition_tree(self) -> ConditionNode:
-        if isinstance(self.tree, tuple):
-            kind, threshold = self.tree
-            leaf: ConditionNode = CONDITION_MODELS[kind].model_construct(  # type: ignore[call-arg]
-                type=kind, threshold=threshold
-            )
-            return leaf
+    def condition_tree(self) -> ConditionNode | ThresholdLeaf:
         return self.tree
 
-    def leaves(self) -> list[LeafCondition]:
-        return iter_conditions(self.condition_tree())
+    def leaves(self) -> list[Any]:
+        return [self.tree] if isinstance(self.tree, ThresholdLeaf) else iter_conditions(self.tree)
+
+
+class ThresholdLeaf(NamedTuple):
+    """A one-leaf threshold rule's condition, as small as a tuple (most rules are these).
+
+    It reads like the leaf model (``.type``, ``.threshold``) and is its own leaf key.
+    """
+
+    type: str
+    threshold: float
 
 
 def compile_rule(rule: Rule) -> CompiledRule:
     conditions = rule.conditions
-    tree: ConditionNode | tuple[str, float] = conditions
+    tree: ConditionNode | ThresholdLeaf = conditions
     if not isinstance(conditions, AllOf | AnyOf) and conditions.type in THRESHOLD_QUANTITY:
-        tree = (conditions.type, float(conditions.threshold))
+        tree = ThresholdLeaf(conditions.type, float(conditions.threshold))
     return CompiledRule(
         id=rule.id,
         version=rule.version,
@@ -252,11 +255,11 @@ def _is_threshold_key(key: LeafKey) -> bool:
     return isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], float)
 
 
-def _leaf_entries(rule: CompiledRule) -> list[tuple[LeafKey, LeafCondition]]:
+def _leaf_entries(rule: CompiledRule) -> list[tuple[LeafKey, Any]]:
     """(key, leaf) of each distinct leaf of the rule."""
-    if isinstance(rule.tree, tuple):  # the rule's own (type, threshold) is the key
-        return [(rule.tree, rule.leaves()[0])]
-    entries: dict[LeafKey, LeafCondition] = {}
+    if isinstance(rule.tree, ThresholdLeaf):  # its own (type, threshold) is the key
+        return [(rule.tree, rule.tree)]
+    entries: dict[LeafKey, Any] = {}
     for leaf in rule.leaves():
         entries.setdefault(leaf_key(leaf, rule.user_id), leaf)
     return list(entries.items())
@@ -310,7 +313,7 @@ class ShardEngine:
             if current.version == rule.version and current.digest == compiled.digest:
                 return  # a replayed copy: keep the state it built
             self._unregister(current)
-        if not isinstance(compiled.tree, tuple):
+        if not isinstance(compiled.tree, ThresholdLeaf):
             compiled.tree = self._pooled(compiled.tree)
         self.rules[rule.id] = compiled
         self._register(compiled)
@@ -331,7 +334,7 @@ class ShardEngine:
         return pooled
 
     def _unpool(self, rule: CompiledRule) -> None:
-        if isinstance(rule.tree, tuple):
+        if isinstance(rule.tree, ThresholdLeaf):
             return
         for leaf in iter_conditions(rule.tree):
             entry = self.leaf_pool.get(leaf)
@@ -582,7 +585,8 @@ def build_alert(
     for name in clashing:
         del values[name]
     types = list(dict.fromkeys(observation.condition_type for observation in observations))
-    return TriggeredAlert(
+    # Built from values the engine made itself: construct without re-validating.
+    return TriggeredAlert.model_construct(
         alert_id=alert_id(rule.id, rule.version, ctx.ts, ctx.symbol),
         rule_id=rule.id,
         rule_version=rule.version,
