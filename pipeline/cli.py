@@ -10,6 +10,8 @@ from pathlib import Path
 from connectors.files import FileFormatError
 from pipeline import commands
 from pipeline.config import ConfigError, Settings, load_settings
+from pipeline.rule_text import RuleTextError
+from pipeline.templates import TemplateError
 
 DESCRIPTION = """\
 VS-9 Smart Alerts: a streaming alert engine for options trading.
@@ -69,8 +71,40 @@ def _parser() -> argparse.ArgumentParser:
 
     rules = verbs.add_parser("rules", help="manage alert rules")
     rule_verbs = rules.add_subparsers(dest="rules_verb", required=True, metavar="ACTION")
-    apply = rule_verbs.add_parser("apply", help="validate a JSON list of rules and publish them")
+    apply = rule_verbs.add_parser(
+        "apply",
+        help="validate rules and publish them: JSON/JSONL, a YAML list, or .txt rule texts",
+    )
     apply.add_argument("file", type=Path)
+    apply.add_argument("--user", help="user of rule texts and YAML rules that name none")
+    parse = rule_verbs.add_parser(
+        "parse", help="print the rule JSON of a rule text (docs/rules.md has the grammar)"
+    )
+    parse.add_argument("text", nargs="+", help="the rule text (quote it for the shell)")
+    parse.add_argument("--user", help="user id, unless the text says 'user U'")
+    parse.add_argument("--id", help="rule id (default: derived from the text and user)")
+    from_template = rule_verbs.add_parser(
+        "from-template", help="print (and with --publish, publish) a rule made from a template"
+    )
+    from_template.add_argument("name", help="template name (smart-alerts templates list)")
+    from_template.add_argument(
+        "--symbol", required=True, help="symbol, a watchlist A,B,C or * for every symbol"
+    )
+    from_template.add_argument("--user", required=True, help="the rule's user id")
+    from_template.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="a template parameter"
+    )
+    from_template.add_argument(
+        "--publish", action="store_true", help="also publish the rule to the rules topic"
+    )
+
+    templates = verbs.add_parser("templates", help="rule templates (pipeline/templates/)")
+    template_verbs = templates.add_subparsers(
+        dest="templates_verb", required=True, metavar="ACTION"
+    )
+    template_verbs.add_parser("list", help="name, description and parameters of each template")
+    show = template_verbs.add_parser("show", help="one template's parameters in detail")
+    show.add_argument("name")
 
     replay = verbs.add_parser(
         "replay", help="publish a Parquet/CSV/JSON/JSONL file to an input topic, validated"
@@ -99,7 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return _dispatch(args)
-    except (ConfigError, commands.CommandError, FileFormatError) as exc:
+    except (
+        ConfigError,
+        commands.CommandError,
+        FileFormatError,
+        RuleTextError,
+        TemplateError,
+    ) as exc:
         print(f"smart-alerts: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -119,6 +159,21 @@ def _dispatch(args: argparse.Namespace) -> int:
         for path in export(args.dir or SCHEMA_DIR):
             print(path)
         return 0
+    if args.verb == "templates":
+        commands.templates_list(name=getattr(args, "name", None))
+        return 0
+    if args.verb == "rules" and args.rules_verb == "parse":
+        commands.rules_parse(" ".join(args.text), user_id=args.user, rule_id=args.id)
+        return 0
+    if args.verb == "rules" and args.rules_verb == "from-template":
+        commands.rules_from_template(
+            load_settings(args.config) if args.publish else None,
+            args.name,
+            symbol=args.symbol,
+            user_id=args.user,
+            params=args.param,
+        )
+        return 0
     settings = load_settings(args.config)
     if args.verb == "run":
         return _run(settings, args)
@@ -127,7 +182,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.verb == "topics":
         commands.topics_create(settings)
     elif args.verb == "rules":
-        commands.rules_apply(settings, args.file)
+        commands.rules_apply(settings, args.file, user_id=args.user)
     elif args.verb == "replay":
         commands.replay(settings, args.file, args.topic)
     return 0
