@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from connectors.files import FileRecord, count_rows, merged_by_time
-from pipeline.commands import Echo, Summary, load_messages
+from pipeline.commands import Echo, Summary, load_rules
 from pipeline.config import Settings
 from pipeline.messages import DeadLetter, Rule, TriggeredAlert
-from sinks.files import write_alerts
+from sinks.files import FORMATS, UnsupportedOutput, write_alerts
 from sinks.kafka import OutgoingRecord
 
 PROGRESS_WIDTH = 30
@@ -86,13 +86,14 @@ def run_backtest(
     flow: Path | None = None,
     positions: Path | None = None,
     progress: bool = True,
+    user_id: str | None = None,
 ) -> BacktestResult:
     from bytewax.testing import run_main
 
     from pipeline.dataflow import FileInput, Writers, build_flow
 
     topics = settings.topics
-    rule_list = [rule for rule in load_messages(rules, Rule) if isinstance(rule, Rule)]
+    rule_list = load_rules(rules, user_id=user_id)
     sources = [
         (topics.positions, positions, _position_key),
         (topics.ticks, ticks, _field("symbol")),
@@ -163,8 +164,13 @@ def backtest_command(
     positions: Path | None,
     out: Path,
     echo: Echo = print,
+    user_id: str | None = None,
 ) -> BacktestResult:
-    result = run_backtest(settings, rules=rules, ticks=ticks, flow=flow, positions=positions)
+    if out.suffix.lower() not in FORMATS:
+        raise UnsupportedOutput(f"{out}: write .parquet, .csv or .jsonl")
+    result = run_backtest(
+        settings, rules=rules, ticks=ticks, flow=flow, positions=positions, user_id=user_id
+    )
     write_alerts(result.alerts, out)
     echo(summarize(result, out).render())
     for letter in result.dead_letters[:5]:

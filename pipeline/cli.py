@@ -12,6 +12,7 @@ from pipeline import commands
 from pipeline.config import ConfigError, Settings, load_settings
 from pipeline.rule_text import RuleTextError
 from pipeline.templates import TemplateError
+from sinks.files import UnsupportedOutput
 
 DESCRIPTION = """\
 VS-9 Smart Alerts: a streaming alert engine for options trading.
@@ -117,6 +118,21 @@ def _parser() -> argparse.ArgumentParser:
         "feedback, profiles",
     )
 
+    backtest = verbs.add_parser(
+        "backtest",
+        help="run the dataflow over Parquet/CSV files and write its alerts to a file",
+        description="Rules from JSON/YAML/text; ticks, flow and positions from Parquet or CSV "
+        "with the message fields as columns (ts as a timestamp or text). Market rows are merged "
+        "in event-time order and run through the same dataflow as the live job, so the alerts "
+        "and their ids equal the live job's. OUT: .parquet, .csv or .jsonl.",
+    )
+    backtest.add_argument("--rules", type=Path, required=True)
+    backtest.add_argument("--ticks", type=Path, required=True)
+    backtest.add_argument("--flow", type=Path)
+    backtest.add_argument("--positions", type=Path)
+    backtest.add_argument("--out", type=Path, required=True)
+    backtest.add_argument("--user", help="user of rule texts that name none")
+
     schemas = verbs.add_parser("schemas", help="JSON Schemas of the messages")
     schema_verbs = schemas.add_subparsers(dest="schemas_verb", required=True, metavar="ACTION")
     export = schema_verbs.add_parser("export", help="write docs/schemas/<topic>.schema.json")
@@ -139,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         FileFormatError,
         RuleTextError,
         TemplateError,
+        UnsupportedOutput,
     ) as exc:
         print(f"smart-alerts: error: {exc}", file=sys.stderr)
         return 2
@@ -175,6 +192,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         return 0
     settings = load_settings(args.config)
+    if args.verb == "backtest":
+        from pipeline.backtest import backtest_command
+
+        backtest_command(
+            settings,
+            rules=args.rules,
+            ticks=args.ticks,
+            flow=args.flow,
+            positions=args.positions,
+            out=args.out,
+            user_id=args.user,
+        )
+        return 0
     if args.verb == "run":
         return _run(settings, args)
     if args.verb == "migrate":

@@ -23,7 +23,7 @@ from functools import cache
 from typing import Any
 
 from pipeline import condition_specs as c
-from pipeline.condition_specs import AllOf, AnyOf, ConditionNode, LeafCondition
+from pipeline.condition_specs import AllOf, AnyOf, ConditionNode
 from pipeline.indicators import BarClose, IndicatorSpec
 from pipeline.market_calendar import parse_occ, trading_days_until
 from pipeline.market_state import SymbolState

@@ -218,3 +218,48 @@ def test_flow_and_positions_files_join_the_time_order(tmp_path: Path) -> None:
         ("sweeps", 30, 30),
         ("take-profit", 31, 0),
     ]
+
+
+def test_backtest_verb_reads_rule_text_and_writes_jsonl(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.cli import main
+
+    ticks = tmp_path / "ticks.csv"
+    ticks.write_text(
+        "symbol,ts,price\nAAPL,2026-01-05T14:30:00Z,199\nAAPL,2026-01-05T14:30:02Z,201\n"
+    )
+    rules = tmp_path / "rules.txt"
+    rules.write_text("# one rule per line\nAAPL price crosses above 200 id r-text\n")
+    out = tmp_path / "alerts.jsonl"
+    code = main(
+        [
+            "backtest",
+            "--rules",
+            str(rules),
+            "--ticks",
+            str(ticks),
+            "--out",
+            str(out),
+            "--user",
+            "u-1",
+        ]
+    )
+    assert code == 0
+    (line,) = out.read_text().splitlines()
+    assert json.loads(line)["rule_id"] == "r-text"
+    assert "| alerts: r-text" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "backtest",
+                "--rules",
+                str(rules),
+                "--ticks",
+                str(ticks),
+                "--out",
+                str(tmp_path / "a.xlsx"),
+            ]
+        )
+        == 2
+    )
