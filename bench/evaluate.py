@@ -51,7 +51,9 @@ def make_rule(index: int, rng: random.Random, prices: dict[str, float]) -> dict[
     level = round(price * rng.uniform(0.95, 1.05), 2)
     roll = rng.random()
     if roll < 0.60:
-        kind = rng.choice(["price_above", "price_below", "price_crosses_above", "price_crosses_below"])
+        kind = rng.choice(
+            ["price_above", "price_below", "price_crosses_above", "price_crosses_below"]
+        )
         conditions: dict[str, Any] = {"type": kind, "threshold": level}
     elif roll < 0.72:
         tf = rng.choice(["1m", "5m"])
@@ -105,7 +107,9 @@ def make_rule(index: int, rng: random.Random, prices: dict[str, float]) -> dict[
     }
 
 
-def make_events(count: int, rng: random.Random, prices: dict[str, float]) -> list[tuple[str, bytes]]:
+def make_events(
+    count: int, rng: random.Random, prices: dict[str, float]
+) -> list[tuple[str, bytes]]:
     """JSON bytes of ticks (95 %) and flow prints (5 %), in time order, as read from Kafka."""
     current = dict(prices)
     iv = {symbol: rng.uniform(0.2, 0.8) for symbol in SYMBOLS}
@@ -145,7 +149,9 @@ def make_events(count: int, rng: random.Random, prices: dict[str, float]) -> lis
 
 
 def parse(events: list[tuple[str, bytes]]) -> list[Tick | OptionsFlow]:
-    return [decode(Tick, raw) if kind == "tick" else decode(OptionsFlow, raw) for kind, raw in events]
+    return [
+        decode(Tick, raw) if kind == "tick" else decode(OptionsFlow, raw) for kind, raw in events
+    ]
 
 
 def evaluate(engines: dict[str, ShardEngine], events: list[tuple[str, bytes]]) -> int:
@@ -166,7 +172,9 @@ def rss_kib() -> int:
         return int(handle.read().split()[1]) * resource.getpagesize() // 1024
 
 
-def load(engine_type: type[ShardEngine], n_rules: int, prices: dict[str, float]) -> dict[str, ShardEngine]:
+def load(
+    engine_type: type[ShardEngine], n_rules: int, prices: dict[str, float]
+) -> dict[str, ShardEngine]:
     engines = {f"shard-{i:04d}": engine_type() for i in range(SHARDS)}
     rng = random.Random(1)
     for index in range(n_rules):
@@ -218,7 +226,9 @@ def child(n_rules: int, n_events: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rules", type=int, nargs="*", default=[1_000, 10_000, 100_000, 1_000_000])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -228,7 +238,8 @@ def main() -> None:
         return
     header = (
         f"{'rules':>9} | {'parse (a) ev/s':>14} | {'EVALUATE ev/s':>13} | {'naive (b) ev/s':>14} | "
-        f"{'vs (a)':>6} | {'vs (b)':>7} | {'B/rule':>6} | {'peak RSS MiB':>12} | {'load s':>6} | alerts"
+        f"{'vs (a)':>6} | {'vs (b)':>7} | {'B/rule':>6} | {'peak RSS MiB':>12} | {'load s':>6} | "
+        "alerts/event"
     )
     print(header)
     print("-" * len(header))
@@ -244,7 +255,7 @@ def main() -> None:
             f"{r['rules']:>9,} | {r['parse_eps']:>14,.0f} | {r['evaluate_eps']:>13,.0f} | "
             f"{r['naive_eps']:>14,.0f} | {r['evaluate_eps'] / r['parse_eps']:>6.0%} | "
             f"{r['evaluate_eps'] / r['naive_eps']:>6.1f}x | {r['bytes_per_rule']:>6.0f} | "
-            f"{r['peak_rss_mib']:>12,.0f} | {r['load_s']:>6.1f} | {r['alerts']:,}",
+            f"{r['peak_rss_mib']:>12,.0f} | {r['load_s']:>6.1f} | {r['alerts'] / r['events']:.2f}",
             flush=True,
         )
 

@@ -125,9 +125,6 @@ class CompiledRule:
             state = self.edges[symbol] = EdgeState()
         return state
 
-    def condition_tree(self) -> ConditionNode | ThresholdLeaf:
-        return self.tree
-
     def leaves(self) -> list[Any]:
         return [self.tree] if isinstance(self.tree, ThresholdLeaf) else iter_conditions(self.tree)
 
@@ -488,7 +485,13 @@ class ShardEngine:
             return None
         if rule.expires_at is not None and ctx.ts >= rule.expires_at:
             return None
-        observations, after = evaluate_tree(rule.condition_tree(), ctx, rule.user_id, memo)
+        tree = rule.tree
+        if isinstance(tree, ThresholdLeaf):  # the common one-leaf rule, without the tree walk
+            observation = evaluate_leaf(tree, ctx, "", memo)
+            observations = None if observation is None else [observation]
+            after = observation is not None and tree.type not in PULSES
+        else:
+            observations, after = evaluate_tree(tree, ctx, rule.user_id, memo)
         state = rule.edge(ctx.symbol)
         was_satisfied, state.satisfied = state.satisfied, after
         if observations is None or was_satisfied:
