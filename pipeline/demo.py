@@ -47,10 +47,11 @@ def run_demo_on(settings: Settings, echo: Echo = print) -> Summary:
     commands.run_migrations(settings, echo)
     load_sample(settings, echo)
     echo("running the dataflow over the sample ...")
+    read_before = _reads(settings)
     started = time.monotonic()
     run(settings, bounded=True)
     echo(f"dataflow finished in {time.monotonic() - started:.1f} s")
-    summary = summarize(settings)
+    summary = summarize(settings, read_before)
     echo(summary.render())
     return summary
 
@@ -75,13 +76,23 @@ def load_sample(settings: Settings, echo: Echo) -> Counter[str]:
     return produced
 
 
-def summarize(settings: Settings) -> Summary:
+def _reads(settings: Settings) -> dict[tuple[str, str], float]:
+    """The job's input counters (process-wide, so the summary reports this run's increase)."""
+    return {
+        (topic, outcome): counter_value(metrics.EVENTS, topic=topic, outcome=outcome)
+        for topic in settings.topics.inputs()
+        for outcome in ("ok", "dead_letter")
+    }
+
+
+def summarize(settings: Settings, read_before: dict[tuple[str, str], float]) -> Summary:
     bootstrap, database_url, redis_url = settings.require_servers()
     topics = settings.topics
     summary = Summary()
+    read_after = _reads(settings)
     for topic in topics.inputs():
-        valid = counter_value(metrics.EVENTS, topic=topic, outcome="ok")
-        invalid = counter_value(metrics.EVENTS, topic=topic, outcome="dead_letter")
+        valid = read_after[(topic, "ok")] - read_before[(topic, "ok")]
+        invalid = read_after[(topic, "dead_letter")] - read_before[(topic, "dead_letter")]
         rejected = f" + {invalid:.0f} invalid" if invalid else ""
         summary.add(f"read from {topic}", f"{valid:.0f}{rejected}", f"kafka {topic}")
 

@@ -25,11 +25,16 @@ SAMPLES = Path(__file__).resolve().parents[2] / "pipeline" / "samples"
 def test_backtest_and_live_give_the_same_alert_ids(
     stack: StackUrls, database_url: str, tmp_path: Path
 ) -> None:
-    rules = json.loads((SAMPLES / "rules.json").read_text())
+    run_id = uuid.uuid4().hex[:8]
+    # Users of their own, so this test's feed entries and scores stay out of other tests' way.
+    rules = [
+        rule | {"user_id": f"{rule['user_id']}-{run_id}"}
+        for rule in json.loads((SAMPLES / "rules.json").read_text())
+    ]
     rules.append(
         {
             "id": "r-rsi",
-            "user_id": "u-quant",
+            "user_id": f"u-quant-{run_id}",
             "name": "RSI extremes",
             "symbols": ["AAPL", "NVDA", "TSLA"],
             "cooldown_seconds": 0,
@@ -44,7 +49,7 @@ def test_backtest_and_live_give_the_same_alert_ids(
     rules_path = tmp_path / "rules.json"
     rules_path.write_text(json.dumps(rules))
 
-    prefix = f"bt{uuid.uuid4().hex[:8]}"
+    prefix = f"bt{run_id}"
     topics = {name: f"{prefix}.{default}" for name, default in Topics().model_dump().items()}
     settings = load_settings(
         None,
