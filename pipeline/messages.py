@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -260,15 +261,32 @@ def _default_channels() -> dict[Priority, list[Channel]]:
     }
 
 
+def _iana_timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(
+            f"unknown time zone {name!r}: expected an IANA name such as 'America/New_York' or 'UTC'"
+        ) from None
+    return name
+
+
+# An IANA time zone name that zoneinfo knows ("America/New_York", "UTC").
+TimeZoneName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_iana_timezone)]
+
+
 class Profile(Message):
     user_id: Id
-    timezone: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
+    timezone: TimeZoneName = "UTC"  # quiet hours are wall-clock times in this zone
     channels: dict[Priority, list[Channel]] = Field(default_factory=_default_channels)
     quiet_hours: QuietHours | None = None
     digest_seconds: Annotated[int, Field(gt=0, le=24 * 3600)] | None = None
     max_per_hour: Annotated[int, Field(gt=0)] | None = None
     min_relevance: Annotated[float, Field(ge=0, le=1)] | None = None
     destinations: Destinations = Field(default_factory=Destinations)
+    # Hold notifications below CRITICAL outside the NYSE regular session (pipeline.market_calendar).
+    # Left out of the output when false, so profiles read the same to older consumers.
+    market_hours_only: bool = Field(False, exclude_if=lambda value: value is False)
 
 
 # ---------------------------------------------------------------- outputs
