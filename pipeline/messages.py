@@ -177,6 +177,12 @@ class Rule(Message):
     active: bool = True
     channels: list[Channel] | None = None
     conditions: ConditionNode
+    # NYSE sessions the rule is evaluated in: "regular" (09:30-16:00 ET, 13:00 on half days),
+    # "extended" (pre 04:00 ET to post 20:00 ET), "any" (always). See docs/rules.md. Left out
+    # of the output when "any", so rules read the same to consumers that predate the field.
+    sessions: Literal["any", "regular", "extended"] = Field(
+        "any", exclude_if=lambda value: value == "any"
+    )
 
     @model_validator(mode="after")
     def _one_symbol_scope(self) -> Rule:

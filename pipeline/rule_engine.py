@@ -56,6 +56,7 @@ from pipeline.conditions import (
 )
 from pipeline.ids import alert_id
 from pipeline.indicators import BarClose
+from pipeline.market_calendar import is_any_session, is_regular_session
 from pipeline.market_state import SymbolState
 from pipeline.messages import (
     OptionsFlow,
@@ -92,6 +93,11 @@ def _shared_cooldown(seconds: int) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+# Rule.sessions as CompiledRule keeps it: an index into _SESSION_CHECKS (0: any, no check).
+_SESSIONS = {"any": 0, "regular": 1, "extended": 2}
+_SESSION_CHECKS = (None, is_regular_session, is_any_session)
+
+
 @dataclass(slots=True)
 class CompiledRule:
     """A rule as the engine keeps it: what evaluation needs, in little memory."""
@@ -109,6 +115,7 @@ class CompiledRule:
     scope: tuple[str, ...] | None  # None: every symbol
     tree: ConditionNode | ThresholdLeaf
     kinds: frozenset[str]
+    sessions: int = 0  # _SESSIONS: evaluated only at events in these NYSE sessions
     retired: bool = False
     # Edge state: on the rule itself when it watches one symbol, else per symbol.
     satisfied: bool = False
@@ -158,6 +165,7 @@ def compile_rule(rule: Rule) -> CompiledRule:
         scope=None if rule.is_wildcard else tuple(rule.scope),
         tree=tree,
         kinds=_shared_kinds(frozenset(leaf_kind(leaf) for leaf in iter_conditions(conditions))),
+        sessions=_SESSIONS[rule.sessions],
     )
 
 
@@ -485,6 +493,16 @@ class ShardEngine:
             return None
         if rule.expires_at is not None and ctx.ts >= rule.expires_at:
             return None
+        if rule.sessions:
+            check = _SESSION_CHECKS[rule.sessions]
+            if check is not None and not check(ctx.ts):
+                # Outside the rule's sessions: not evaluated, its edge state stays as it was.
+                # Its leaves may not change again when the session opens, so look at the rule
+                # at the symbol's next event (the exhaustive engine evaluates it there anyway).
+                rules = self.symbols.get(ctx.symbol)
+                if rules is not None:
+                    rules.fresh.add(rule.id)
+                return None
         tree = rule.tree
         if isinstance(tree, ThresholdLeaf):  # the common one-leaf rule, without the tree walk
             observation = evaluate_leaf(tree, ctx, "", memo)
