@@ -222,6 +222,7 @@ class FeedbackAction(StrEnum):
     DISMISSED = "dismissed"
     SNOOZED = "snoozed"
     MUTED = "muted"
+    UNMUTED = "unmuted"  # lifts a mute (docs/contracts.md, Changes); added within v 1
 
 
 class Feedback(Message):
