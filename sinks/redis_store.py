@@ -6,9 +6,13 @@ Key layout (a public contract: gateways and tools read these keys without this c
 ``sa:relevance:{user_id}`` — hash, one per user
     ``{dimension}:{key}`` → the score as a plain decimal string in [0, 1] (``"0.62"``; no
     exponent, the shortest text that reads back to the same float), and
-    ``updated_at:{dimension}:{key}`` → the event time of the feedback that produced it, RFC 3339
-    UTC (``2026-01-05T14:30:00.125Z``). Today the only dimension is ``symbol``:
-    ``HGET sa:relevance:u-1 symbol:AAPL``. Last write wins; the engine writes scores in the order
+    ``updated_at:{dimension}:{key}`` → the event time of the update that produced it, RFC 3339
+    UTC (``2026-01-05T14:30:00.125Z``). Dimensions: ``symbol`` and ``condition_type``:
+    ``HGET sa:relevance:u-1 symbol:AAPL``, ``HGET sa:relevance:u-1 condition_type:rsi_above``.
+    The key follows the first colon verbatim (an OCC option symbol keeps its spaces). A score is
+    its value as of ``updated_at``; it relaxes toward 0.5 afterwards, so a reader at time t
+    computes ``0.5 + (score - 0.5) * 0.5 ** ((t - updated_at) / half_life)`` (half_life 14 days
+    by default; ``pipeline/learning.py``). Last write wins; the engine writes scores in the order
     it computed them, so a replay ends in the same state.
 
 ``sa:inapp:{user_id}`` — stream, the user's in-app feed, oldest first

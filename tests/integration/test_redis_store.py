@@ -99,6 +99,35 @@ def test_relevance_is_generic_over_dimension(redis_url: str, raw: redis.Redis) -
     assert raw.hget(relevance_key(u), "condition_type:price_crosses_above") == "0.0"
 
 
+def test_symbol_and_condition_type_scores_side_by_side(redis_url: str, raw: redis.Redis) -> None:
+    # What one feedback produces: the symbol score and one score per condition type of the
+    # alert, in one hash, each with its own update time; an OCC symbol keeps its spaces.
+    store = RelevanceStore(redis_url)
+    u = user()
+    later = T0 + timedelta(days=3)
+    store.write_batch(
+        [
+            RelevanceScore(u, "symbol", "AAPL  260117C00200000", 0.6, T0),
+            RelevanceScore(u, "condition_type", "price_crosses_above", 0.6, T0),
+            RelevanceScore(u, "condition_type", "rsi_above", 0.6, T0),
+            RelevanceScore(u, "condition_type", "price_crosses_above", 0.42, later),
+        ]
+    )
+    assert store.read(u) == {
+        "symbol:AAPL  260117C00200000": 0.6,
+        "condition_type:price_crosses_above": 0.42,
+        "condition_type:rsi_above": 0.6,
+    }
+    assert store.read_updated_at(u) == {
+        "symbol:AAPL  260117C00200000": "2026-01-05T14:30:00.125Z",
+        "condition_type:price_crosses_above": "2026-01-08T14:30:00.125Z",
+        "condition_type:rsi_above": "2026-01-05T14:30:00.125Z",
+    }
+    assert raw.hget(relevance_key(u), "updated_at:condition_type:rsi_above") == (
+        "2026-01-05T14:30:00.125Z"
+    )
+
+
 def test_relevance_rejects_non_finite(redis_url: str) -> None:
     store = RelevanceStore(redis_url)
     with pytest.raises(ValueError, match="finite"):
