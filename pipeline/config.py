@@ -82,6 +82,17 @@ class InApp(_Section):
     stream_maxlen: int = Field(1000, ge=1)
 
 
+class Personalization(_Section):
+    """Staleness limits per priority, and the learning engine's parameters."""
+
+    stale_low_seconds: int = Field(3600, ge=1)
+    stale_medium_seconds: int = Field(1800, ge=1)
+    stale_high_seconds: int = Field(600, ge=1)
+    learning_alpha: float = Field(0.2, gt=0, le=1)
+    learning_half_life_days: float = Field(14.0, gt=0)
+    ignore_after_hours: float = Field(24.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SMART_ALERTS_", env_nested_delimiter="__", extra="forbid"
@@ -107,6 +118,7 @@ class Settings(BaseSettings):
     engine: Engine = Field(default_factory=Engine)
     recovery: Recovery = Field(default_factory=Recovery)
     in_app: InApp = Field(default_factory=InApp)
+    personalization: Personalization = Field(default_factory=Personalization)
 
     @classmethod
     def settings_customise_sources(

@@ -1,14 +1,18 @@
-"""CONSOLIDATE: one user's alerts in tumbling event-time windows become one notification each.
+"""CONSOLIDATE: one user's alerts in tumbling event-time windows.
 
-Windows are aligned, ``[floor(triggered_at, window), +window)``. A window closes when the user's
-event-time watermark (the latest ``triggered_at`` seen, minus ``grace``) passes its end, when the
-live job's wall-clock deadline for it passes (so a lone alert is not held until the next one), or
-at the end of a bounded input. CRITICAL alerts never wait: each becomes a notification at once.
+Windows are aligned, ``[floor(triggered_at, length), +length)``; the length is the user's digest
+window and may change between windows (an alert joins the open window that covers its time
+first). A window closes when the user's event-time watermark (the latest ``triggered_at``
+seen, minus ``grace``) passes its end, when the live job's wall-clock deadline for it passes (so
+a lone alert is not held until the next one), or at the end of a bounded input.
 
-A late alert for a window that already closed re-emits that window's notification with the same
-id and the added alert, so every store upserts on the notification id (ARCHITECTURE.md §3).
-Closed windows are remembered for ``late_retention``; an alert later than that joins the window
-its own time falls in as a new notification.
+A late alert for a window that already closed re-opens nothing: the closed window is returned
+again with the alert added (``late=True``), and the notification built from it keeps the same
+id, so every store upserts on it (ARCHITECTURE.md §3). Closed windows are remembered for
+``late_retention``; an alert later than that starts a window of its own time.
+
+What a closed window becomes (channels, staleness, budget, quiet hours) is decided by the user
+desk (pipeline/personalize.py); ``compose`` writes the notification.
 """
 
 from __future__ import annotations
@@ -17,28 +21,36 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from pipeline.ids import notification_id
-from pipeline.messages import Channel, Notification, Priority, TriggeredAlert
+from pipeline.messages import Channel, Notification, TriggeredAlert
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-ChannelPolicy = Callable[[Priority], list[Channel]]
 
 
-def window_start(ts: datetime, window: timedelta) -> datetime:
-    return EPOCH + ((ts - EPOCH) // window) * window
+def window_start(ts: datetime, length: timedelta) -> datetime:
+    return EPOCH + ((ts - EPOCH) // length) * length
 
 
 @dataclass
 class Window:
     start: datetime
+    end: datetime
     alerts: list[TriggeredAlert] = field(default_factory=list)
     deadline: float | None = None  # wall-clock seconds, live mode only
+
+    def has(self, alert: TriggeredAlert) -> bool:
+        return any(a.alert_id == alert.alert_id for a in self.alerts)
+
+
+@dataclass(frozen=True)
+class ClosedWindow:
+    start: datetime
+    end: datetime
+    alerts: list[TriggeredAlert]
+    late: bool = False
 
 
 @dataclass
 class Consolidator:
-    user_id: str
-    window: timedelta = timedelta(seconds=60)
     grace: timedelta = timedelta(seconds=5)
     late_retention: timedelta = timedelta(hours=1)
     open: dict[datetime, Window] = field(default_factory=dict)
@@ -46,55 +58,70 @@ class Consolidator:
     watermark: datetime | None = None
 
     def add(
-        self, alert: TriggeredAlert, channels: ChannelPolicy, now: float | None = None
-    ) -> list[Notification]:
-        """Take one alert; return the notifications it completes (CRITICAL, late, or closed)."""
-        if alert.priority is Priority.CRITICAL:
-            return [self._critical(alert, channels)]
-        start = window_start(alert.triggered_at, self.window)
-        out: list[Notification] = []
-        if start in self.closed:
-            closed = self.closed[start]
-            if any(a.alert_id == alert.alert_id for a in closed.alerts):
-                return []
-            closed.alerts.append(alert)
-            out.append(self._notification(closed, channels))
-        else:
-            window = self.open.setdefault(start, Window(start))
-            if any(a.alert_id == alert.alert_id for a in window.alerts):
-                return []
-            if window.deadline is None and now is not None:
-                window.deadline = now + (self.window + self.grace).total_seconds()
+        self, alert: TriggeredAlert, length: timedelta, now: float | None = None
+    ) -> list[ClosedWindow]:
+        """Take one alert; return the windows it completes (or re-emits, when late)."""
+        ts = alert.triggered_at
+        out: list[ClosedWindow] = []
+        window = self._covering(self.open, ts)
+        late_window = None if window is not None else self._covering(self.closed, ts)
+        if late_window is not None:
+            if not late_window.has(alert):
+                late_window.alerts.append(alert)
+                out.append(
+                    ClosedWindow(
+                        late_window.start, late_window.end, list(late_window.alerts), late=True
+                    )
+                )
+        elif window is None or not window.has(alert):
+            if window is None:
+                start, end = window_start(ts, length), window_start(ts, length) + length
+                # After a change of length, start where an overlapping earlier window ends.
+                for other in [*self.open.values(), *self.closed.values()]:
+                    if other.start <= start < other.end:
+                        start = other.end
+                window = self.open[start] = Window(start, end)
+                if now is not None:
+                    window.deadline = now + (length + self.grace).total_seconds()
             window.alerts.append(alert)
-        if self.watermark is None or alert.triggered_at > self.watermark:
-            self.watermark = alert.triggered_at
-        return out + self._close(lambda w: self._event_time_due(w), channels)
+        return out + self.advance(ts)
 
-    def close_due(self, now: float, channels: ChannelPolicy) -> list[Notification]:
+    def advance(self, ts: datetime) -> list[ClosedWindow]:
+        """Event time reached ``ts`` (any event of the user): close the windows it passed."""
+        if self.watermark is None or ts > self.watermark:
+            self.watermark = ts
+        return self._close(self._event_time_due)
+
+    def close_due(self, now: float) -> list[ClosedWindow]:
         """Close the windows whose wall-clock deadline passed (live mode)."""
-        return self._close(lambda w: w.deadline is not None and w.deadline <= now, channels)
+        return self._close(lambda w: w.deadline is not None and w.deadline <= now)
 
-    def close_all(self, channels: ChannelPolicy) -> list[Notification]:
+    def close_all(self) -> list[ClosedWindow]:
         """End of a bounded input: every open window is complete."""
-        return self._close(lambda w: True, channels)
+        return self._close(lambda w: True)
 
     def next_deadline(self) -> float | None:
         deadlines = [w.deadline for w in self.open.values() if w.deadline is not None]
         return min(deadlines, default=None)
 
-    def _event_time_due(self, window: Window) -> bool:
-        if self.watermark is None:
-            return False
-        return window.start + self.window + self.grace <= self.watermark
+    @staticmethod
+    def _covering(windows: dict[datetime, Window], ts: datetime) -> Window | None:
+        for window in windows.values():
+            if window.start <= ts < window.end:
+                return window
+        return None
 
-    def _close(self, due: Callable[[Window], bool], channels: ChannelPolicy) -> list[Notification]:
+    def _event_time_due(self, window: Window) -> bool:
+        return self.watermark is not None and window.end + self.grace <= self.watermark
+
+    def _close(self, due: Callable[[Window], bool]) -> list[ClosedWindow]:
         out = []
         for start in sorted(self.open):
             window = self.open[start]
             if due(window):
                 del self.open[start]
                 self.closed[start] = window
-                out.append(self._notification(window, channels))
+                out.append(ClosedWindow(window.start, window.end, list(window.alerts)))
         self._forget_old_closed()
         return out
 
@@ -102,62 +129,39 @@ class Consolidator:
         if self.watermark is None:
             return
         horizon = self.watermark - self.late_retention
-        for start in [s for s in self.closed if s + self.window < horizon]:
+        for start in [s for s, w in self.closed.items() if w.end < horizon]:
             del self.closed[start]
-
-    def _critical(self, alert: TriggeredAlert, channels: ChannelPolicy) -> Notification:
-        return compose(
-            notification_id(self.user_id, alert.triggered_at, kind=f"critical|{alert.alert_id}"),
-            self.user_id,
-            [alert],
-            alert.triggered_at,
-            alert.triggered_at,
-            channels,
-        )
-
-    def _notification(self, window: Window, channels: ChannelPolicy) -> Notification:
-        return compose(
-            notification_id(self.user_id, window.start),
-            self.user_id,
-            window.alerts,
-            window.start,
-            window.start + self.window,
-            channels,
-        )
 
 
 def compose(
-    notification_id_: str,
+    notification_id: str,
     user_id: str,
     alerts: list[TriggeredAlert],
     start: datetime,
     end: datetime,
-    channels: ChannelPolicy,
+    channels: list[Channel],
 ) -> Notification:
-    """One notification for ``alerts``: grouped by symbol, repeats of a rule merged with a count."""
-    ordered = sorted(alerts, key=lambda a: (a.triggered_at, a.alert_id))
-    highest = max((a.priority for a in ordered), key=lambda p: p.rank)
+    """One notification for ``alerts`` in the given order (most relevant first): grouped by
+    symbol, repeats of a rule merged into one line with a count."""
+    highest = max((a.priority for a in alerts), key=lambda p: p.rank)
     by_symbol: dict[str, dict[str, list[TriggeredAlert]]] = {}
-    for alert in ordered:
+    for alert in alerts:
         by_symbol.setdefault(alert.symbol, {}).setdefault(alert.rule_id, []).append(alert)
     lines = []
     for by_rule in by_symbol.values():
         for repeats in by_rule.values():
-            latest = repeats[-1]
+            latest = max(repeats, key=lambda a: a.triggered_at)
             count = f" (x{len(repeats)})" if len(repeats) > 1 else ""
             lines.append(f"{latest.title}{count}: {latest.message}")
-    if len(ordered) == 1:
-        title = ordered[0].title
-    else:
-        title = f"{len(ordered)} alerts: {', '.join(by_symbol)}"
+    title = alerts[0].title if len(alerts) == 1 else f"{len(alerts)} alerts: {', '.join(by_symbol)}"
     return Notification(
-        notification_id=notification_id_,
+        notification_id=notification_id,
         user_id=user_id,
-        alert_ids=list(dict.fromkeys(a.alert_id for a in ordered)),
+        alert_ids=list(dict.fromkeys(a.alert_id for a in alerts)),
         title=title[:255],
         message="\n".join(lines)[:4096],
         highest_priority=highest,
-        channels=channels(highest),
+        channels=channels,
         window_start=start,
         window_end=end,
     )

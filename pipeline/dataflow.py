@@ -34,7 +34,7 @@ from connectors.files import FileRecord
 from connectors.kafka import PartitionReader, SourceRecord, list_partitions
 from pipeline import metrics
 from pipeline.config import Settings, Topics
-from pipeline.learning import RelevanceScore
+from pipeline.learning import LearningConfig, RelevanceScore
 from pipeline.messages import (
     DeadLetter,
     Feedback,
@@ -42,6 +42,7 @@ from pipeline.messages import (
     OptionsFlow,
     Position,
     PositionClosed,
+    Priority,
     Profile,
     ProfileReset,
     Rule,
@@ -50,7 +51,13 @@ from pipeline.messages import (
     TriggeredAlert,
 )
 from pipeline.parsing import ParsedItem, ParsedRecord, RawRecord, parse_record
-from pipeline.personalize import UserDesk, UserInput, UserOutput
+from pipeline.personalize import (
+    AlertOutcome,
+    PersonalizationConfig,
+    UserDesk,
+    UserInput,
+    UserOutput,
+)
 from pipeline.routing import RuleRouter, shard_of
 from pipeline.rule_engine import ShardEngine, ShardInput
 from sinks.inapp import NotificationSink
@@ -322,8 +329,7 @@ def build_flow(
     """
     topics = settings.topics
     shards = settings.engine.shard_count
-    window = timedelta(seconds=settings.engine.window_seconds)
-    grace = timedelta(seconds=settings.engine.grace_seconds)
+    desk_config = personalization_config(settings)
     flow = Dataflow("smart_alerts")
 
     raw = op.input("input", flow, source or KafkaInput(settings, bounded=bounded))
@@ -359,13 +365,14 @@ def build_flow(
     desk_out = op.stateful_batch(
         "personalize",
         desk_in,
-        lambda resume: _DeskLogic(resume or UserDesk(window=window, grace=grace), bounded),
+        lambda resume: _DeskLogic(resume or UserDesk(desk_config), bounded),
     )
     personalized: Stream[UserOutput] = op.map(
         "desk_out", desk_out, lambda kv: _counted_output(kv[1])
     )
     notifications = op.filter_map("notifications", personalized, _only(Notification))
     scores = op.filter_map("scores", personalized, _only(RelevanceScore))
+    outcomes = op.filter_map("outcomes", personalized, _only(AlertOutcome))
 
     # Outputs: each writer is idempotent, so a replay after recovery rewrites the same rows.
     kafka_items = op.merge("kafka_items", alerts, notifications, dead)
@@ -381,6 +388,7 @@ def build_flow(
             op.filter_map("profiles", good, _only(Profile)),
             alerts,
             scores,
+            outcomes,
         )
         op.output("history", history_items, WriterSink(writers.history, _write_history))
     if writers.notifications is not None:
@@ -449,6 +457,7 @@ def _write_history(writer: HistoryWriter, batch: list[Any]) -> None:
     profiles = [i for i in batch if isinstance(i, Profile)]
     alerts = [i for i in batch if isinstance(i, TriggeredAlert)]
     scores = [i for i in batch if isinstance(i, RelevanceScore)]
+    outcomes = [i for i in batch if isinstance(i, AlertOutcome)]
     if rules:
         writer.write_rules(rules)
     if tombstones:
@@ -459,6 +468,8 @@ def _write_history(writer: HistoryWriter, batch: list[Any]) -> None:
         writer.write_alerts(alerts)
     if scores:
         writer.write_relevance(scores)
+    if outcomes:
+        writer.write_outcomes(outcomes)
 
 
 def _counted(parsed: ParsedRecord, record: RawRecord) -> ParsedRecord:
@@ -475,9 +486,29 @@ def _counted_alert(alert: TriggeredAlert) -> TriggeredAlert:
 def _counted_output(output: UserOutput) -> UserOutput:
     if isinstance(output, Notification):
         metrics.NOTIFICATIONS.labels(priority=output.highest_priority.value).inc()
-    else:
+    elif isinstance(output, RelevanceScore):
         metrics.SCORES.inc()
+    else:
+        metrics.OUTCOMES.labels(status=output.status).inc()
     return output
+
+
+def personalization_config(settings: Settings) -> PersonalizationConfig:
+    p, engine = settings.personalization, settings.engine
+    return PersonalizationConfig(
+        window=timedelta(seconds=engine.window_seconds),
+        grace=timedelta(seconds=engine.grace_seconds),
+        stale_after={
+            Priority.LOW: timedelta(seconds=p.stale_low_seconds),
+            Priority.MEDIUM: timedelta(seconds=p.stale_medium_seconds),
+            Priority.HIGH: timedelta(seconds=p.stale_high_seconds),
+        },
+        learning=LearningConfig(
+            alpha=p.learning_alpha,
+            half_life=timedelta(days=p.learning_half_life_days),
+            ignore_after=timedelta(hours=p.ignore_after_hours),
+        ),
+    )
 
 
 # ---------------------------------------------------------------- running

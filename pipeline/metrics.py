@@ -19,6 +19,11 @@ NOTIFICATIONS = Counter(
     ["priority"],
 )
 SCORES = Counter("smart_alerts_relevance_updates", "Relevance score updates")
+OUTCOMES = Counter(
+    "smart_alerts_alert_outcomes",
+    "What became of alerts (NOTIFIED, STALE, MUTED, DEFERRED)",
+    ["status"],
+)
 
 
 def counter_value(counter: Counter, **labels: str) -> float:

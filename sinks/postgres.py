@@ -29,6 +29,7 @@ from pipeline.condition_specs import iter_conditions
 from pipeline.ids import NAMESPACE, storage_uuid
 from pipeline.learning import RelevanceScore
 from pipeline.messages import Notification, Profile, Rule, TriggeredAlert
+from pipeline.personalize import AlertOutcome
 
 log = logging.getLogger("smart_alerts.postgres")
 
@@ -141,6 +142,20 @@ WHERE (p.user_external_id, p.preferred_channels, p.quiet_hours_start, p.quiet_ho
 
 # Two-level merge: {"symbol": {"AAPL": 0.62}} || patch, per dimension and key. The WHERE clause
 # skips a patch the row already contains (a replay).
+UPSERT_OUTCOME = """
+INSERT INTO alert_outcomes AS o (alert_id, alert_external_id, user_id, user_external_id, status,
+                                 notification_id, notification_external_id, decided_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (alert_id) DO UPDATE SET
+    status = EXCLUDED.status,
+    notification_id = EXCLUDED.notification_id,
+    notification_external_id = EXCLUDED.notification_external_id,
+    decided_at = EXCLUDED.decided_at,
+    updated_at = now()
+WHERE EXCLUDED.decided_at >= o.decided_at
+  AND (o.status, o.notification_id) IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.notification_id)
+"""
+
 MERGE_RELEVANCE = """
 INSERT INTO user_alert_profiles AS p (id, user_id, user_external_id, relevance_scores)
 VALUES (%s, %s, %s, %s)
@@ -359,6 +374,27 @@ class HistoryWriter:
             key=_first,
         )
         self._executemany(MERGE_RELEVANCE, rows)
+
+    def write_outcomes(self, outcomes: list[AlertOutcome]) -> None:
+        """Upsert what became of each alert; a later decision replaces an earlier one."""
+        latest = {outcome.alert_id: outcome for outcome in outcomes}
+        rows = sorted(
+            (
+                (
+                    storage_uuid("alert", o.alert_id),
+                    o.alert_id,
+                    _key("user", o.user_id),
+                    o.user_id,
+                    o.status,
+                    storage_uuid("notification", o.notification_id) if o.notification_id else None,
+                    o.notification_id,
+                    o.at,
+                )
+                for o in latest.values()
+            ),
+            key=_first,
+        )
+        self._executemany(UPSERT_OUTCOME, rows)
 
     # ------------------------------------------------------------ deliveries (outbox)
 

@@ -1,88 +1,74 @@
 from datetime import timedelta
 
-from pipeline.consolidation import Consolidator, window_start
-from pipeline.ids import notification_id
-from pipeline.messages import Channel, Priority
+from pipeline.consolidation import Consolidator, compose, window_start
+from pipeline.messages import Channel
 from tests.unit.helpers import T0, alert, at
 
-
-def in_app(priority: Priority) -> list[Channel]:
-    return [Channel.IN_APP] if priority is not Priority.CRITICAL else [Channel.IN_APP, Channel.SMS]
-
-
-def consolidator() -> Consolidator:
-    return Consolidator("u-1", window=timedelta(seconds=60), grace=timedelta(seconds=5))
+MINUTE = timedelta(seconds=60)
 
 
 def test_windows_are_aligned_to_the_epoch() -> None:
-    assert window_start(at(59.9), timedelta(seconds=60)) == T0
-    assert window_start(at(60), timedelta(seconds=60)) == at(60)
+    assert window_start(at(59.9), MINUTE) == T0
+    assert window_start(at(60), MINUTE) == at(60)
 
 
-def test_alerts_in_one_window_become_one_notification_when_the_watermark_passes() -> None:
-    c = consolidator()
-    assert c.add(alert(1, rule_id="r-1"), in_app) == []
-    assert c.add(alert(30, rule_id="r-2", symbol="MSFT"), in_app) == []
-    assert c.add(alert(64, rule_id="r-1"), in_app) == []  # 64 < 60 + 5 grace
-    (note,) = c.add(alert(65.5, rule_id="r-1"), in_app)
-    assert note.alert_ids == ["a-r-1-AAPL-1", "a-r-2-MSFT-30"]
-    assert note.notification_id == notification_id("u-1", T0)
-    assert (note.window_start, note.window_end) == (T0, at(60))
-    assert note.title == "2 alerts: AAPL, MSFT"
-    assert note.channels == [Channel.IN_APP]
+def test_a_window_closes_when_the_watermark_passes_its_end_plus_grace() -> None:
+    c = Consolidator(grace=timedelta(seconds=5))
+    assert c.add(alert(1, rule_id="r-1"), MINUTE) == []
+    assert c.add(alert(30, rule_id="r-2", symbol="MSFT"), MINUTE) == []
+    assert c.add(alert(64, rule_id="r-1"), MINUTE) == []  # 64 < 60 + 5
+    (closed,) = c.add(alert(65.5, rule_id="r-1"), MINUTE)
+    assert (closed.start, closed.end, closed.late) == (T0, at(60), False)
+    assert [a.alert_id for a in closed.alerts] == ["a-r-1-AAPL-1", "a-r-2-MSFT-30"]
 
 
-def test_repeats_of_a_rule_are_merged_with_a_count() -> None:
-    c = consolidator()
-    for seconds in (1, 2, 3):
-        c.add(alert(seconds), in_app)
-    (note,) = c.close_all(in_app)
-    assert len(note.alert_ids) == 3
-    assert note.message == "AAPL: r-1 (x3): something happened"
-
-
-def test_critical_goes_out_at_once_on_its_own() -> None:
-    c = consolidator()
-    c.add(alert(1), in_app)
-    (note,) = c.add(alert(2, rule_id="r-crit", priority="CRITICAL"), in_app)
-    assert note.alert_ids == ["a-r-crit-AAPL-2"]
-    assert note.highest_priority is Priority.CRITICAL
-    assert note.channels == [Channel.IN_APP, Channel.SMS]
-    assert note.window_start == note.window_end == at(2)
-    assert len(c.open[T0].alerts) == 1
-
-
-def test_late_alert_re_emits_the_closed_window_under_the_same_id() -> None:
-    c = consolidator()
-    c.add(alert(1), in_app)
-    (first,) = c.add(alert(70, rule_id="r-2"), in_app)
-    (again,) = c.add(alert(10, rule_id="r-3"), in_app)
-    assert again.notification_id == first.notification_id
-    assert again.alert_ids == ["a-r-1-AAPL-1", "a-r-3-AAPL-10"]
+def test_late_alert_returns_the_closed_window_again() -> None:
+    c = Consolidator()
+    c.add(alert(1), MINUTE)
+    (first,) = c.add(alert(70, rule_id="r-2"), MINUTE)
+    (again,) = c.add(alert(10, rule_id="r-3"), MINUTE)
+    assert again.late and again.start == first.start
+    assert [a.alert_id for a in again.alerts] == ["a-r-1-AAPL-1", "a-r-3-AAPL-10"]
+    assert c.add(alert(10, rule_id="r-3"), MINUTE) == []  # the same late alert again: nothing
 
 
 def test_duplicate_alert_is_ignored() -> None:
-    c = consolidator()
-    c.add(alert(1), in_app)
-    c.add(alert(1), in_app)
-    (note,) = c.close_all(in_app)
-    assert note.alert_ids == ["a-r-1-AAPL-1"]
-    c.add(alert(70), in_app)
-    assert c.add(alert(1), in_app) == []  # same alert again for the closed window
+    c = Consolidator()
+    c.add(alert(1), MINUTE)
+    c.add(alert(1), MINUTE)
+    (closed,) = c.close_all()
+    assert [a.alert_id for a in closed.alerts] == ["a-r-1-AAPL-1"]
+
+
+def test_window_length_can_change_between_windows() -> None:
+    c = Consolidator()
+    c.add(alert(10), MINUTE)
+    c.add(alert(20, rule_id="r-2"), timedelta(minutes=5))  # joins the open 1-minute window
+    first, second = [*c.add(alert(70, rule_id="r-3"), timedelta(minutes=5)), *c.close_all()]
+    assert (first.start, first.end, len(first.alerts)) == (T0, at(60), 2)
+    assert (second.start, second.end) == (at(60), at(300))
 
 
 def test_wall_clock_deadline_closes_a_lone_window_in_live_mode() -> None:
-    c = consolidator()
-    c.add(alert(1), in_app, now=1000.0)
+    c = Consolidator(grace=timedelta(seconds=5))
+    c.add(alert(1), MINUTE, now=1000.0)
     assert c.next_deadline() == 1065.0
-    assert c.close_due(1064.9, in_app) == []
-    (note,) = c.close_due(1065.0, in_app)
-    assert note.alert_ids == ["a-r-1-AAPL-1"]
+    assert c.close_due(1064.9) == []
+    (closed,) = c.close_due(1065.0)
+    assert [a.alert_id for a in closed.alerts] == ["a-r-1-AAPL-1"]
     assert c.next_deadline() is None
 
 
 def test_closed_windows_are_forgotten_after_the_late_retention() -> None:
-    c = Consolidator("u-1", window=timedelta(seconds=60), late_retention=timedelta(minutes=10))
-    c.add(alert(1), in_app)
-    c.add(alert(3600), in_app)
+    c = Consolidator(late_retention=timedelta(minutes=10))
+    c.add(alert(1), MINUTE)
+    c.add(alert(3600), MINUTE)
     assert T0 not in c.closed
+
+
+def test_compose_groups_by_symbol_and_merges_repeats_in_the_given_order() -> None:
+    alerts = [alert(3), alert(1), alert(2), alert(5, rule_id="r-2", symbol="MSFT")]
+    note = compose("n-1", "u-1", alerts, T0, at(60), [Channel.IN_APP])
+    assert note.title == "4 alerts: AAPL, MSFT"
+    assert note.message == "AAPL: r-1 (x3): something happened\nMSFT: r-2: something happened"
+    assert note.alert_ids == ["a-r-1-AAPL-3", "a-r-1-AAPL-1", "a-r-1-AAPL-2", "a-r-2-MSFT-5"]
