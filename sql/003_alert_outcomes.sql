@@ -23,7 +23,10 @@ COMMENT ON TABLE alert_outcomes IS
     'than its priority''s staleness limit when its window closed: stored, not pushed), MUTED '
     '(its rule or symbol was muted by the user) or DEFERRED (over the hourly budget, waiting '
     'for the next notification; later rows replace it). The latest decision wins.';
-COMMENT ON COLUMN alert_outcomes.alert_id IS 'triggered_alerts.id';
+COMMENT ON COLUMN alert_outcomes.alert_id IS 'triggered_alerts.id (the deterministic alert id).';
+COMMENT ON COLUMN alert_outcomes.user_id IS
+    'storage_uuid(''user'', user_external_id): the wire id itself if it is a UUID, else UUIDv5.';
+COMMENT ON COLUMN alert_outcomes.user_external_id IS 'The user id as on the wire.';
 COMMENT ON COLUMN alert_outcomes.decided_at IS 'Event time of the decision (the window close).';
 
 GRANT SELECT, INSERT, UPDATE ON alert_outcomes TO smart_alerts_writer;

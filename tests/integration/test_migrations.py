@@ -26,6 +26,7 @@ TABLES = {
     "delivery_logs",
     "user_alert_profiles",
     "consolidated_alerts",
+    "alert_outcomes",
     "schema_migrations",
 }
 VIEWS = {"v_alerts", "v_daily_alert_counts", "v_delivery_outcomes"}
