@@ -201,6 +201,15 @@ SELECT status FROM delivery_logs
 WHERE notification_id = %s AND channel = %s AND destination = %s
 """
 
+OPEN_DELIVERIES = """
+SELECT c.external_id, c.user_external_id, c.alert_ids, c.consolidated_title,
+       c.consolidated_message, c.highest_priority, c.channels, c.window_start, c.window_end,
+       d.channel, d.destination, d.attempts, d.created_at
+FROM delivery_logs d JOIN consolidated_alerts c ON c.id = d.notification_id
+WHERE d.status IN ('PENDING', 'RETRYING') AND c.consolidated_title IS NOT NULL
+ORDER BY d.created_at
+"""
+
 MARK_DELIVERED = """
 UPDATE delivery_logs SET
     status = 'DELIVERED', delivered_at = now(), provider_message_id = %s,
@@ -418,6 +427,29 @@ class HistoryWriter:
             if row is None:  # recorded concurrently after this statement's snapshot
                 row = conn.execute(DELIVERY_STATUS, (key, channel, destination)).fetchone()
             return row is None or row[0] != "DELIVERED"
+
+        return self._transaction(work)
+
+    def open_deliveries(self) -> list[tuple[Notification, str, str, int, datetime]]:
+        """PENDING and RETRYING deliveries with their notification, oldest first (to resume)."""
+
+        def work(conn: psycopg.Connection) -> list[tuple[Notification, str, str, int, datetime]]:
+            out = []
+            for row in conn.execute(OPEN_DELIVERIES).fetchall():
+                nid, user, alert_ids, title, message, priority, channels, start, end = row[:9]
+                notification = Notification(
+                    notification_id=nid,
+                    user_id=user,
+                    alert_ids=[str(a) for a in alert_ids or []],
+                    title=title,
+                    message=message or "",
+                    highest_priority=priority,
+                    channels=channels or [],
+                    window_start=start,
+                    window_end=end,
+                )
+                out.append((notification, row[9], row[10], int(row[11]), row[12]))
+            return out
 
         return self._transaction(work)
 

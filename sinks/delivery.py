@@ -1,0 +1,362 @@
+"""Delivery: the outbox, retries, deadlines, circuit breakers and rate limits of every channel.
+
+Order of events for one (notification, channel, destination):
+1. ``submit`` records it PENDING in ``delivery_logs`` (the transactional outbox) before anything
+   is sent; a row that is DELIVERED already is skipped, so replays never send twice;
+2. a worker of the channel takes it from a bounded queue: a full queue leaves the row PENDING
+   for the next ``resume`` scan, so a slow or dead provider never blocks the dataflow;
+3. one attempt through the channel's Sender, under its rate limits and its provider's circuit
+   breaker; the outcome is written back: DELIVERED (with the provider's message id), RETRYING
+   (with the next attempt's time: exponential backoff with full jitter, at least the provider's
+   Retry-After) or FAILED (a permanent error, or the channel's deadline passed: an alert
+   minutes late is worthless);
+4. on start, and every ``resume_seconds``, PENDING and due RETRYING rows are queued again, so a
+   crash between recording and sending delivers after the restart, exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from prometheus_client import Counter, Histogram
+
+from pipeline.messages import Channel, Notification
+from sinks.channels.base import Delivery, PermanentError, Sender, TransientError
+
+log = logging.getLogger("smart_alerts.delivery")
+
+ATTEMPTS = Counter(
+    "smart_alerts_delivery_attempts",
+    "Delivery attempts by channel and outcome",
+    ["channel", "outcome"],
+)
+LATENCY = Histogram("smart_alerts_delivery_seconds", "Provider call latency", ["channel"])
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff ``base · 2^(attempt−1)`` capped at ``cap``, full jitter, within ``deadline``."""
+
+    base: float = 1.0
+    cap: float = 60.0
+    deadline: float = 300.0  # seconds after the notification was recorded
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        backoff = rng.uniform(0, min(self.cap, self.base * 2 ** (attempt - 1)))
+        return max(backoff, retry_after or 0.0)
+
+
+DEFAULT_POLICIES = {
+    Channel.PUSH: RetryPolicy(deadline=300),
+    Channel.EMAIL: RetryPolicy(deadline=900),
+    Channel.SMS: RetryPolicy(deadline=300),
+    Channel.VOICE: RetryPolicy(deadline=120),
+    Channel.WEBHOOK: RetryPolicy(deadline=600),
+    Channel.IN_APP: RetryPolicy(deadline=3600),
+}
+
+
+class CircuitBreaker:
+    """Per provider: open after ``threshold`` consecutive transient failures, for ``cooldown``
+    seconds; then one trial call decides whether it closes again."""
+
+    def __init__(
+        self,
+        threshold: int = 5,
+        cooldown: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.threshold, self.cooldown, self.clock = threshold, cooldown, clock
+        self.failures = 0
+        self.opened_at: float | None = None
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        with self._lock:
+            if self.opened_at is None:
+                return True
+            if self.clock() - self.opened_at >= self.cooldown:
+                self.opened_at = self.clock()  # half-open: this caller is the trial
+                return True
+            return False
+
+    def record(self, ok: bool) -> None:
+        with self._lock:
+            if ok:
+                self.failures, self.opened_at = 0, None
+                return
+            self.failures += 1
+            if self.failures >= self.threshold:
+                self.opened_at = self.clock()
+
+
+class RateLimiter:
+    """At most ``limit`` sends per ``per`` seconds for each key (a sliding log)."""
+
+    def __init__(self, limit: int, per: float, clock: Callable[[], float] = time.monotonic):
+        self.limit, self.per, self.clock = limit, per, clock
+        self.sent: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def wait_time(self, key: str) -> float:
+        """0 and the send is counted, or how long to wait before it may go."""
+        with self._lock:
+            now = self.clock()
+            log_ = self.sent.setdefault(key, deque())
+            while log_ and log_[0] <= now - self.per:
+                log_.popleft()
+            if len(log_) < self.limit:
+                log_.append(now)
+                return 0.0
+            return log_[0] + self.per - now
+
+
+class Outbox(Protocol):
+    def record_delivery(
+        self, notification_id: str, user_id: str, channel: str, destination: str
+    ) -> bool: ...
+    def mark_delivered(
+        self, notification_id: str, channel: str, destination: str, provider_message_id: str | None
+    ) -> None: ...
+    def mark_failed(
+        self, notification_id: str, channel: str, destination: str, error: str, *, retry: bool,
+        next_attempt_at: datetime | None = None,
+    ) -> None: ...  # fmt: skip
+    def open_deliveries(self) -> list[tuple[Notification, str, str, int, datetime]]: ...
+
+
+@dataclass(order=True)
+class _Job:
+    due: float
+    sequence: int
+    notification: Notification = field(compare=False)
+    channel: Channel = field(compare=False)
+    destination: str = field(compare=False)
+    attempt: int = field(compare=False)
+    recorded_at: float = field(compare=False)
+    secret_ref: str | None = field(compare=False, default=None)
+
+
+class DeliveryCore:
+    def __init__(
+        self,
+        outbox: Outbox,
+        senders: dict[Channel, Sender],
+        *,
+        policies: dict[Channel, RetryPolicy] | None = None,
+        queue_size: int = 10_000,
+        per_user_per_minute: int = 30,
+        per_channel_per_second: int = 50,
+        seed: int | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.senders = senders
+        self.policies = {**DEFAULT_POLICIES, **(policies or {})}
+        self.breakers = {sender.provider: CircuitBreaker() for sender in senders.values()}
+        self.user_limit = RateLimiter(per_user_per_minute, 60.0)
+        self.channel_limit = RateLimiter(per_channel_per_second, 1.0)
+        self.queues: dict[Channel, queue.PriorityQueue[_Job]] = {
+            channel: queue.PriorityQueue(queue_size) for channel in senders
+        }
+        self.rng = random.Random(seed)
+        self._outbox_lock = threading.Lock()
+        self._inflight: set[tuple[str, str, str]] = set()  # queued or waiting for a retry
+        self._sequence = 0
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(
+                target=self._work, args=(channel,), name=f"deliver-{channel.value}", daemon=True
+            )
+            for channel in senders
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # ------------------------------------------------------------ input
+
+    def submit(
+        self,
+        notification: Notification,
+        channel: Channel,
+        destination: str,
+        secret_ref: str | None = None,
+    ) -> bool:
+        """Record PENDING, then queue; False when it was delivered before (nothing to do)."""
+        with self._outbox_lock:
+            fresh = self.outbox.record_delivery(
+                notification.notification_id, notification.user_id, channel.value, destination
+            )
+        if fresh:
+            self._enqueue(notification, channel, destination, 1, time.time(), secret_ref)
+        return fresh
+
+    def resume(self) -> int:
+        """Queue the PENDING and RETRYING rows (after a restart): returns how many."""
+        with self._outbox_lock:
+            rows = self.outbox.open_deliveries()
+        for notification, channel, destination, attempts, created_at in rows:
+            self._enqueue(
+                notification,
+                Channel(channel),
+                destination,
+                attempts + 1,
+                created_at.timestamp(),
+                None,
+            )
+        return len(rows)
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Wait until every queue is empty and idle (tests, bounded runs)."""
+        end = time.monotonic() + timeout
+        for q in self.queues.values():
+            while q.unfinished_tasks and time.monotonic() < end:
+                time.sleep(0.01)
+        return all(q.unfinished_tasks == 0 for q in self.queues.values())
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for sender in self.senders.values():
+            sender.close()
+
+    def _enqueue(
+        self, notification: Notification, channel: Channel, destination: str, attempt: int,
+        recorded_at: float, secret_ref: str | None, due: float | None = None,
+    ) -> None:  # fmt: skip
+        if channel not in self.queues:
+            log.warning(
+                "no sender for channel %s; %s stays PENDING", channel, notification.notification_id
+            )
+            return
+        key = (notification.notification_id, channel.value, destination)
+        with self._outbox_lock:
+            if key in self._inflight:
+                return  # already queued: a resume scan must not send it twice
+            self._inflight.add(key)
+            self._sequence += 1
+            sequence = self._sequence
+        job = _Job(
+            due or time.time(), sequence, notification, channel, destination, attempt,
+            recorded_at, secret_ref,
+        )  # fmt: skip
+        try:
+            self.queues[channel].put_nowait(job)
+        except queue.Full:
+            with self._outbox_lock:
+                self._inflight.discard(key)
+            log.warning(
+                "%s queue full: %s stays PENDING until the next resume",
+                channel.value, notification.notification_id,
+            )  # fmt: skip
+
+    def _done(self, job: _Job) -> None:
+        with self._outbox_lock:
+            self._inflight.discard(
+                (job.notification.notification_id, job.channel.value, job.destination)
+            )
+
+    # ------------------------------------------------------------ workers
+
+    def _work(self, channel: Channel) -> None:
+        q = self.queues[channel]
+        while not self._stop.is_set():
+            try:
+                job = q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            try:
+                if job.due > time.time():  # not due yet: look again shortly
+                    self._stop.wait(min(job.due - time.time(), 0.05))
+                    if job.due > time.time():
+                        self._requeue(job, job.due)
+                        continue
+                self._attempt(job)
+            except Exception:  # a bug must not kill the worker; the row stays open for resume
+                log.exception("delivery worker error for %s", job.notification.notification_id)
+            finally:
+                q.task_done()
+
+    def _requeue(self, job: _Job, due: float) -> None:
+        self._sequence += 1
+        job.due, job.sequence = due, self._sequence
+        self.queues[job.channel].put(job)
+
+    def _attempt(self, job: _Job) -> None:
+        sender = self.senders[job.channel]
+        policy = self.policies[job.channel]
+        note, channel, destination = job.notification, job.channel.value, job.destination
+        if time.time() - job.recorded_at > policy.deadline:
+            self._fail(job, "deadline exceeded", retry=False)
+            ATTEMPTS.labels(channel=channel, outcome="expired").inc()
+            return
+        breaker = self.breakers[sender.provider]
+        limited = max(
+            self.user_limit.wait_time(f"{note.user_id}:{channel}"),
+            self.channel_limit.wait_time(channel),
+        )
+        if limited > 0 or not breaker.allow():
+            self._requeue(job, time.time() + max(limited, 1.0))
+            ATTEMPTS.labels(
+                channel=channel, outcome="throttled" if limited > 0 else "circuit_open"
+            ).inc()
+            return
+        key = f"{note.notification_id}:{channel}:{destination}"
+        delivery = Delivery(note, job.channel, destination, job.attempt, key, job.secret_ref)
+        started = time.monotonic()
+        try:
+            result = sender.send(delivery)
+        except PermanentError as exc:
+            breaker.record(True)  # the provider answered: it is up
+            self._fail(job, exc.reason, retry=False)
+            ATTEMPTS.labels(channel=channel, outcome="permanent_error").inc()
+            log.info("%s to %s failed for good: %s", channel, destination, exc.reason)
+            return
+        except TransientError as exc:
+            breaker.record(False)
+            delay = policy.delay(job.attempt, exc.retry_after, self.rng)
+            if time.time() + delay - job.recorded_at > policy.deadline:
+                self._fail(job, f"{exc.reason}; deadline exceeded", retry=False)
+                ATTEMPTS.labels(channel=channel, outcome="expired").inc()
+                return
+            due = time.time() + delay
+            self._fail(job, exc.reason, retry=True, next_attempt=due)
+            ATTEMPTS.labels(channel=channel, outcome="retry").inc()
+            job.attempt += 1
+            self._requeue(job, due)
+            return
+        finally:
+            LATENCY.labels(channel=channel).observe(time.monotonic() - started)
+        breaker.record(True)
+        with self._outbox_lock:
+            self.outbox.mark_delivered(
+                note.notification_id, channel, destination, result.provider_message_id
+            )
+        self._done(job)
+        ATTEMPTS.labels(channel=channel, outcome="delivered").inc()
+        log.info(
+            "delivered %s via %s to %s (attempt %d, %.0f ms, id %s)",
+            note.notification_id, channel, destination, job.attempt,
+            (time.monotonic() - started) * 1000, result.provider_message_id,
+        )  # fmt: skip
+
+    def _fail(
+        self, job: _Job, reason: str, *, retry: bool, next_attempt: float | None = None
+    ) -> None:
+        at = datetime.fromtimestamp(next_attempt, UTC) if next_attempt is not None else None
+        with self._outbox_lock:
+            self.outbox.mark_failed(
+                job.notification.notification_id, job.channel.value, job.destination, reason[:1000],
+                retry=retry, next_attempt_at=at,
+            )  # fmt: skip
+        if not retry:
+            self._done(job)
