@@ -60,8 +60,8 @@ from pipeline.personalize import (
 )
 from pipeline.routing import RuleRouter, shard_of
 from pipeline.rule_engine import ShardEngine, ShardInput
-from sinks.inapp import NotificationSink
 from sinks.kafka import CheckedProducer, OutgoingRecord
+from sinks.notify import Dispatch, NotificationSink
 from sinks.postgres import HistoryWriter
 from sinks.redis_store import InAppFeed, RelevanceStore
 
@@ -268,22 +268,33 @@ class _ShardLogic(op.StatefulBatchLogic[ShardInput, TriggeredAlert, ShardEngine]
         return self.engine
 
 
-class _DeskLogic(op.StatefulBatchLogic[UserInput, UserOutput, UserDesk]):
-    """Bounded runs close windows by event time and at EOF; live runs also by wall clock."""
+DeskOutput = Dispatch | RelevanceScore | AlertOutcome
+
+
+class _DeskLogic(op.StatefulBatchLogic[UserInput, DeskOutput, UserDesk]):
+    """Bounded runs close windows by event time and at EOF; live runs also by wall clock.
+
+    Notifications leave with the destinations of the user's profile at that moment, which only
+    this step knows (delivery needs them; the notification message does not carry them).
+    """
 
     def __init__(self, desk: UserDesk, bounded: bool) -> None:
         self.desk = desk
         self.bounded = bounded
 
-    def on_batch(self, values: list[UserInput]) -> tuple[Iterable[UserOutput], bool]:
+    def _dispatch(self, outputs: list[UserOutput]) -> list[DeskOutput]:
+        destinations = self.desk.profile.destinations if self.desk.profile is not None else None
+        return [Dispatch(o, destinations) if isinstance(o, Notification) else o for o in outputs]
+
+    def on_batch(self, values: list[UserInput]) -> tuple[Iterable[DeskOutput], bool]:
         now = None if self.bounded else time.time()
-        return self.desk.process(values, now), op.StatefulBatchLogic.RETAIN
+        return self._dispatch(self.desk.process(values, now)), op.StatefulBatchLogic.RETAIN
 
-    def on_notify(self) -> tuple[Iterable[UserOutput], bool]:
-        return self.desk.close_due(time.time()), op.StatefulBatchLogic.RETAIN
+    def on_notify(self) -> tuple[Iterable[DeskOutput], bool]:
+        return self._dispatch(self.desk.close_due(time.time())), op.StatefulBatchLogic.RETAIN
 
-    def on_eof(self) -> tuple[Iterable[UserOutput], bool]:
-        return self.desk.close_all(), op.StatefulBatchLogic.RETAIN
+    def on_eof(self) -> tuple[Iterable[DeskOutput], bool]:
+        return self._dispatch(self.desk.close_all()), op.StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         deadline = None if self.bounded else self.desk.next_deadline()
@@ -367,10 +378,11 @@ def build_flow(
         desk_in,
         lambda resume: _DeskLogic(resume or UserDesk(desk_config), bounded),
     )
-    personalized: Stream[UserOutput] = op.map(
+    personalized: Stream[DeskOutput] = op.map(
         "desk_out", desk_out, lambda kv: _counted_output(kv[1])
     )
-    notifications = op.filter_map("notifications", personalized, _only(Notification))
+    dispatches = op.filter_map("dispatches", personalized, _only(Dispatch))
+    notifications = op.map("notifications", dispatches, lambda d: d.notification)
     scores = op.filter_map("scores", personalized, _only(RelevanceScore))
     outcomes = op.filter_map("outcomes", personalized, _only(AlertOutcome))
 
@@ -393,7 +405,7 @@ def build_flow(
         op.output("history", history_items, WriterSink(writers.history, _write_history))
     if writers.notifications is not None:
         op.output(
-            "notify", notifications, WriterSink(writers.notifications, NotificationSink.write_batch)
+            "notify", dispatches, WriterSink(writers.notifications, NotificationSink.write_batch)
         )
     if writers.relevance is not None:
         op.output("relevance", scores, WriterSink(writers.relevance, RelevanceStore.write_batch))
@@ -483,9 +495,9 @@ def _counted_alert(alert: TriggeredAlert) -> TriggeredAlert:
     return alert
 
 
-def _counted_output(output: UserOutput) -> UserOutput:
-    if isinstance(output, Notification):
-        metrics.NOTIFICATIONS.labels(priority=output.highest_priority.value).inc()
+def _counted_output(output: DeskOutput) -> DeskOutput:
+    if isinstance(output, Dispatch):
+        metrics.NOTIFICATIONS.labels(priority=output.notification.highest_priority.value).inc()
     elif isinstance(output, RelevanceScore):
         metrics.SCORES.inc()
     else:
