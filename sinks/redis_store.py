@@ -27,6 +27,12 @@ Key layout (a public contract: gateways and tools read these keys without this c
     Makes the feed idempotent: a Lua script adds the id (``SADD``) and appends the stream entry
     only when the id was new, so replays after a crash never duplicate an entry.
 
+``sa:inapp:state:{user_id}`` — hash, the read state of feed entries
+    ``{notification_id}`` → ``seen``, ``read`` or ``archived`` (forward only: archived implies
+    read implies seen), and ``{notification_id}:{state}_at`` → when (RFC 3339). The app or its
+    gateway moves entries with ``InAppFeed.mark`` (or the same Lua logic); each change is also
+    published on the live channel as ``{"notification_id": ..., "state": ...}``.
+
 ``sa:inapp:live:{user_id}`` — pub/sub channel
     Each new feed entry's notification JSON (the ``json`` field) is published here, inside the
     same script, so a gateway can push it to connected clients at once.
@@ -40,6 +46,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -183,8 +190,27 @@ return id
 """
 
 
+FEED_STATES = ("seen", "read", "archived")  # each implies the ones before it
+
+# Moves one notification forward to a state (never back), stamps it, and tells the live
+# channel, atomically: KEYS[1] state hash, ARGV = id, state, rank, at (RFC 3339), channel.
+_SET_STATE = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+local ranks = {seen = 1, read = 2, archived = 3}
+if current and ranks[current] >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], ARGV[1] .. ':' .. ARGV[2] .. '_at', ARGV[4])
+redis.call('PUBLISH', ARGV[5], cjson.encode({notification_id = ARGV[1], state = ARGV[2]}))
+return 1
+"""
+
+
+def state_key(user_id: str) -> str:
+    return f"sa:inapp:state:{user_id}"
+
+
 class InAppFeed(_RedisClient):
-    """The per-user in-app feed: an idempotent stream plus a live pub/sub channel."""
+    """The per-user in-app feed: an idempotent stream, read/seen/archived state, and a live
+    pub/sub channel."""
 
     def __init__(self, redis_url: str, *, maxlen: int = DEFAULT_FEED_MAXLEN) -> None:
         if maxlen < 1:
@@ -192,6 +218,31 @@ class InAppFeed(_RedisClient):
         super().__init__(redis_url)
         self.maxlen = maxlen
         self._script: Script = self._redis.register_script(_PUBLISH_ONCE)
+        self._set_state: Script = self._redis.register_script(_SET_STATE)
+
+    def mark(self, user_id: str, notification_id: str, state: str, at: datetime) -> bool:
+        """Move a notification to ``seen``, ``read`` or ``archived`` (forward only); True when
+        it moved. Each change is published on the user's live channel for other devices."""
+        if state not in FEED_STATES:
+            raise ValueError(f"state must be one of {FEED_STATES}, not {state!r}")
+        keys = [state_key(user_id)]
+        args = [notification_id, state, FEED_STATES.index(state) + 1, format_timestamp(at),
+                live_channel(user_id)]  # fmt: skip
+        return bool(self._call(self._set_state, keys=keys, args=args))
+
+    def states(self, user_id: str) -> dict[str, str]:
+        """notification id -> its state, for the notifications that have one."""
+        raw: dict[str, str] = self._call(self._redis.hgetall, state_key(user_id))
+        return {key: value for key, value in raw.items() if ":" not in key}
+
+    def unread(self, user_id: str) -> int:
+        """Feed entries neither read nor archived."""
+        states = self.states(user_id)
+        return sum(
+            1
+            for entry in self.entries(user_id)
+            if states.get(entry["notification_id"]) not in ("read", "archived")
+        )
 
     def publish(self, notification: Notification) -> str | None:
         """Append the notification to its user's feed; the entry id, or None if already there."""

@@ -230,3 +230,33 @@ def test_unreachable_redis_is_a_clear_error() -> None:
     with pytest.raises(RedisUnavailableError):
         InAppFeed(f"redis://127.0.0.1:{port}/0")
     assert time.monotonic() - started < 30
+
+
+def test_feed_entries_move_forward_through_seen_read_archived(redis_url: str) -> None:
+    from datetime import UTC, datetime
+
+    from sinks.redis_store import InAppFeed
+
+    feed = InAppFeed(redis_url)
+    user = f"u-state-{uuid.uuid4().hex[:8]}"
+    first, second = (notification(user, i) for i in (1, 2))
+    feed.publish(first)
+    feed.publish(second)
+    at = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)
+    pubsub = redis.Redis.from_url(redis_url, decode_responses=True).pubsub()
+    pubsub.subscribe(f"sa:inapp:live:{user}")
+    pubsub.get_message(timeout=1.0)  # the subscribe confirmation
+    assert feed.unread(user) == 2
+    assert feed.mark(user, first.notification_id, "read", at)
+    assert not feed.mark(user, first.notification_id, "seen", at)  # never backwards
+    assert feed.mark(user, first.notification_id, "archived", at)
+    assert feed.mark(user, second.notification_id, "seen", at)
+    assert feed.states(user) == {first.notification_id: "archived", second.notification_id: "seen"}
+    assert feed.unread(user) == 1
+    message = pubsub.get_message(timeout=2.0)
+    assert message is not None and json.loads(message["data"]) == {
+        "notification_id": first.notification_id,
+        "state": "read",
+    }
+    with pytest.raises(ValueError, match="state must be one of"):
+        feed.mark(user, first.notification_id, "deleted", at)
