@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -82,6 +82,40 @@ class InApp(_Section):
     stream_maxlen: int = Field(1000, ge=1)
 
 
+class Delivery(_Section):
+    """Channel providers and delivery limits; secrets come from the environment only:
+    SENDGRID_API_KEY, SMTP_PASSWORD, TWILIO_AUTH_TOKEN, and webhook secrets by their refs."""
+
+    queue_size: int = Field(10_000, ge=1)
+    per_user_per_minute: int = Field(30, ge=1)
+    per_channel_per_second: int = Field(50, ge=1)
+    timeout_seconds: float = Field(10.0, gt=0)
+    push_deadline_seconds: float = Field(300, gt=0)
+    email_deadline_seconds: float = Field(900, gt=0)
+    sms_deadline_seconds: float = Field(300, gt=0)
+    voice_deadline_seconds: float = Field(120, gt=0)
+    webhook_deadline_seconds: float = Field(600, gt=0)
+    # Push: Firebase Cloud Messaging (a service-account JSON file)
+    fcm_credentials_file: Path | None = None
+    fcm_project_id: str | None = None
+    # E-mail: SendGrid or SMTP
+    email_provider: Literal["sendgrid", "smtp"] | None = None
+    email_from: str | None = None
+    settings_url: str = "https://app.example.com/settings/notifications?user={user_id}"
+    sendgrid_host: str = "https://api.sendgrid.com"
+    smtp_host: str | None = None
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "ssl", "none"] = "starttls"
+    smtp_username: str | None = None
+    # SMS and voice: Twilio
+    twilio_account_sid: str | None = None
+    twilio_from: str | None = None
+    twilio_status_callback: str | None = None
+    twilio_base_url: str | None = None
+    # Webhooks: private, loopback and link-local targets are refused unless listed here
+    webhook_allow_private_networks: list[str] = Field(default_factory=list)
+
+
 class Personalization(_Section):
     """Staleness limits per priority, and the learning engine's parameters."""
 
@@ -119,6 +153,7 @@ class Settings(BaseSettings):
     recovery: Recovery = Field(default_factory=Recovery)
     in_app: InApp = Field(default_factory=InApp)
     personalization: Personalization = Field(default_factory=Personalization)
+    delivery: Delivery = Field(default_factory=Delivery)
 
     @classmethod
     def settings_customise_sources(
