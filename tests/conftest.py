@@ -9,10 +9,12 @@ for it.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from connectors.embedded import StackUrls, stack_from_env_or_embedded
+from pipeline.config import Settings
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +55,25 @@ def database_url(stack: StackUrls, request: pytest.FixtureRequest) -> Iterator[s
     finally:
         with psycopg.connect(stack.database_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def job_settings(stack: StackUrls, database_url: str, **sections: Any) -> Settings:
+    """Settings for one test's run of the job: topics of its own (a unique prefix, created),
+    the module's database, the session's Redis; ``sections`` override config sections."""
+    import uuid
+
+    from pipeline.commands import topics_create
+    from pipeline.config import Topics, load_settings
+
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    topics = {name: f"{prefix}.{default}" for name, default in Topics().model_dump().items()}
+    settings = load_settings(
+        None,
+        kafka_bootstrap_servers=stack.kafka_bootstrap,
+        database_url=database_url,
+        redis_url=stack.redis_url,
+        topics=topics,
+        **sections,
+    )
+    topics_create(settings, echo=lambda _: None)
+    return settings

@@ -12,10 +12,11 @@ from connectors.embedded import StackUrls
 from connectors.files import read_rows
 from pipeline import commands
 from pipeline.backtest import run_backtest
-from pipeline.config import Topics, load_settings
+from pipeline.config import load_settings
 from pipeline.dataflow import run
 from pipeline.messages import Rule, Tick
 from sinks.kafka import CheckedProducer
+from tests.conftest import job_settings
 
 pytestmark = pytest.mark.integration
 
@@ -49,18 +50,10 @@ def test_backtest_and_live_give_the_same_alert_ids(
     rules_path = tmp_path / "rules.json"
     rules_path.write_text(json.dumps(rules))
 
-    prefix = f"bt{run_id}"
-    topics = {name: f"{prefix}.{default}" for name, default in Topics().model_dump().items()}
-    settings = load_settings(
-        None,
-        kafka_bootstrap_servers=stack.kafka_bootstrap,
-        database_url=database_url,
-        redis_url=stack.redis_url,
-        topics=topics,
-        partitions={"market": 3, "reference": 2},
-        engine={"epoch_ms": 50},
+    settings = job_settings(
+        stack, database_url, partitions={"market": 3, "reference": 2}, engine={"epoch_ms": 50}
     )
-    commands.topics_create(settings, echo=lambda _: None)
+
     producer = CheckedProducer(stack.kafka_bootstrap)
     commands.publish(producer, settings.topics.rules, [Rule.model_validate(r) for r in rules])
     ticks = [Tick.model_validate(row) for row in read_rows(SAMPLES / "ticks.csv")]

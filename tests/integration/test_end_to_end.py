@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,13 +16,14 @@ import pytest
 
 from connectors.embedded import StackUrls
 from pipeline import commands
-from pipeline.config import Settings, Topics, load_settings
+from pipeline.config import Settings
 from pipeline.dataflow import run
 from pipeline.ids import alert_id, notification_id, storage_uuid
 from pipeline.learning import DEFAULT_ALPHA, NEUTRAL_SCORE, REWARDS
 from pipeline.messages import FeedbackAction, message_key
 from sinks.kafka import CheckedProducer, OutgoingRecord
 from sinks.redis_store import InAppFeed, RelevanceStore
+from tests.conftest import job_settings
 
 pytestmark = pytest.mark.integration
 
@@ -35,20 +35,13 @@ def ts(seconds: float) -> str:
 
 
 @pytest.fixture
-def settings(stack: StackUrls, database_url: str) -> Iterator[Settings]:
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    topics = {name: f"{prefix}.{default}" for name, default in Topics().model_dump().items()}
-    settings = load_settings(
-        None,
-        kafka_bootstrap_servers=stack.kafka_bootstrap,
-        database_url=database_url,
-        redis_url=stack.redis_url,
-        topics=topics,
+def settings(stack: StackUrls, database_url: str) -> Settings:
+    return job_settings(
+        stack,
+        database_url,
         partitions={"market": 2, "reference": 1, "feedback": 1, "outputs": 2},
         engine={"shard_count": 8, "window_seconds": 60, "epoch_ms": 50},
     )
-    commands.topics_create(settings, echo=lambda _: None)
-    yield settings
 
 
 def produce(settings: Settings, topic: str, rows: list[dict[str, Any]]) -> None:

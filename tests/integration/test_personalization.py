@@ -17,12 +17,13 @@ import pytest
 
 from connectors.embedded import StackUrls
 from pipeline import commands
-from pipeline.config import Settings, Topics, load_settings
+from pipeline.config import Settings
 from pipeline.dataflow import run
 from pipeline.ids import alert_id, notification_id
 from pipeline.learning import LearningConfig
 from sinks.kafka import CheckedProducer, OutgoingRecord
 from sinks.redis_store import RelevanceStore
+from tests.conftest import job_settings
 
 pytestmark = pytest.mark.integration
 
@@ -38,19 +39,12 @@ def iso(ts: datetime) -> str:
 
 @pytest.fixture
 def settings(stack: StackUrls, database_url: str) -> Settings:
-    prefix = f"p{uuid.uuid4().hex[:8]}"
-    topics = {name: f"{prefix}.{default}" for name, default in Topics().model_dump().items()}
-    settings = load_settings(
-        None,
-        kafka_bootstrap_servers=stack.kafka_bootstrap,
-        database_url=database_url,
-        redis_url=stack.redis_url,
-        topics=topics,
+    return job_settings(
+        stack,
+        database_url,
         partitions={"market": 1, "reference": 1, "feedback": 1, "outputs": 1},
         engine={"shard_count": 4, "window_seconds": 60, "epoch_ms": 50},
     )
-    commands.topics_create(settings, echo=lambda _: None)
-    return settings
 
 
 def send(settings: Settings, topic: str, rows: list[tuple[str, dict[str, Any]]]) -> None:
