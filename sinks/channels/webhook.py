@@ -1,0 +1,239 @@
+"""Webhook channel: the notification JSON POSTed to the user's URL, signed per Standard Webhooks.
+
+Headers (https://www.standardwebhooks.com): ``webhook-id`` ("msg_" + the delivery's idempotency
+key, so the same on every retry and the receiver can deduplicate), ``webhook-timestamp`` (unix
+seconds at send time) and ``webhook-signature``: space-separated ``v1,<base64 HMAC-SHA256 of
+"{id}.{timestamp}.{body}">``, one per active secret (several while a secret is being rotated).
+
+Secrets come from ``delivery.secret_ref`` through a resolver (default: the environment variable
+named by the ref, holding one or more space-separated ``whsec_<base64>`` secrets); a secret is
+never part of an error reason or a log line, only its ref is.
+
+One attempt per call (sinks/channels/base.py): redirects are not followed (a 3xx is permanent),
+the response body is read up to 64 KiB at most, connect and read timeouts apply. 2xx succeeds;
+410 Gone is permanent and disables the endpoint; other 4xx except 408/429 are permanent;
+408/429/5xx, timeouts and connection errors are transient (Retry-After honoured).
+
+SSRF guard: only http/https, and every address the host resolves to must be public unless it
+lies in ``allow_private_networks`` (CIDRs). Known limit: requests resolves the name again when it
+connects, so a DNS answer that changes between the check and the connection (DNS rebinding) is
+not caught; an egress proxy/firewall is the complete defence.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from urllib.parse import urlsplit
+
+import requests
+
+from pipeline.messages import Channel
+from sinks.channels.base import Delivery, PermanentError, SendResult, TransientError
+from sinks.channels.email import parse_retry_after
+
+MAX_RESPONSE_BYTES = 64 * 1024
+SECRET_PREFIX = "whsec_"
+USER_AGENT = "VS9-Smart-Alerts-Webhook/1"
+
+SecretResolver = Callable[[str], str | None]
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def env_secret_resolver(secret_ref: str) -> str | None:
+    """The default resolver: the environment variable named by the ref."""
+    return os.environ.get(secret_ref)
+
+
+def decode_secrets(value: str, secret_ref: str) -> list[bytes]:
+    """The keys of a "whsec_<base64> [whsec_<base64> ...]" value; errors name the ref only."""
+    keys = []
+    for token in value.split():
+        encoded = token.removeprefix(SECRET_PREFIX)
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise PermanentError(f"webhook secret {secret_ref!r} is not whsec_<base64>") from None
+        if not key:
+            raise PermanentError(f"webhook secret {secret_ref!r} is empty")
+        keys.append(key)
+    if not keys:
+        raise PermanentError(f"webhook secret {secret_ref!r} is empty")
+    return keys
+
+
+def sign(keys: Iterable[bytes], msg_id: str, timestamp: int, body: bytes) -> str:
+    """The webhook-signature header value: one "v1,<base64>" per key, space-separated."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return " ".join(
+        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+        for key in keys
+    )
+
+
+class WebhookSender:
+    channel = Channel.WEBHOOK
+    provider = "webhook"
+
+    def __init__(
+        self,
+        *,
+        secret_resolver: SecretResolver = env_secret_resolver,
+        allow_private_networks: set[str] | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 10.0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        clock: Callable[[], float] = time.time,
+        resolve: Callable[..., list[tuple]] = socket.getaddrinfo,  # type: ignore[type-arg]
+    ) -> None:
+        self.secret_resolver = secret_resolver
+        self.allowed_networks: list[IpNetwork] = [
+            ipaddress.ip_network(cidr, strict=False) for cidr in (allow_private_networks or ())
+        ]
+        self.timeout = (connect_timeout, read_timeout)
+        self.max_response_bytes = max_response_bytes
+        self.clock = clock
+        self._resolve = resolve
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+
+    # ------------------------------------------------------------ one attempt
+
+    def send(self, delivery: Delivery) -> SendResult:
+        self.check_url(delivery.destination)
+        keys = self._keys(delivery.secret_ref)
+        body = delivery.notification.to_json()
+        msg_id = f"msg_{delivery.idempotency_key}"
+        timestamp = int(self.clock())
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(keys, msg_id, timestamp, body),
+        }
+        try:
+            response = self._session().post(
+                delivery.destination,
+                data=body,
+                headers=headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+                stream=True,
+            )
+            try:
+                status = response.status_code
+                snippet = self._read_capped(response) if status >= 300 else b""
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            finally:
+                response.close()
+        except requests.Timeout as exc:
+            raise TransientError(f"webhook: timeout ({type(exc).__name__})") from None
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise TransientError(f"webhook: connection error ({type(exc).__name__})") from None
+        except requests.RequestException as exc:
+            raise PermanentError(f"webhook: request failed ({type(exc).__name__})") from None
+        if 200 <= status < 300:
+            return SendResult(provider_message_id=msg_id)
+        reason = f"webhook: HTTP {status}"
+        text = snippet[:200].decode("utf-8", "replace").strip()
+        if text:
+            reason += f": {' '.join(text.split())}"
+        if status == 410:
+            raise PermanentError(reason + " (endpoint gone)", disable_destination=True)
+        if 300 <= status < 400:
+            raise PermanentError(reason + " (redirects are not followed)")
+        if status in (408, 429) or status >= 500:
+            raise TransientError(reason, retry_after=retry_after)
+        raise PermanentError(reason)
+
+    def close(self) -> None:
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+
+    # ------------------------------------------------------------ pieces
+
+    def check_url(self, url: str) -> None:
+        """Refuse anything but http(s) to public addresses (or the allowed networks)."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise PermanentError("webhook URL is not valid") from None
+        if parts.scheme not in ("http", "https"):
+            raise PermanentError(f"webhook URL scheme {parts.scheme!r} is not http or https")
+        host = parts.hostname
+        if not host:
+            raise PermanentError("webhook URL has no host")
+        if port is None:
+            port = 443 if parts.scheme == "https" else 80
+        try:
+            infos = self._resolve(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise TransientError(f"webhook host {host!r} does not resolve: {exc}") from None
+        if not infos:
+            raise TransientError(f"webhook host {host!r} does not resolve")
+        for info in infos:
+            address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+            if not self._allowed(address):
+                raise PermanentError(
+                    f"webhook host {host!r} resolves to non-public address {address} (refused)"
+                )
+
+    def _allowed(self, address: IpAddress) -> bool:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if any(address.version == net.version and address in net for net in self.allowed_networks):
+            return True
+        return address.is_global and not (
+            address.is_private
+            or address.is_loopback
+            or address.is_link_local
+            or address.is_multicast
+            or address.is_reserved
+            or address.is_unspecified
+        )
+
+    def _keys(self, secret_ref: str | None) -> list[bytes]:
+        if not secret_ref:
+            raise PermanentError("webhook destination has no secret_ref")
+        try:
+            value = self.secret_resolver(secret_ref)
+        except Exception as exc:  # a vault hiccup: the ref is fine, try again later
+            raise TransientError(
+                f"webhook secret {secret_ref!r} could not be resolved ({type(exc).__name__})"
+            ) from None
+        if not value:
+            raise PermanentError(f"webhook secret {secret_ref!r} is not set")
+        return decode_secrets(value, secret_ref)
+
+    def _read_capped(self, response: requests.Response) -> bytes:
+        data = bytearray()
+        for chunk in response.iter_content(chunk_size=8192):
+            data += chunk
+            if len(data) >= self.max_response_bytes:
+                break
+        return bytes(data[: self.max_response_bytes])
+
+    def _session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False  # no proxies or .netrc credentials from the environment
+            session.max_redirects = 0
+            self._local.session = session
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
