@@ -232,7 +232,6 @@ class WebhookSender:
         if session is None:
             session = requests.Session()
             session.trust_env = False  # no proxies or .netrc credentials from the environment
-            session.max_redirects = 0
             self._local.session = session
             with self._sessions_lock:
                 self._sessions.append(session)
