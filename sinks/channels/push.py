@@ -108,7 +108,7 @@ class FcmSender:
         service = messaging._get_messaging_service(app)
         previous = service._client
         session = google.auth.transport.requests.AuthorizedSession(
-            service._credential, max_refresh_attempts=1
+            service._credential, max_refresh_attempts=1, refresh_timeout=timeout
         )
         service._client = _http_client.JsonHttpClient(
             session=session, timeout=timeout, retries=False

@@ -16,9 +16,11 @@ The auth token is never part of an error reason.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Self
 from xml.sax.saxutils import escape
 
 import requests
@@ -121,6 +123,25 @@ class _TwilioSender:
         self._client = Client(account_sid, auth_token, http_client=self._http, environment={})
         if base_url:
             self._client.api.base_url = base_url.rstrip("/")
+
+    @classmethod
+    def from_env(
+        cls,
+        from_number: str,
+        *,
+        status_callback: str | None = None,
+        timeout: float = 10.0,
+        environ: Mapping[str, str] | None = None,
+    ) -> Self:
+        """Credentials from TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (production)."""
+        env = os.environ if environ is None else environ
+        return cls(
+            env.get("TWILIO_ACCOUNT_SID", ""),
+            env.get("TWILIO_AUTH_TOKEN", ""),
+            from_number,
+            status_callback=status_callback,
+            timeout=timeout,
+        )
 
     def send(self, delivery: Delivery) -> SendResult:
         try:

@@ -6,10 +6,13 @@ import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import google.auth.credentials
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from firebase_admin import messaging
 
 from pipeline.messages import Channel, Notification, Priority
@@ -206,3 +209,47 @@ def test_fcm_connection_refused_is_transient(monkeypatch: pytest.MonkeyPatch) ->
             sender.send(delivery())
     finally:
         sender.close()
+
+
+def test_fcm_from_service_account_file(fcm: FakeFcm, tmp_path: Path) -> None:
+    """A service-account file: the project comes from it, the OAuth2 token from its token_uri."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    path = tmp_path / "service-account.json"
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": "sa-project",
+                "private_key_id": "k1",
+                "private_key": pem,
+                "client_email": "fcm@sa-project.iam.gserviceaccount.com",
+                "client_id": "1",
+                "token_uri": f"{fcm.url}/token",
+            }
+        )
+    )
+    fcm.reply_with(
+        Reply(
+            status=200,
+            headers={"Content-Type": "application/json"},
+            body=json.dumps(
+                {"access_token": "sa-token", "expires_in": 3600, "token_type": "Bearer"}
+            ).encode(),
+        )
+    )
+    sender = FcmSender.from_credentials(path, timeout=0.5)
+    try:
+        result = sender.send(delivery())
+    finally:
+        sender.close()
+    assert result.provider_message_id == "projects/sa-project/messages/1"
+    token_request, send_request = fcm.received
+    assert (token_request.method, token_request.path) == ("POST", "/token")
+    assert b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer" in token_request.body
+    assert send_request.path == "/v1/projects/sa-project/messages:send"
+    assert send_request.headers["authorization"] == "Bearer sa-token"

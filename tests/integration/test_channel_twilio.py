@@ -202,3 +202,15 @@ def test_twilio_connection_refused_is_transient() -> None:
     sender = TwilioSmsSender(SID, AUTH_TOKEN, FROM, timeout=0.5, base_url=url)
     with pytest.raises(TransientError):
         sender.send(delivery())
+
+
+def test_from_env_reads_credentials_and_needs_both() -> None:
+    env = {"TWILIO_ACCOUNT_SID": SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN}
+    sender = TwilioVoiceSender.from_env(FROM, environ=env)
+    assert (sender.account_sid, sender.provider, sender.channel) == (
+        SID,
+        "twilio-voice",
+        Channel.VOICE,
+    )
+    with pytest.raises(ValueError):
+        TwilioSmsSender.from_env(FROM, environ={"TWILIO_ACCOUNT_SID": SID})
