@@ -90,6 +90,8 @@ class Delivery(_Section):
     per_user_per_minute: int = Field(30, ge=1)
     per_channel_per_second: int = Field(50, ge=1)
     timeout_seconds: float = Field(10.0, gt=0)
+    resume_seconds: float = Field(30.0, gt=0)  # how often the outbox is scanned for open rows
+    lease_seconds: float = Field(120.0, gt=0)  # a SENDING row abandoned this long is reopened
     push_deadline_seconds: float = Field(300, gt=0)
     email_deadline_seconds: float = Field(900, gt=0)
     sms_deadline_seconds: float = Field(300, gt=0)

@@ -60,6 +60,7 @@ from pipeline.personalize import (
 )
 from pipeline.routing import RuleRouter, shard_of
 from pipeline.rule_engine import ShardEngine, ShardInput
+from sinks.channels.configure import build_delivery, build_senders
 from sinks.kafka import CheckedProducer, OutgoingRecord
 from sinks.notify import Dispatch, NotificationSink
 from sinks.postgres import HistoryWriter
@@ -529,11 +530,15 @@ def personalization_config(settings: Settings) -> PersonalizationConfig:
 def writers_for(settings: Settings) -> Writers:
     bootstrap, database_url, redis_url = settings.require_servers()
     maxlen = settings.in_app.stream_maxlen
+    for sender in build_senders(settings.delivery).values():  # a ConfigError now, not per worker
+        sender.close()
     return Writers(
         records=lambda: CheckedProducer(bootstrap),
         history=lambda: HistoryWriter(database_url),
         notifications=lambda: NotificationSink(
-            HistoryWriter(database_url), InAppFeed(redis_url, maxlen=maxlen)
+            HistoryWriter(database_url),
+            InAppFeed(redis_url, maxlen=maxlen),
+            build_delivery(settings.delivery, database_url),
         ),
         relevance=lambda: RelevanceStore(redis_url),
     )

@@ -10,8 +10,11 @@ Order of events for one (notification, channel, destination):
    (with the next attempt's time: exponential backoff with full jitter, at least the provider's
    Retry-After) or FAILED (a permanent error, or the channel's deadline passed: an alert
    minutes late is worthless);
-4. on start, and every ``resume_seconds``, PENDING and due RETRYING rows are queued again, so a
-   crash between recording and sending delivers after the restart, exactly once.
+4. on start, and every ``resume_seconds``, open rows are queued again, so a crash between
+   recording and sending delivers after the restart, exactly once.
+Every worker of the job has a core and scans the whole outbox, so two cores may hold a job for
+one row: before each attempt the row is claimed (SENDING, with a lease) and only the core whose
+claim succeeds sends. Destinations a provider called dead are recorded and not tried again.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -31,6 +34,7 @@ from prometheus_client import Counter, Histogram
 
 from pipeline.messages import Channel, Notification
 from sinks.channels.base import Delivery, PermanentError, Sender, TransientError
+from sinks.postgres import Claim, OpenDelivery
 
 log = logging.getLogger("smart_alerts.delivery")
 
@@ -122,8 +126,12 @@ class RateLimiter:
 
 class Outbox(Protocol):
     def record_delivery(
-        self, notification_id: str, user_id: str, channel: str, destination: str
-    ) -> bool: ...
+        self, notification_id: str, user_id: str, channel: str, destination: str,
+        secret_ref: str | None = None,
+    ) -> bool: ...  # fmt: skip
+    def claim_delivery(
+        self, notification_id: str, channel: str, destination: str, lease_seconds: float
+    ) -> Claim: ...
     def mark_delivered(
         self, notification_id: str, channel: str, destination: str, provider_message_id: str | None
     ) -> None: ...
@@ -131,7 +139,8 @@ class Outbox(Protocol):
         self, notification_id: str, channel: str, destination: str, error: str, *, retry: bool,
         next_attempt_at: datetime | None = None,
     ) -> None: ...  # fmt: skip
-    def open_deliveries(self) -> list[tuple[Notification, str, str, int, datetime]]: ...
+    def disable_destination(self, channel: str, destination: str, reason: str) -> None: ...
+    def open_deliveries(self, channels: Iterable[str]) -> list[OpenDelivery]: ...
 
 
 @dataclass(order=True)
@@ -156,6 +165,8 @@ class DeliveryCore:
         queue_size: int = 10_000,
         per_user_per_minute: int = 30,
         per_channel_per_second: int = 50,
+        lease_seconds: float = 120.0,
+        resume_seconds: float | None = None,
         seed: int | None = None,
     ) -> None:
         self.outbox = outbox
@@ -164,12 +175,19 @@ class DeliveryCore:
         self.breakers = {sender.provider: CircuitBreaker() for sender in senders.values()}
         self.user_limit = RateLimiter(per_user_per_minute, 60.0)
         self.channel_limit = RateLimiter(per_channel_per_second, 1.0)
+        # Unbounded so that a worker putting a job back never blocks; the bound is on the jobs
+        # a channel holds (queued, in hand, or waiting for a retry), counted in _inflight.
         self.queues: dict[Channel, queue.PriorityQueue[_Job]] = {
-            channel: queue.PriorityQueue(queue_size) for channel in senders
+            channel: queue.PriorityQueue() for channel in senders
         }
+        self.queue_size = queue_size
+        self.lease_seconds = lease_seconds
         self.rng = random.Random(seed)
         self._outbox_lock = threading.Lock()
-        self._inflight: set[tuple[str, str, str]] = set()  # queued or waiting for a retry
+        self._jobs_lock = threading.Lock()
+        self._inflight: dict[Channel, set[tuple[str, str]]] = {
+            channel: set() for channel in senders
+        }
         self._sequence = 0
         self._stop = threading.Event()
         self._threads = [
@@ -178,6 +196,15 @@ class DeliveryCore:
             )
             for channel in senders
         ]
+        if resume_seconds is not None:
+            self._threads.append(
+                threading.Thread(
+                    target=self._resume_every,
+                    args=(resume_seconds,),
+                    name="deliver-resume",
+                    daemon=True,
+                )  # fmt: skip
+            )
         for thread in self._threads:
             thread.start()
 
@@ -193,34 +220,41 @@ class DeliveryCore:
         """Record PENDING, then queue; False when it was delivered before (nothing to do)."""
         with self._outbox_lock:
             fresh = self.outbox.record_delivery(
-                notification.notification_id, notification.user_id, channel.value, destination
-            )
+                notification.notification_id, notification.user_id, channel.value, destination,
+                secret_ref,
+            )  # fmt: skip
         if fresh:
             self._enqueue(notification, channel, destination, 1, time.time(), secret_ref)
         return fresh
 
     def resume(self) -> int:
-        """Queue the PENDING and RETRYING rows (after a restart): returns how many."""
+        """Queue the open rows of this core's channels (after a restart): returns how many."""
         with self._outbox_lock:
-            rows = self.outbox.open_deliveries()
-        for notification, channel, destination, attempts, created_at in rows:
+            rows = self.outbox.open_deliveries([channel.value for channel in self.senders])
+        for row in rows:
+            due = row.next_attempt_at.timestamp() if row.next_attempt_at is not None else None
             self._enqueue(
-                notification,
-                Channel(channel),
-                destination,
-                attempts + 1,
-                created_at.timestamp(),
-                None,
-            )
+                row.notification, Channel(row.channel), row.destination, row.attempts + 1,
+                row.created_at.timestamp(), row.secret_ref, due,
+            )  # fmt: skip
         return len(rows)
 
+    def _resume_every(self, seconds: float) -> None:
+        while not self._stop.wait(seconds):
+            try:
+                self.resume()
+            except Exception:  # the database may be back at the next scan
+                log.exception("delivery resume scan failed")
+
     def drain(self, timeout: float = 30.0) -> bool:
-        """Wait until every queue is empty and idle (tests, bounded runs)."""
-        end = time.monotonic() + timeout
-        for q in self.queues.values():
-            while q.unfinished_tasks and time.monotonic() < end:
-                time.sleep(0.01)
-        return all(q.unfinished_tasks == 0 for q in self.queues.values())
+        """Wait until no attempt is under way and none is due before ``timeout`` ends (a
+        bounded run's end: a retry due later stays RETRYING for the next start's resume)."""
+        end = time.time() + timeout
+        while not all(_idle_until(q, end) for q in self.queues.values()):
+            if time.time() >= end:
+                return False
+            time.sleep(0.01)
+        return True
 
     def close(self) -> None:
         self._stop.set()
@@ -238,32 +272,29 @@ class DeliveryCore:
                 "no sender for channel %s; %s stays PENDING", channel, notification.notification_id
             )
             return
-        key = (notification.notification_id, channel.value, destination)
-        with self._outbox_lock:
-            if key in self._inflight:
-                return  # already queued: a resume scan must not send it twice
-            self._inflight.add(key)
+        key = (notification.notification_id, destination)
+        with self._jobs_lock:
+            held = self._inflight[channel]
+            if key in held:
+                return  # already held: a resume scan must not send it twice
+            if len(held) >= self.queue_size:
+                log.warning(
+                    "%s queue full: %s stays PENDING until the next resume",
+                    channel.value, notification.notification_id,
+                )  # fmt: skip
+                return
+            held.add(key)
             self._sequence += 1
             sequence = self._sequence
         job = _Job(
             due or time.time(), sequence, notification, channel, destination, attempt,
             recorded_at, secret_ref,
         )  # fmt: skip
-        try:
-            self.queues[channel].put_nowait(job)
-        except queue.Full:
-            with self._outbox_lock:
-                self._inflight.discard(key)
-            log.warning(
-                "%s queue full: %s stays PENDING until the next resume",
-                channel.value, notification.notification_id,
-            )  # fmt: skip
+        self.queues[channel].put(job)
 
     def _done(self, job: _Job) -> None:
-        with self._outbox_lock:
-            self._inflight.discard(
-                (job.notification.notification_id, job.channel.value, job.destination)
-            )
+        with self._jobs_lock:
+            self._inflight[job.channel].discard((job.notification.notification_id, job.destination))
 
     # ------------------------------------------------------------ workers
 
@@ -283,12 +314,14 @@ class DeliveryCore:
                 self._attempt(job)
             except Exception:  # a bug must not kill the worker; the row stays open for resume
                 log.exception("delivery worker error for %s", job.notification.notification_id)
+                self._done(job)
             finally:
                 q.task_done()
 
     def _requeue(self, job: _Job, due: float) -> None:
-        self._sequence += 1
-        job.due, job.sequence = due, self._sequence
+        with self._jobs_lock:
+            self._sequence += 1
+            job.due, job.sequence = due, self._sequence
         self.queues[job.channel].put(job)
 
     def _attempt(self, job: _Job) -> None:
@@ -296,8 +329,9 @@ class DeliveryCore:
         policy = self.policies[job.channel]
         note, channel, destination = job.notification, job.channel.value, job.destination
         if time.time() - job.recorded_at > policy.deadline:
-            self._fail(job, "deadline exceeded", retry=False)
-            ATTEMPTS.labels(channel=channel, outcome="expired").inc()
+            if self._claim(job) is not None:
+                self._fail(job, "deadline exceeded", retry=False)
+                ATTEMPTS.labels(channel=channel, outcome="expired").inc()
             return
         breaker = self.breakers[sender.provider]
         limited = max(
@@ -310,6 +344,13 @@ class DeliveryCore:
                 channel=channel, outcome="throttled" if limited > 0 else "circuit_open"
             ).inc()
             return
+        claim = self._claim(job)
+        if claim is None:
+            return
+        if claim.disabled_reason is not None:
+            self._fail(job, f"destination disabled: {claim.disabled_reason}", retry=False)
+            ATTEMPTS.labels(channel=channel, outcome="disabled").inc()
+            return
         key = f"{note.notification_id}:{channel}:{destination}"
         delivery = Delivery(note, job.channel, destination, job.attempt, key, job.secret_ref)
         started = time.monotonic()
@@ -317,6 +358,9 @@ class DeliveryCore:
             result = sender.send(delivery)
         except PermanentError as exc:
             breaker.record(True)  # the provider answered: it is up
+            if exc.disable_destination:
+                with self._outbox_lock:
+                    self.outbox.disable_destination(channel, destination, exc.reason)
             self._fail(job, exc.reason, retry=False)
             ATTEMPTS.labels(channel=channel, outcome="permanent_error").inc()
             log.info("%s to %s failed for good: %s", channel, destination, exc.reason)
@@ -349,6 +393,19 @@ class DeliveryCore:
             (time.monotonic() - started) * 1000, result.provider_message_id,
         )  # fmt: skip
 
+    def _claim(self, job: _Job) -> Claim | None:
+        """The claim on the job's row, or None (and the job is dropped) when another worker
+        holds it or it is closed already."""
+        with self._outbox_lock:
+            claim = self.outbox.claim_delivery(
+                job.notification.notification_id, job.channel.value, job.destination,
+                self.lease_seconds,
+            )  # fmt: skip
+        if not claim.claimed:
+            self._done(job)
+            return None
+        return claim
+
     def _fail(
         self, job: _Job, reason: str, *, retry: bool, next_attempt: float | None = None
     ) -> None:
@@ -360,3 +417,9 @@ class DeliveryCore:
             )  # fmt: skip
         if not retry:
             self._done(job)
+
+
+def _idle_until(jobs: queue.PriorityQueue[_Job], end: float) -> bool:
+    with jobs.mutex:
+        in_hand = jobs.unfinished_tasks - len(jobs.queue)
+        return in_hand == 0 and all(job.due > end for job in jobs.queue)

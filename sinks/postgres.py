@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, time
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -184,8 +184,8 @@ WITH placeholder AS (
     VALUES (%(notification)s, %(notification_external)s, %(user)s, %(user_external)s)
     ON CONFLICT DO NOTHING
 ), recorded AS (
-    INSERT INTO delivery_logs (id, notification_id, channel, destination, status)
-    VALUES (%(id)s, %(notification)s, %(channel)s, %(destination)s, 'PENDING')
+    INSERT INTO delivery_logs (id, notification_id, channel, destination, status, secret_ref)
+    VALUES (%(id)s, %(notification)s, %(channel)s, %(destination)s, 'PENDING', %(secret_ref)s)
     ON CONFLICT (notification_id, channel, destination) DO NOTHING
     RETURNING status
 )
@@ -204,16 +204,40 @@ WHERE notification_id = %s AND channel = %s AND destination = %s
 OPEN_DELIVERIES = """
 SELECT c.external_id, c.user_external_id, c.alert_ids, c.consolidated_title,
        c.consolidated_message, c.highest_priority, c.channels, c.window_start, c.window_end,
-       d.channel, d.destination, d.attempts, d.created_at
+       d.channel, d.destination, d.attempts, d.created_at, d.secret_ref, d.next_attempt_at
 FROM delivery_logs d JOIN consolidated_alerts c ON c.id = d.notification_id
-WHERE d.status IN ('PENDING', 'RETRYING') AND c.consolidated_title IS NOT NULL
+WHERE d.channel = ANY(%s) AND c.consolidated_title IS NOT NULL
+  AND (d.status IN ('PENDING', 'RETRYING')
+       OR (d.status = 'SENDING' AND d.claimed_until < now()))
 ORDER BY d.created_at
+"""
+
+# A RETRYING row is claimable from one second before its next_attempt_at: the attempt's own
+# timer and PostgreSQL's clock may differ that much, a second worker's early scan may not.
+CLAIM_DELIVERY = """
+UPDATE delivery_logs SET
+    status = 'SENDING', claimed_until = now() + %(lease)s * interval '1 second',
+    updated_at = now()
+WHERE notification_id = %(notification)s AND channel = %(channel)s
+  AND destination = %(destination)s
+  AND (status = 'PENDING'
+       OR (status = 'RETRYING'
+           AND coalesce(next_attempt_at, now()) <= now() + interval '1 second')
+       OR (status = 'SENDING' AND claimed_until < now()))
+RETURNING (SELECT reason FROM disabled_destinations x
+           WHERE x.channel = delivery_logs.channel AND x.destination = delivery_logs.destination)
+"""
+
+DISABLE_DESTINATION = """
+INSERT INTO disabled_destinations (channel, destination, reason) VALUES (%s, %s, %s)
+ON CONFLICT (channel, destination) DO NOTHING
 """
 
 MARK_DELIVERED = """
 UPDATE delivery_logs SET
     status = 'DELIVERED', delivered_at = now(), provider_message_id = %s,
-    attempts = attempts + 1, last_attempt_at = now(), next_attempt_at = NULL, updated_at = now()
+    attempts = attempts + 1, last_attempt_at = now(), next_attempt_at = NULL,
+    claimed_until = NULL, updated_at = now()
 WHERE notification_id = %s AND channel = %s AND destination = %s AND status <> 'DELIVERED'
 RETURNING id
 """
@@ -222,11 +246,31 @@ MARK_FAILED = """
 UPDATE delivery_logs SET
     status = %(status)s, error_message = %(error)s, attempts = attempts + 1,
     retry_count = retry_count + %(retried)s, last_attempt_at = now(),
-    next_attempt_at = %(next_attempt_at)s, updated_at = now()
+    next_attempt_at = %(next_attempt_at)s, claimed_until = NULL, updated_at = now()
 WHERE notification_id = %(notification)s AND channel = %(channel)s
   AND destination = %(destination)s AND status <> 'DELIVERED'
 RETURNING id
 """
+
+
+class OpenDelivery(NamedTuple):
+    """A delivery to resume: PENDING, RETRYING, or SENDING with a lapsed lease."""
+
+    notification: Notification
+    channel: str
+    destination: str
+    attempts: int  # finished attempts
+    created_at: datetime
+    secret_ref: str | None
+    next_attempt_at: datetime | None
+
+
+class Claim(NamedTuple):
+    """``claimed``: this caller may attempt the delivery now (it is SENDING, leased to it);
+    ``disabled_reason``: why its destination must not be used, if it is disabled."""
+
+    claimed: bool
+    disabled_reason: str | None = None
 
 
 class HistoryWriter:
@@ -408,7 +452,12 @@ class HistoryWriter:
     # ------------------------------------------------------------ deliveries (outbox)
 
     def record_delivery(
-        self, notification_id: str, user_id: str, channel: str, destination: str
+        self,
+        notification_id: str,
+        user_id: str,
+        channel: str,
+        destination: str,
+        secret_ref: str | None = None,
     ) -> bool:
         """Record a PENDING delivery unless recorded; True while it is not DELIVERED yet."""
         key = storage_uuid("notification", notification_id)
@@ -420,6 +469,7 @@ class HistoryWriter:
             "user_external": user_id,
             "channel": channel,
             "destination": destination,
+            "secret_ref": secret_ref,
         }
 
         def work(conn: psycopg.Connection) -> bool:
@@ -430,13 +480,13 @@ class HistoryWriter:
 
         return self._transaction(work)
 
-    def open_deliveries(self) -> list[tuple[Notification, str, str, int, datetime]]:
-        """PENDING and RETRYING deliveries with their notification, oldest first (to resume)."""
+    def open_deliveries(self, channels: Iterable[str]) -> list[OpenDelivery]:
+        """The deliveries of these channels to resume, with their notification, oldest first."""
 
-        def work(conn: psycopg.Connection) -> list[tuple[Notification, str, str, int, datetime]]:
+        def work(conn: psycopg.Connection) -> list[OpenDelivery]:
             out = []
-            for row in conn.execute(OPEN_DELIVERIES).fetchall():
-                nid, user, alert_ids, title, message, priority, channels, start, end = row[:9]
+            for row in conn.execute(OPEN_DELIVERIES, (list(channels),)).fetchall():
+                nid, user, alert_ids, title, message, priority, note_channels, start, end = row[:9]
                 notification = Notification(
                     notification_id=nid,
                     user_id=user,
@@ -444,14 +494,54 @@ class HistoryWriter:
                     title=title,
                     message=message or "",
                     highest_priority=priority,
-                    channels=channels or [],
+                    channels=note_channels or [],
                     window_start=start,
                     window_end=end,
                 )
-                out.append((notification, row[9], row[10], int(row[11]), row[12]))
+                channel, destination, attempts, created_at, secret_ref, next_at = row[9:]
+                out.append(
+                    OpenDelivery(
+                        notification,
+                        channel,
+                        destination,
+                        int(attempts),
+                        created_at,
+                        secret_ref,
+                        next_at,
+                    )  # fmt: skip
+                )
             return out
 
         return self._transaction(work)
+
+    def claim_delivery(
+        self, notification_id: str, channel: str, destination: str, lease_seconds: float
+    ) -> Claim:
+        """Lease the delivery to this caller for one attempt, if it is open and due.
+
+        Every worker scans the outbox, so two may hold a job for one row: only the one whose
+        claim succeeds sends. A lease that lapses (the job stopped mid-call) reopens the row.
+        """
+        params = {
+            "lease": lease_seconds,
+            "notification": storage_uuid("notification", notification_id),
+            "channel": channel,
+            "destination": destination,
+        }
+
+        def work(conn: psycopg.Connection) -> Claim:
+            row = conn.execute(CLAIM_DELIVERY, params).fetchone()
+            return Claim(False) if row is None else Claim(True, row[0])
+
+        return self._transaction(work)
+
+    def disable_destination(self, channel: str, destination: str, reason: str) -> None:
+        """The provider said the destination is dead: deliveries to it fail without a try."""
+
+        def work(conn: psycopg.Connection) -> None:
+            conn.execute(DISABLE_DESTINATION, (channel, destination, reason[:MAX_ERROR_LENGTH]))
+
+        self._transaction(work)
 
     def mark_delivered(
         self,

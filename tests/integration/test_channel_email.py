@@ -9,7 +9,6 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -23,6 +22,7 @@ from pipeline.messages import Channel, Notification, Priority
 from sinks.channels.base import Delivery, PermanentError, TransientError
 from sinks.channels.email import SendGridSender, SmtpSender, render_email
 from tests.fakes.sendgrid import FakeSendGrid
+from tests.fakes.smtp import Recorder, free_port
 from tests.fakes.webhook_receiver import Reply
 
 pytestmark = pytest.mark.integration
@@ -169,38 +169,6 @@ def test_sendgrid_connection_refused_is_transient() -> None:
 
 
 # ---------------------------------------------------------------- SMTP
-
-
-@dataclass
-class Recorder:
-    """aiosmtpd handler: records messages; rejects chosen recipients or DATA."""
-
-    messages: list[tuple[str, list[str], bytes]] = field(default_factory=list)
-    unknown: set[str] = field(default_factory=set)
-    data_reply: str | None = None
-    rcpt_reply: str | None = None
-
-    async def handle_RCPT(  # noqa: N802
-        self, server: Any, session: Any, envelope: Any, address: str, options: Any
-    ) -> str:
-        if address in self.unknown:
-            return "550 5.1.1 <" + address + ">: Recipient address rejected: User unknown"
-        if self.rcpt_reply:
-            return self.rcpt_reply
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        if self.data_reply:
-            return self.data_reply
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-        return "250 Message accepted"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

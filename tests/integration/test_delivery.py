@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 
 import psycopg
@@ -229,4 +230,116 @@ def test_killed_between_pending_and_send_delivers_exactly_once_after_restart(
     assert [d.notification.notification_id for d, _ in sender.calls].count(
         note.notification_id
     ) == 1
+    assert row(database_url, note)[0] == "DELIVERED"
+
+
+def test_a_dead_destination_is_not_tried_again(history: HistoryWriter, database_url: str) -> None:
+    token = f"token-{uuid.uuid4().hex[:8]}"
+    sender = ScriptedSender(Channel.PUSH, ["UNREGISTERED: token not registered"])
+    delivery = core(history, sender)
+    first, second = notification(), notification()
+    history.write_notifications([first, second])
+    delivery.submit(first, Channel.PUSH, token)
+    delivery.drain(10)
+    delivery.submit(second, Channel.PUSH, token)
+    delivery.drain(10)
+    delivery.close()
+    assert [d.notification.notification_id for d, _ in sender.calls] == [first.notification_id]
+    assert row(database_url, first)[0] == "FAILED"
+    status, _, error = row(database_url, second)
+    assert status == "FAILED"
+    assert error == "destination disabled: UNREGISTERED: token not registered"
+    with psycopg.connect(database_url) as conn:
+        reasons = conn.execute(
+            "SELECT reason FROM disabled_destinations WHERE channel = 'push' AND destination = %s",
+            (token,),
+        ).fetchall()
+    assert reasons == [("UNREGISTERED: token not registered",)]
+
+
+def test_workers_scanning_one_outbox_send_each_delivery_once(
+    history: HistoryWriter, database_url: str
+) -> None:
+    """Every worker's core resumes the whole outbox; the claim lets exactly one send a row."""
+
+    class Slow(ScriptedSender):  # a provider call takes a while: the scans find open rows
+        def send(self, delivery: Delivery) -> SendResult:
+            time.sleep(0.02)
+            return super().send(delivery)
+
+    senders = [Slow(Channel.EMAIL, []) for _ in range(3)]
+    writers = [HistoryWriter(database_url) for _ in senders]
+    cores = [core(w, s) for w, s in zip(writers, senders, strict=True)]
+    notes = [notification() for _ in range(30)]
+    history.write_notifications(notes)
+    for note in notes:
+        cores[0].submit(note, Channel.EMAIL, "desk@example.com")
+        cores[1].resume()
+        cores[2].resume()
+    for each in cores:
+        each.drain(10)
+        each.close()
+    for writer in writers:
+        writer.close()
+    sent = Counter(d.notification.notification_id for s in senders for d, _ in s.calls)
+    assert sent == Counter({note.notification_id: 1 for note in notes})
+    assert sum(1 for s in senders if s.calls) >= 2  # the scans really competed
+    assert {row(database_url, note)[:2] for note in notes} == {("DELIVERED", 1)}
+
+
+def test_a_retry_is_not_taken_early_by_another_worker(
+    history: HistoryWriter, database_url: str
+) -> None:
+    first = ScriptedSender(Channel.SMS, [("retry", 1.5)])
+    other_writer = HistoryWriter(database_url)
+    other = ScriptedSender(Channel.SMS, [])
+    cores = [core(history, first), core(other_writer, other)]
+    note = notification()
+    history.write_notifications([note])
+    cores[0].submit(note, Channel.SMS, f"+1555{uuid.uuid4().int % 10**7:07d}")
+    deadline = time.time() + 5
+    while row(database_url, note)[0] != "RETRYING" and time.time() < deadline:
+        time.sleep(0.02)
+    failed_at = first.calls[0][1]
+    assert cores[1].resume() == 1
+    for each in cores:
+        each.drain(10)
+        each.close()
+    other_writer.close()
+    retries = [at for s in (first, other) for _, at in s.calls][1:]
+    assert len(retries) == 1 and retries[0] - failed_at >= 1.4  # Retry-After held (±1 s slack)
+    assert row(database_url, note)[:2] == ("DELIVERED", 2)
+
+
+ABANDON = """
+import os, sys
+from sinks.postgres import HistoryWriter
+writer = HistoryWriter(sys.argv[1])
+writer.record_delivery(sys.argv[2], "u-1", "webhook", sys.argv[3], "HOOK_SECRET_REF")
+assert writer.claim_delivery(sys.argv[2], "webhook", sys.argv[3], 0.5).claimed
+os._exit(9)  # killed during the provider call
+"""
+
+
+def test_a_lapsed_lease_reopens_a_delivery_abandoned_mid_call(
+    history: HistoryWriter, database_url: str
+) -> None:
+    note = notification()
+    url = f"https://hooks.example/{uuid.uuid4().hex}"
+    history.write_notifications([note])
+    result = subprocess.run(
+        [sys.executable, "-c", ABANDON, database_url, note.notification_id, url],
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+        timeout=60,
+    )
+    assert result.returncode == 9
+    assert row(database_url, note)[0] == "SENDING"
+    sender = ScriptedSender(Channel.WEBHOOK, [])
+    delivery = core(history, sender)
+    time.sleep(0.6)
+    assert delivery.resume() == 1
+    delivery.drain(10)
+    delivery.close()
+    ((sent, _),) = sender.calls
+    assert sent.secret_ref == "HOOK_SECRET_REF"  # resumed with the ref that signs it
     assert row(database_url, note)[0] == "DELIVERED"

@@ -27,6 +27,7 @@ TABLES = {
     "user_alert_profiles",
     "consolidated_alerts",
     "alert_outcomes",
+    "disabled_destinations",
     "schema_migrations",
 }
 VIEWS = {"v_alerts", "v_daily_alert_counts", "v_delivery_outcomes"}
