@@ -245,7 +245,7 @@ def _pid_alive(pid: int) -> bool:
     return stat_line.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """``count`` distinct free TCP ports on 127.0.0.1 (sockets held open until all are picked)."""
     socks: list[socket.socket] = []
     try:
@@ -450,7 +450,7 @@ class EmbeddedStack:
             self._lock_state_dir()
             _register(self)
             try:
-                ports = iter(_free_ports(sum(self._want.values())))
+                ports = iter(free_ports(sum(self._want.values())))
                 # PostgreSQL's initdb runs in a helper thread while Kafka and Redis boot. Every
                 # long-lived server is forked from this thread (see the parent-death guard).
                 prep = _Background(self._prepare_postgres) if self._pg_bin else None
@@ -653,7 +653,7 @@ class EmbeddedStack:
         self._popen(server, cmd, cwd=root, **self._pg_user_kwargs())
 
     def _respawn(self, server: _Server) -> None:
-        (port,) = _free_ports(1)
+        (port,) = free_ports(1)
         log.warning(
             "embedded %s lost a port race on %d, retrying on %d", server.label, server.port, port
         )

@@ -40,11 +40,13 @@ class HistoryReader:
     def notification_count(self) -> int:
         return self._count("SELECT count(*) FROM consolidated_alerts", ())
 
-    def delivery_count(self, channel: str, status: str = "DELIVERED") -> int:
-        return self._count(
-            "SELECT count(*) FROM delivery_logs WHERE channel = %s AND status = %s",
-            (channel, status),
-        )
+    def deliveries_by_outcome(self) -> list[tuple[str, str, str | None, int]]:
+        """(channel, status, error message, count) of every delivery, for summaries."""
+        rows = self._conn.execute(
+            "SELECT channel, status, error_message, count(*) FROM delivery_logs "
+            "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ).fetchall()
+        return [(channel, status, error, int(n)) for channel, status, error, n in rows]
 
     def _count(self, query: LiteralString, params: tuple[object, ...]) -> int:
         row = self._conn.execute(query, params).fetchone()

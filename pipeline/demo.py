@@ -3,7 +3,8 @@
 Starts the broker, PostgreSQL and Redis (or uses the servers named in the environment), creates
 the topics, migrates, loads the example rules, profiles and feedback, replays an hour of market
 ticks plus a few malformed messages, runs the dataflow to the end of its input and prints what
-it did, read back from where it was written.
+it did, read back from where it was written. Without an e-mail provider configured, e-mail is
+delivered over SMTP to a local mail catcher (the messages land in ``<state>/mail``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from connectors.embedded import stack_from_env_or_embedded
 from connectors.history import HistoryReader
+from connectors.mail_catcher import MailCatcher
 from pipeline import commands, metrics
 from pipeline.commands import Echo, Summary, publish, read_topic
 from pipeline.config import Settings, load_settings
@@ -37,10 +39,31 @@ def run_demo(state_dir: Path, echo: Echo = print, config: Path | None = None) ->
             redis_url=urls.redis_url,
             engine={"window_seconds": DEMO_WINDOW_SECONDS},
         )
-        return run_demo_on(settings, echo)
+        if settings.delivery.email_provider is not None:
+            return run_demo_on(settings, echo)
+        with MailCatcher(state_dir / "mail") as catcher:
+            echo(f"e-mail: SMTP to a local mail catcher on 127.0.0.1:{catcher.port}")
+            return run_demo_on(with_mail_catcher(settings, catcher.port), echo, catcher)
 
 
-def run_demo_on(settings: Settings, echo: Echo = print) -> Summary:
+def with_mail_catcher(settings: Settings, port: int) -> Settings:
+    """The settings with e-mail going over plain SMTP to a MailCatcher on ``port``."""
+    delivery = settings.delivery.model_copy(
+        update={
+            "email_provider": "smtp",
+            "email_from": settings.delivery.email_from or "alerts@vs9-demo.invalid",
+            "smtp_host": "127.0.0.1",
+            "smtp_port": port,
+            "smtp_security": "none",
+            "smtp_username": None,
+        }
+    )
+    return settings.model_copy(update={"delivery": delivery})
+
+
+def run_demo_on(
+    settings: Settings, echo: Echo = print, catcher: MailCatcher | None = None
+) -> Summary:
     from pipeline.dataflow import run
 
     commands.topics_create(settings, echo)
@@ -52,6 +75,8 @@ def run_demo_on(settings: Settings, echo: Echo = print) -> Summary:
     run(settings, bounded=True)
     echo(f"dataflow finished in {time.monotonic() - started:.1f} s")
     summary = summarize(settings, read_before)
+    if catcher is not None:
+        summary.add("e-mails caught", len(catcher.messages), str(catcher.directory))
     echo(summary.render())
     return summary
 
@@ -102,7 +127,9 @@ def summarize(settings: Settings, read_before: dict[tuple[str, str], float]) -> 
             summary.add(f"alerts: {rule_id}", count, "postgres triggered_alerts")
         summary.add("alerts triggered", sum(c for _, c in per_rule), "postgres triggered_alerts")
         summary.add("notifications", history.notification_count(), "postgres consolidated_alerts")
-        summary.add("in-app deliveries", history.delivery_count("in_app"), "postgres delivery_logs")
+        for channel, status, error, count in history.deliveries_by_outcome():
+            outcome = f"{status} ({error})" if status == "FAILED" and error else status
+            summary.add(f"deliveries {channel} {outcome}", count, "postgres delivery_logs")
         users = history.user_ids_with_notifications()
 
     summary.add("alerts on topic", len(read_topic(bootstrap, topics.triggered)), topics.triggered)

@@ -18,11 +18,12 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from connectors.embedded import free_ports
 from pipeline.messages import Channel, Notification, Priority
 from sinks.channels.base import Delivery, PermanentError, TransientError
 from sinks.channels.email import SendGridSender, SmtpSender, render_email
 from tests.fakes.sendgrid import FakeSendGrid
-from tests.fakes.smtp import Recorder, free_port
+from tests.fakes.smtp import Recorder
 from tests.fakes.webhook_receiver import Reply
 
 pytestmark = pytest.mark.integration
@@ -174,7 +175,7 @@ def test_sendgrid_connection_refused_is_transient() -> None:
 @pytest.fixture
 def smtp() -> Iterator[tuple[Controller, Recorder]]:
     recorder = Recorder()
-    controller = Controller(recorder, hostname="127.0.0.1", port=free_port())
+    controller = Controller(recorder, hostname="127.0.0.1", port=free_ports(1)[0])
     controller.start()
     try:
         yield controller, recorder
@@ -239,7 +240,7 @@ def test_smtp_auth() -> None:
     controller = Controller(
         recorder,
         hostname="127.0.0.1",
-        port=free_port(),
+        port=free_ports(1)[0],
         authenticator=authenticator,
         auth_require_tls=False,
         auth_required=True,
@@ -292,7 +293,7 @@ def test_smtp_451_is_transient(smtp: tuple[Controller, Recorder], where: str) ->
 
 def test_smtp_connection_refused_and_hang_are_transient() -> None:
     with pytest.raises(TransientError):
-        smtp_sender(free_port()).send(delivery())
+        smtp_sender(free_ports(1)[0]).send(delivery())
     with socket.socket() as silent:  # accepts, never greets
         silent.bind(("127.0.0.1", 0))
         silent.listen()
@@ -368,7 +369,7 @@ def test_smtp_starttls(certificate: tuple[Path, Path]) -> None:
     controller = Controller(
         recorder,
         hostname="127.0.0.1",
-        port=free_port(),
+        port=free_ports(1)[0],
         tls_context=server_context(certificate),
         require_starttls=True,
     )
@@ -398,7 +399,7 @@ def test_smtp_implicit_tls(certificate: tuple[Path, Path]) -> None:
     controller = Controller(
         recorder,
         hostname="127.0.0.1",
-        port=free_port(),
+        port=free_ports(1)[0],
         ssl_context=server_context(certificate),
     )
     controller.start()

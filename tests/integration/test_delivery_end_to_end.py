@@ -24,11 +24,11 @@ import psycopg
 import pytest
 from aiosmtpd.controller import Controller
 
-from connectors.embedded import StackUrls
+from connectors.embedded import StackUrls, free_ports
 from pipeline.config import Settings
 from pipeline.dataflow import run
 from tests.conftest import job_settings
-from tests.fakes.smtp import Recorder, free_port
+from tests.fakes.smtp import Recorder
 from tests.fakes.webhook_receiver import Reply, WebhookReceiver, new_secret
 from tests.integration.test_end_to_end import produce, rule, tick
 
@@ -40,7 +40,7 @@ SECRET = new_secret(b"end-to-end")
 
 @pytest.fixture
 def smtp() -> Iterator[tuple[Recorder, int]]:
-    recorder, port = Recorder(), free_port()
+    recorder, port = Recorder(), free_ports(1)[0]
     controller = Controller(recorder, hostname="127.0.0.1", port=port)
     controller.start()
     try:

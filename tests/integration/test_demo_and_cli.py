@@ -11,14 +11,15 @@ import psycopg
 import pytest
 
 from connectors.embedded import StackUrls
+from connectors.mail_catcher import MailCatcher
 from pipeline.config import load_settings
-from pipeline.demo import run_demo_on
+from pipeline.demo import run_demo_on, with_mail_catcher
 
 pytestmark = pytest.mark.integration
 
 
-def test_demo_summary_shows_alerts_notifications_and_dead_letters(
-    stack: StackUrls, database_url: str
+def test_demo_summary_shows_alerts_notifications_deliveries_and_dead_letters(
+    stack: StackUrls, database_url: str, tmp_path: Path
 ) -> None:
     settings = load_settings(
         None,
@@ -28,14 +29,20 @@ def test_demo_summary_shows_alerts_notifications_and_dead_letters(
         engine={"window_seconds": 300},
     )
     printed: list[str] = []
-    summary = run_demo_on(settings, printed.append)
+    with MailCatcher(tmp_path / "mail") as catcher:
+        summary = run_demo_on(with_mail_catcher(settings, catcher.port), printed.append, catcher)
     rows = {what: count for what, count, _ in summary.rows}
     assert int(rows["alerts triggered"]) >= 1
     assert int(rows["notifications"]) >= 1
     assert rows["dead letters"] == "3"
     assert rows["read from market.ticks"] == "9000 + 2 invalid"
     assert rows["alerts on topic"] == rows["alerts triggered"]
-    assert rows["in-app feed entries"] == rows["notifications"] == rows["in-app deliveries"]
+    assert rows["in-app feed entries"] == rows["notifications"]
+    assert rows["deliveries in_app DELIVERED"] == rows["notifications"]
+    emails = int(rows["deliveries email DELIVERED"])
+    assert emails >= 1 and rows["e-mails caught"] == str(emails)
+    assert len(list((tmp_path / "mail").glob("*.eml"))) == emails
+    assert rows["deliveries sms FAILED (no sms provider configured)"] == "1"
     assert "| dead letters" in printed[-1]
     with psycopg.connect(database_url) as conn:
         (scores,) = conn.execute(

@@ -275,14 +275,14 @@ def test_lost_port_race_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     squatter.bind(("127.0.0.1", 0))
     squatter.listen()
     busy = squatter.getsockname()[1]
-    real = embedded._free_ports
+    real = embedded.free_ports
     calls: list[int] = []
 
     def first_pick_is_taken(count: int) -> list[int]:
         calls.append(count)
         return [busy] if len(calls) == 1 else real(count)
 
-    monkeypatch.setattr(embedded, "_free_ports", first_pick_is_taken)
+    monkeypatch.setattr(embedded, "free_ports", first_pick_is_taken)
     try:
         with EmbeddedStack(tmp_path, kafka=False, postgres=False) as urls:
             assert port_of(urls.redis_url) != busy

