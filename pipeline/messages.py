@@ -282,10 +282,21 @@ def _iana_timezone(name: str) -> str:
 TimeZoneName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_iana_timezone)]
 
 
+def _voice_only_when_critical(
+    channels: dict[Priority, list[Channel]],
+) -> dict[Priority, list[Channel]]:
+    for priority, listed in channels.items():
+        if Channel.VOICE in listed and priority is not Priority.CRITICAL:
+            raise ValueError(f"voice calls are for CRITICAL alerts only, not {priority.value}")
+    return channels
+
+
 class Profile(Message):
     user_id: Id
     timezone: TimeZoneName = "UTC"  # quiet hours are wall-clock times in this zone
-    channels: dict[Priority, list[Channel]] = Field(default_factory=_default_channels)
+    channels: Annotated[
+        dict[Priority, list[Channel]], AfterValidator(_voice_only_when_critical)
+    ] = Field(default_factory=_default_channels)
     quiet_hours: QuietHours | None = None
     digest_seconds: Annotated[int, Field(gt=0, le=24 * 3600)] | None = None
     max_per_hour: Annotated[int, Field(gt=0)] | None = None

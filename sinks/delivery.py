@@ -33,7 +33,7 @@ from typing import Protocol
 from prometheus_client import Counter, Histogram
 
 from pipeline.messages import Channel, Notification
-from sinks.channels.base import Delivery, PermanentError, Sender, TransientError
+from sinks.channels.base import Delivery, PermanentError, Sender, SendResult, TransientError
 from sinks.postgres import Claim, OpenDelivery
 
 log = logging.getLogger("smart_alerts.delivery")
@@ -153,6 +153,7 @@ class _Job:
     attempt: int = field(compare=False)
     recorded_at: float = field(compare=False)
     secret_ref: str | None = field(compare=False, default=None)
+    last_error: str | None = field(compare=False, default=None)
 
 
 class DeliveryCore:
@@ -330,7 +331,7 @@ class DeliveryCore:
         note, channel, destination = job.notification, job.channel.value, job.destination
         if time.time() - job.recorded_at > policy.deadline:
             if self._claim(job) is not None:
-                self._fail(job, "deadline exceeded", retry=False)
+                self._fail(job, _expired(job.attempt - 1, job.last_error), retry=False)
                 ATTEMPTS.labels(channel=channel, outcome="expired").inc()
             return
         breaker = self.breakers[sender.provider]
@@ -355,42 +356,49 @@ class DeliveryCore:
         delivery = Delivery(note, job.channel, destination, job.attempt, key, job.secret_ref)
         started = time.monotonic()
         try:
-            result = sender.send(delivery)
+            result = _send(sender, delivery)
         except PermanentError as exc:
             breaker.record(True)  # the provider answered: it is up
             if exc.disable_destination:
                 with self._outbox_lock:
                     self.outbox.disable_destination(channel, destination, exc.reason)
             self._fail(job, exc.reason, retry=False)
-            ATTEMPTS.labels(channel=channel, outcome="permanent_error").inc()
-            log.info("%s to %s failed for good: %s", channel, destination, exc.reason)
+            self._attempted(job, "permanent_error", started, exc.reason)
             return
         except TransientError as exc:
             breaker.record(False)
             delay = policy.delay(job.attempt, exc.retry_after, self.rng)
+            job.last_error = exc.reason
             if time.time() + delay - job.recorded_at > policy.deadline:
-                self._fail(job, f"{exc.reason}; deadline exceeded", retry=False)
-                ATTEMPTS.labels(channel=channel, outcome="expired").inc()
+                self._fail(job, _expired(job.attempt, exc.reason), retry=False)
+                self._attempted(job, "expired", started, exc.reason)
                 return
             due = time.time() + delay
             self._fail(job, exc.reason, retry=True, next_attempt=due)
-            ATTEMPTS.labels(channel=channel, outcome="retry").inc()
+            self._attempted(job, "retry", started, f"{exc.reason}; next in {delay:.1f} s")
             job.attempt += 1
             self._requeue(job, due)
             return
-        finally:
-            LATENCY.labels(channel=channel).observe(time.monotonic() - started)
         breaker.record(True)
         with self._outbox_lock:
             self.outbox.mark_delivered(
                 note.notification_id, channel, destination, result.provider_message_id
             )
         self._done(job)
-        ATTEMPTS.labels(channel=channel, outcome="delivered").inc()
-        log.info(
-            "delivered %s via %s to %s (attempt %d, %.0f ms, id %s)",
-            note.notification_id, channel, destination, job.attempt,
-            (time.monotonic() - started) * 1000, result.provider_message_id,
+        self._attempted(job, "delivered", started, f"id {result.provider_message_id}")
+
+    def _attempted(self, job: _Job, outcome: str, started: float, detail: str) -> None:
+        """One log line and the metrics of a provider call."""
+        seconds = time.monotonic() - started
+        channel = job.channel.value
+        LATENCY.labels(channel=channel).observe(seconds)
+        ATTEMPTS.labels(channel=channel, outcome=outcome).inc()
+        log.log(
+            logging.INFO if outcome == "delivered" else logging.WARNING,
+            "%s %s via %s to %s: attempt %d, %.0f ms, %s",
+            outcome, job.notification.notification_id, channel,
+            loggable_destination(job.channel, job.destination), job.attempt, seconds * 1000,
+            detail,
         )  # fmt: skip
 
     def _claim(self, job: _Job) -> Claim | None:
@@ -423,3 +431,34 @@ def _idle_until(jobs: queue.PriorityQueue[_Job], end: float) -> bool:
     with jobs.mutex:
         in_hand = jobs.unfinished_tasks - len(jobs.queue)
         return in_hand == 0 and all(job.due > end for job in jobs.queue)
+
+
+def _send(sender: Sender, delivery: Delivery) -> SendResult:
+    """The sender's answer; anything it raises besides our two errors (an SDK tripping over an
+    odd response, say) is transient, so the row is retried and then FAILED with the reason
+    rather than left SENDING."""
+    try:
+        return sender.send(delivery)
+    except (PermanentError, TransientError):
+        raise
+    except Exception as exc:
+        log.exception("%s sender raised %s", sender.provider, type(exc).__name__)
+        raise TransientError(
+            f"{sender.provider}: unexpected {type(exc).__name__}: {exc}"[:500]
+        ) from exc
+
+
+def _expired(attempts: int, last_error: str | None) -> str:
+    if last_error is None:
+        return "deadline exceeded"
+    return f"deadline exceeded after {attempts} attempts; last error: {last_error}"
+
+
+def loggable_destination(channel: Channel, destination: str) -> str:
+    """Webhook paths and push tokens are credentials of a sort: logs show only their start."""
+    if channel is Channel.WEBHOOK:
+        scheme, _, rest = destination.partition("://")
+        return f"{scheme}://{rest.split('/', 1)[0]}/…"
+    if channel is Channel.PUSH:
+        return destination[:8] + "…"
+    return destination

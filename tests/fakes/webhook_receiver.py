@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import socket
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +39,7 @@ class Received:
     headers: dict[str, str]  # lower-case names
     body: bytes
     verified_by: tuple[int, ...] = ()  # WebhookReceiver: indexes of the secrets that verify it
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 class FakeHttpServer:

@@ -13,10 +13,11 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from pipeline.messages import Channel, Notification
 from sinks.channels.base import Delivery, PermanentError, SendResult, TransientError
-from sinks.delivery import DeliveryCore, RetryPolicy
+from sinks.delivery import DeliveryCore, RetryPolicy, loggable_destination
 from sinks.postgres import HistoryWriter
 
 pytestmark = pytest.mark.integration
@@ -106,6 +107,7 @@ def test_delivered_once_even_when_submitted_again(
 def test_transient_errors_retry_with_backoff_honouring_retry_after(
     history: HistoryWriter, database_url: str
 ) -> None:
+    before = {outcome: attempts_counted("push", outcome) for outcome in ("retry", "delivered")}
     sender = ScriptedSender(Channel.PUSH, [("retry", 0.3), ("retry", None), "ok"])
     policy = RetryPolicy(base=0.05, cap=0.1, deadline=30)
     delivery = core(history, sender, policies={Channel.PUSH: policy})
@@ -122,6 +124,24 @@ def test_transient_errors_retry_with_backoff_honouring_retry_after(
     assert times[1] - times[0] >= 0.3  # Retry-After wins over the shorter backoff
     assert [d.attempt for d, _ in sender.calls] == [1, 2, 3]
     assert row(database_url, note)[:2] == ("DELIVERED", 3)
+    assert attempts_counted("push", "retry") - before["retry"] == 2
+    assert attempts_counted("push", "delivered") - before["delivered"] == 1
+
+
+def attempts_counted(channel: str, outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "smart_alerts_delivery_attempts_total", {"channel": channel, "outcome": outcome}
+    )
+    return value or 0.0
+
+
+def test_logs_show_only_the_start_of_webhook_urls_and_push_tokens() -> None:
+    assert (
+        loggable_destination(Channel.WEBHOOK, "https://hooks.example.com/T000/B000/secret")
+        == "https://hooks.example.com/…"
+    )
+    assert loggable_destination(Channel.PUSH, "fcm-token-0123456789") == "fcm-toke…"
+    assert loggable_destination(Channel.EMAIL, "a@example.com") == "a@example.com"
 
 
 def test_permanent_errors_fail_at_once(history: HistoryWriter, database_url: str) -> None:

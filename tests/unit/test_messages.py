@@ -118,6 +118,10 @@ def test_profile_defaults_and_validation() -> None:
         decode(Profile, raw({"user_id": "u", "quiet_hours": {"start": "25:00", "end": "07:00"}}))
     with pytest.raises(InvalidMessage, match="destinations.phone"):
         decode(Profile, raw({"user_id": "u", "destinations": {"phone": "555-1234"}}))
+    calls = decode(Profile, raw({"user_id": "u", "channels": {"CRITICAL": ["sms", "voice"]}}))
+    assert calls.channels["CRITICAL"] == ["sms", "voice"]
+    with pytest.raises(InvalidMessage, match="voice calls are for CRITICAL alerts only, not HIGH"):
+        decode(Profile, raw({"user_id": "u", "channels": {"HIGH": ["voice"]}}))
 
 
 def test_triggered_alert_serializes_per_contract() -> None:
