@@ -5,7 +5,7 @@ Counters are process-wide (one registry per process); with several processes, su
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 EVENTS = Counter(
     "smart_alerts_input_messages",
@@ -23,6 +23,16 @@ OUTCOMES = Counter(
     "smart_alerts_alert_outcomes",
     "What became of alerts (NOTIFIED, STALE, MUTED, DEFERRED)",
     ["status"],
+)
+
+DELIVERY_ATTEMPTS = Counter(
+    "smart_alerts_delivery_attempts",
+    "Delivery attempts by channel and outcome (delivered, retry, permanent_error, expired, "
+    "disabled, throttled, circuit_open)",
+    ["channel", "outcome"],
+)
+DELIVERY_SECONDS = Histogram(
+    "smart_alerts_delivery_seconds", "Provider call latency by channel", ["channel"]
 )
 
 

@@ -30,20 +30,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from prometheus_client import Counter, Histogram
-
 from pipeline.messages import Channel, Notification
+from pipeline.metrics import DELIVERY_ATTEMPTS, DELIVERY_SECONDS
 from sinks.channels.base import Delivery, PermanentError, Sender, SendResult, TransientError
 from sinks.postgres import Claim, OpenDelivery
 
 log = logging.getLogger("smart_alerts.delivery")
-
-ATTEMPTS = Counter(
-    "smart_alerts_delivery_attempts",
-    "Delivery attempts by channel and outcome",
-    ["channel", "outcome"],
-)
-LATENCY = Histogram("smart_alerts_delivery_seconds", "Provider call latency", ["channel"])
 
 
 @dataclass(frozen=True)
@@ -332,7 +324,7 @@ class DeliveryCore:
         if time.time() - job.recorded_at > policy.deadline:
             if self._claim(job) is not None:
                 self._fail(job, _expired(job.attempt - 1, job.last_error), retry=False)
-                ATTEMPTS.labels(channel=channel, outcome="expired").inc()
+                DELIVERY_ATTEMPTS.labels(channel=channel, outcome="expired").inc()
             return
         breaker = self.breakers[sender.provider]
         limited = max(
@@ -341,7 +333,7 @@ class DeliveryCore:
         )
         if limited > 0 or not breaker.allow():
             self._requeue(job, time.time() + max(limited, 1.0))
-            ATTEMPTS.labels(
+            DELIVERY_ATTEMPTS.labels(
                 channel=channel, outcome="throttled" if limited > 0 else "circuit_open"
             ).inc()
             return
@@ -350,7 +342,7 @@ class DeliveryCore:
             return
         if claim.disabled_reason is not None:
             self._fail(job, f"destination disabled: {claim.disabled_reason}", retry=False)
-            ATTEMPTS.labels(channel=channel, outcome="disabled").inc()
+            DELIVERY_ATTEMPTS.labels(channel=channel, outcome="disabled").inc()
             return
         key = f"{note.notification_id}:{channel}:{destination}"
         delivery = Delivery(note, job.channel, destination, job.attempt, key, job.secret_ref)
@@ -391,8 +383,8 @@ class DeliveryCore:
         """One log line and the metrics of a provider call."""
         seconds = time.monotonic() - started
         channel = job.channel.value
-        LATENCY.labels(channel=channel).observe(seconds)
-        ATTEMPTS.labels(channel=channel, outcome=outcome).inc()
+        DELIVERY_SECONDS.labels(channel=channel).observe(seconds)
+        DELIVERY_ATTEMPTS.labels(channel=channel, outcome=outcome).inc()
         log.log(
             logging.INFO if outcome == "delivered" else logging.WARNING,
             "%s %s via %s to %s: attempt %d, %.0f ms, %s",
