@@ -87,6 +87,7 @@ class Delivery(_Section):
     SENDGRID_API_KEY, SMTP_PASSWORD, TWILIO_AUTH_TOKEN, and webhook secrets by their refs."""
 
     queue_size: int = Field(10_000, ge=1)
+    threads_per_channel: int = Field(4, ge=1, le=64)  # concurrent provider calls per channel
     per_user_per_minute: int = Field(30, ge=1)
     per_channel_per_second: int = Field(50, ge=1)
     timeout_seconds: float = Field(10.0, gt=0)

@@ -33,7 +33,7 @@ from typing import Protocol
 from pipeline.messages import Channel, Notification
 from pipeline.metrics import DELIVERY_ATTEMPTS, DELIVERY_SECONDS
 from sinks.channels.base import Delivery, PermanentError, Sender, SendResult, TransientError
-from sinks.postgres import Claim, OpenDelivery
+from sinks.postgres import Claim, DeliveryRecord, OpenDelivery
 
 log = logging.getLogger("smart_alerts.delivery")
 
@@ -117,10 +117,7 @@ class RateLimiter:
 
 
 class Outbox(Protocol):
-    def record_delivery(
-        self, notification_id: str, user_id: str, channel: str, destination: str,
-        secret_ref: str | None = None,
-    ) -> bool: ...  # fmt: skip
+    def record_deliveries(self, records: list[DeliveryRecord]) -> list[bool]: ...
     def claim_delivery(
         self, notification_id: str, channel: str, destination: str, lease_seconds: float
     ) -> Claim: ...
@@ -160,6 +157,7 @@ class DeliveryCore:
         per_channel_per_second: int = 50,
         lease_seconds: float = 120.0,
         resume_seconds: float | None = None,
+        threads_per_channel: int = 4,
         seed: int | None = None,
     ) -> None:
         self.outbox = outbox
@@ -183,11 +181,16 @@ class DeliveryCore:
         }
         self._sequence = 0
         self._stop = threading.Event()
+        # Provider calls take 50-500 ms: several threads per channel keep a burst moving.
         self._threads = [
             threading.Thread(
-                target=self._work, args=(channel,), name=f"deliver-{channel.value}", daemon=True
+                target=self._work,
+                args=(channel,),
+                name=f"deliver-{channel.value}-{index}",
+                daemon=True,
             )
             for channel in senders
+            for index in range(threads_per_channel)
         ]
         if resume_seconds is not None:
             self._threads.append(
@@ -211,13 +214,22 @@ class DeliveryCore:
         secret_ref: str | None = None,
     ) -> bool:
         """Record PENDING, then queue; False when it was delivered before (nothing to do)."""
+        return self.submit_many([(notification, channel, destination, secret_ref)])[0]
+
+    def submit_many(
+        self, requests: list[tuple[Notification, Channel, str, str | None]]
+    ) -> list[bool]:
+        """``submit`` for a batch: one outbox transaction for all of them."""
+        records = [
+            DeliveryRecord(note.notification_id, note.user_id, channel.value, destination, ref)
+            for note, channel, destination, ref in requests
+        ]
         with self._outbox_lock:
-            fresh = self.outbox.record_delivery(
-                notification.notification_id, notification.user_id, channel.value, destination,
-                secret_ref,
-            )  # fmt: skip
-        if fresh:
-            self._enqueue(notification, channel, destination, 1, time.time(), secret_ref)
+            fresh = self.outbox.record_deliveries(records)
+        now = time.time()
+        for (note, channel, destination, ref), is_open in zip(requests, fresh, strict=True):
+            if is_open:
+                self._enqueue(note, channel, destination, 1, now, ref)
         return fresh
 
     def resume(self) -> int:

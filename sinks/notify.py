@@ -63,28 +63,32 @@ class NotificationSink:
 
     def write_batch(self, dispatches: list[Dispatch]) -> None:
         self._history.write_notifications([d.notification for d in dispatches])
+        handovers: list[tuple[Notification, Channel, str, str | None]] = []
         for dispatch in dispatches:
             note = dispatch.notification
             for channel in note.channels:
                 if channel is Channel.IN_APP:
                     self._deliver_in_app(note)
                 else:
-                    self._hand_over(note, channel, dispatch.destinations)
+                    handovers += self._deliverable(note, channel, dispatch.destinations)
+        if handovers and self._delivery is not None:
+            self._delivery.submit_many(handovers)
 
-    def _hand_over(
+    def _deliverable(
         self, note: Notification, channel: Channel, destinations: Destinations | None
-    ) -> None:
+    ) -> list[tuple[Notification, Channel, str, str | None]]:
+        """The deliveries to hand over; those that cannot be made are recorded FAILED."""
         targets = destinations_for(channel, destinations)
         if not targets:
             self._give_up(
                 note, channel, f"profile:{channel.value}", "no destination in the profile"
             )
-            return
-        for destination, secret_ref in targets:
-            if self._delivery is None or channel not in self._delivery.senders:
+            return []
+        if self._delivery is None or channel not in self._delivery.senders:
+            for destination, _ in targets:
                 self._give_up(note, channel, destination, f"no {channel.value} provider configured")
-            else:
-                self._delivery.submit(note, channel, destination, secret_ref)
+            return []
+        return [(note, channel, destination, secret_ref) for destination, secret_ref in targets]
 
     def _give_up(self, note: Notification, channel: Channel, destination: str, reason: str) -> None:
         nid, user = note.notification_id, note.user_id

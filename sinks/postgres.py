@@ -265,6 +265,16 @@ class OpenDelivery(NamedTuple):
     next_attempt_at: datetime | None
 
 
+class DeliveryRecord(NamedTuple):
+    """One (notification, channel, destination) to record in the outbox."""
+
+    notification_id: str
+    user_id: str
+    channel: str
+    destination: str
+    secret_ref: str | None = None
+
+
 class Claim(NamedTuple):
     """``claimed``: this caller may attempt the delivery now (it is SENDING, leased to it);
     ``disabled_reason``: why its destination must not be used, if it is disabled."""
@@ -460,23 +470,39 @@ class HistoryWriter:
         secret_ref: str | None = None,
     ) -> bool:
         """Record a PENDING delivery unless recorded; True while it is not DELIVERED yet."""
-        key = storage_uuid("notification", notification_id)
-        params = {
-            "id": delivery_uuid(notification_id, channel, destination),
-            "notification": key,
-            "notification_external": notification_id,
-            "user": _key("user", user_id),
-            "user_external": user_id,
-            "channel": channel,
-            "destination": destination,
-            "secret_ref": secret_ref,
-        }
+        return self.record_deliveries(
+            [DeliveryRecord(notification_id, user_id, channel, destination, secret_ref)]
+        )[0]
 
-        def work(conn: psycopg.Connection) -> bool:
-            row = conn.execute(RECORD_DELIVERY, params).fetchone()
-            if row is None:  # recorded concurrently after this statement's snapshot
-                row = conn.execute(DELIVERY_STATUS, (key, channel, destination)).fetchone()
-            return row is None or row[0] != "DELIVERED"
+    def record_deliveries(self, records: list[DeliveryRecord]) -> list[bool]:
+        """``record_delivery`` for many, in one transaction; the answers in the same order."""
+        keys = [delivery_uuid(r.notification_id, r.channel, r.destination) for r in records]
+        params = [
+            {
+                "id": key,
+                "notification": storage_uuid("notification", r.notification_id),
+                "notification_external": r.notification_id,
+                "user": _key("user", r.user_id),
+                "user_external": r.user_id,
+                "channel": r.channel,
+                "destination": r.destination,
+                "secret_ref": r.secret_ref,
+            }
+            for r, key in zip(records, keys, strict=True)
+        ]
+        in_key_order = sorted(range(len(records)), key=keys.__getitem__)
+
+        def work(conn: psycopg.Connection) -> list[bool]:
+            open_ = [False] * len(params)
+            for i in in_key_order:
+                p = params[i]
+                row = conn.execute(RECORD_DELIVERY, p).fetchone()
+                if row is None:  # recorded concurrently after this statement's snapshot
+                    row = conn.execute(
+                        DELIVERY_STATUS, (p["notification"], p["channel"], p["destination"])
+                    ).fetchone()
+                open_[i] = row is None or row[0] != "DELIVERED"
+            return open_
 
         return self._transaction(work)
 

@@ -66,6 +66,7 @@ def build_delivery(config: Delivery, database_url: str) -> DeliveryCore:
         per_channel_per_second=config.per_channel_per_second,
         lease_seconds=config.lease_seconds,
         resume_seconds=config.resume_seconds,
+        threads_per_channel=config.threads_per_channel,
     )
 
 

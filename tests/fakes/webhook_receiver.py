@@ -9,6 +9,7 @@ body, a hang past the client's timeout, a dropped connection, or an endless body
 from __future__ import annotations
 
 import base64
+import contextlib
 import socket
 import threading
 import time
@@ -115,6 +116,13 @@ class FakeHttpServer:
                     fake.received.append(received)
                 if reply.hang:
                     fake._stopping.wait(reply.hang)
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):  # the client gave up waiting, as it should
+                        self._answer(reply)
+                    return
+                self._answer(reply)
+
+            def _answer(self, reply: Reply) -> None:
                 if reply.drop:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)

@@ -363,3 +363,21 @@ def test_a_lapsed_lease_reopens_a_delivery_abandoned_mid_call(
     ((sent, _),) = sender.calls
     assert sent.secret_ref == "HOOK_SECRET_REF"  # resumed with the ref that signs it
     assert row(database_url, note)[0] == "DELIVERED"
+
+
+def test_a_channel_makes_provider_calls_concurrently(history: HistoryWriter) -> None:
+    gate = threading.Barrier(3, timeout=10)
+
+    class Meeting(ScriptedSender):  # each call waits until three are under way at once
+        def send(self, delivery: Delivery) -> SendResult:
+            gate.wait()
+            return super().send(delivery)
+
+    sender = Meeting(Channel.WEBHOOK, [])
+    delivery = core(history, sender, threads_per_channel=3)
+    notes = [notification(f"u-{i}") for i in range(6)]
+    history.write_notifications(notes)
+    delivery.submit_many([(n, Channel.WEBHOOK, "https://hooks.example/c", None) for n in notes])
+    assert delivery.drain(15)
+    delivery.close()
+    assert len(sender.calls) == 6  # a barrier of 3 passed twice: three calls were in flight

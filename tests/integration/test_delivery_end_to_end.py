@@ -201,8 +201,11 @@ def wait_for(condition: Any, timeout: float, what: str) -> None:
 def test_a_job_killed_mid_delivery_delivers_each_webhook_after_restart(
     stack: StackUrls, database_url: str, receiver: WebhookReceiver
 ) -> None:
-    # The lease is short so that the restart may take over the row that was mid-call.
-    settings = delivery_settings(stack, database_url, lease_seconds=1, timeout_seconds=30)
+    # One thread, so that the others wait in the outbox while the first is held; the lease is
+    # short so that the restart may take over the row that was mid-call.
+    settings = delivery_settings(
+        stack, database_url, threads_per_channel=1, lease_seconds=1, timeout_seconds=30
+    )
     t = settings.topics
     user = f"u-{uuid.uuid4().hex[:8]}"
     produce(

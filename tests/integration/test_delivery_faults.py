@@ -4,12 +4,9 @@ does. Each delivery ends DELIVERED with one accepted request, or FAILED with the
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 import pytest
 from firebase_admin import messaging
 
@@ -26,6 +23,7 @@ from tests.fakes.sendgrid import FakeSendGrid
 from tests.fakes.twilio import FakeTwilio
 from tests.fakes.webhook_receiver import FakeHttpServer, Reply, WebhookReceiver, new_secret
 from tests.integration.test_channel_push import PROJECT, StaticCredentials
+from tests.integration.test_delivery import notification, row
 
 pytestmark = pytest.mark.integration
 
@@ -108,32 +106,6 @@ def provider(
         yield server, sender, channel, destination or f"{server.url}/hook"
 
 
-def notification() -> Notification:
-    now = datetime.now(UTC)
-    return Notification(
-        notification_id=str(uuid.uuid4()),
-        user_id="u-faults",
-        alert_ids=[str(uuid.uuid4())],
-        title="QQQ: stop hit",
-        message="price 399.50 crossed below 400.00",
-        highest_priority="CRITICAL",
-        channels=["in_app"],
-        window_start=now,
-        window_end=now,
-    )
-
-
-def outcome(database_url: str, note: Notification) -> tuple[str, int, str | None]:
-    with psycopg.connect(database_url) as conn:
-        row = conn.execute(
-            "SELECT d.status, d.attempts, d.error_message FROM delivery_logs d "
-            "JOIN consolidated_alerts c ON c.id = d.notification_id WHERE c.external_id = %s",
-            (note.notification_id,),
-        ).fetchone()
-    assert row is not None
-    return row[0], row[1], row[2]
-
-
 def deliver(
     database_url: str, sender: Sender, channel: Channel, destination: str, **policy: Any
 ) -> Notification:
@@ -160,7 +132,7 @@ def test_a_failed_first_call_is_retried_and_delivered_once(
     server, sender, channel, destination = provider
     server.reply_with(FAULTS[fault])
     note = deliver(database_url, sender, channel, destination, deadline=30)
-    assert outcome(database_url, note)[:2] == ("DELIVERED", 2)
+    assert row(database_url, note)[:2] == ("DELIVERED", 2)
     assert len(server.received) == 2  # the fault, then the one accepted request
     if fault == "429 Retry-After":
         assert server.received[1].at - server.received[0].at >= 1.0
@@ -172,6 +144,6 @@ def test_a_provider_that_keeps_failing_ends_failed_with_the_reason(
     server, sender, channel, destination = provider
     server.default = Reply(503, headers={"Retry-After": "0"})
     note = deliver(database_url, sender, channel, destination, deadline=1.0)
-    status, attempts, error = outcome(database_url, note)
+    status, attempts, error = row(database_url, note)
     assert status == "FAILED" and attempts >= 2
     assert "503" in (error or "") and "deadline exceeded" in (error or "")
