@@ -25,3 +25,6 @@ COMMENT ON TABLE disabled_destinations IS
     'Destinations a provider declared dead (an unregistered push token, an unknown mailbox, '
     'an invalid or unsubscribed phone number, a webhook answering 410 Gone). Deliveries to '
     'them are FAILED without an attempt. Delete a row to use the destination again.';
+
+GRANT SELECT, INSERT ON disabled_destinations TO smart_alerts_writer;
+GRANT SELECT ON disabled_destinations TO smart_alerts_analyst;

@@ -206,6 +206,10 @@ def test_roles_have_their_privileges(database_url: str) -> None:
             ).fetchone()
             return bool(row and row[0])
 
+        for table in ("alert_outcomes", "disabled_destinations"):  # added by later migrations
+            assert allowed("smart_alerts_writer", table, "INSERT")
+            assert allowed("smart_alerts_analyst", table, "SELECT")
+            assert not allowed("smart_alerts_analyst", table, "INSERT")
         for table in SECTION_8:
             assert allowed("smart_alerts_writer", table, "INSERT")
             assert allowed("smart_alerts_writer", table, "UPDATE")
