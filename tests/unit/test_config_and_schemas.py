@@ -1,6 +1,8 @@
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.config import ConfigError, load_settings
 from pipeline.schemas import TOPIC_MODELS, export, stale
@@ -26,6 +28,20 @@ def test_bad_configuration_names_the_key(tmp_path: Path) -> None:
         load_settings(config)
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "missing.toml")
+
+
+def test_documented_and_deployed_configurations_load(tmp_path: Path) -> None:
+    """The TOML in docs/operations.md and in the Kubernetes ConfigMap are valid settings."""
+    root = Path(__file__).resolve().parents[2]
+    operations = (root / "docs" / "operations.md").read_text()
+    (example,) = re.findall(r"```toml\n(.*?)```", operations, re.DOTALL)
+    manifests = yaml.safe_load_all((root / "deploy/kubernetes/smart-alerts.yaml").read_text())
+    (config_map,) = [m for m in manifests if m["kind"] == "ConfigMap"]
+    for name, text in (("operations", example), ("k8s", config_map["data"]["config.toml"])):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(text)
+        settings = load_settings(path)
+        assert settings.delivery.threads_per_channel == 4
 
 
 def test_missing_servers_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
