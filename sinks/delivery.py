@@ -261,10 +261,13 @@ class DeliveryCore:
             time.sleep(0.01)
         return True
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the threads (a call under way gets ``timeout`` in all to finish; its row stays
+        SENDING until its lease lapses and a later start resumes it) and the senders."""
         self._stop.set()
+        end = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout=5)
+            thread.join(timeout=max(0.0, end - time.monotonic()))
         for sender in self.senders.values():
             sender.close()
 
