@@ -93,6 +93,8 @@ class Delivery(_Section):
     timeout_seconds: float = Field(10.0, gt=0)
     resume_seconds: float = Field(30.0, gt=0)  # how often the outbox is scanned for open rows
     lease_seconds: float = Field(120.0, gt=0)  # a SENDING row abandoned this long is reopened
+    breaker_failures: int = Field(5, ge=1)  # consecutive transient failures that open a circuit
+    breaker_cooldown_seconds: float = Field(30.0, gt=0)  # then one trial call
     push_deadline_seconds: float = Field(300, gt=0)
     email_deadline_seconds: float = Field(900, gt=0)
     sms_deadline_seconds: float = Field(300, gt=0)

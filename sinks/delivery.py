@@ -129,7 +129,7 @@ class Outbox(Protocol):
         next_attempt_at: datetime | None = None,
     ) -> None: ...  # fmt: skip
     def disable_destination(self, channel: str, destination: str, reason: str) -> None: ...
-    def open_deliveries(self, channels: Iterable[str]) -> list[OpenDelivery]: ...
+    def open_deliveries(self, channels: Iterable[str], limit: int) -> list[OpenDelivery]: ...
 
 
 @dataclass(order=True)
@@ -158,12 +158,17 @@ class DeliveryCore:
         lease_seconds: float = 120.0,
         resume_seconds: float | None = None,
         threads_per_channel: int = 4,
+        breaker_failures: int = 5,
+        breaker_cooldown_seconds: float = 30.0,
         seed: int | None = None,
     ) -> None:
         self.outbox = outbox
         self.senders = senders
         self.policies = {**DEFAULT_POLICIES, **(policies or {})}
-        self.breakers = {sender.provider: CircuitBreaker() for sender in senders.values()}
+        self.breakers = {
+            sender.provider: CircuitBreaker(breaker_failures, breaker_cooldown_seconds)
+            for sender in senders.values()
+        }
         self.user_limit = RateLimiter(per_user_per_minute, 60.0)
         self.channel_limit = RateLimiter(per_channel_per_second, 1.0)
         # Unbounded so that a worker putting a job back never blocks; the bound is on the jobs
@@ -235,7 +240,10 @@ class DeliveryCore:
     def resume(self) -> int:
         """Queue the open rows of this core's channels (after a restart): returns how many."""
         with self._outbox_lock:
-            rows = self.outbox.open_deliveries([channel.value for channel in self.senders])
+            rows = self.outbox.open_deliveries(
+                [channel.value for channel in self.senders],
+                self.queue_size * len(self.senders),  # no more than the queues can take
+            )
         for row in rows:
             due = row.next_attempt_at.timestamp() if row.next_attempt_at is not None else None
             self._enqueue(

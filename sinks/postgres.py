@@ -210,6 +210,7 @@ WHERE d.channel = ANY(%s) AND c.consolidated_title IS NOT NULL
   AND (d.status IN ('PENDING', 'RETRYING')
        OR (d.status = 'SENDING' AND d.claimed_until < now()))
 ORDER BY d.created_at
+LIMIT %s
 """
 
 # A RETRYING row is claimable from one second before its next_attempt_at: the attempt's own
@@ -506,12 +507,13 @@ class HistoryWriter:
 
         return self._transaction(work)
 
-    def open_deliveries(self, channels: Iterable[str]) -> list[OpenDelivery]:
-        """The deliveries of these channels to resume, with their notification, oldest first."""
+    def open_deliveries(self, channels: Iterable[str], limit: int = 10_000) -> list[OpenDelivery]:
+        """The deliveries of these channels to resume, with their notification, oldest first
+        (at most ``limit``: the next scan takes the rest)."""
 
         def work(conn: psycopg.Connection) -> list[OpenDelivery]:
             out = []
-            for row in conn.execute(OPEN_DELIVERIES, (list(channels),)).fetchall():
+            for row in conn.execute(OPEN_DELIVERIES, (list(channels), limit)).fetchall():
                 nid, user, alert_ids, title, message, priority, note_channels, start, end = row[:9]
                 notification = Notification(
                     notification_id=nid,

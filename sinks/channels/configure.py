@@ -67,6 +67,8 @@ def build_delivery(config: Delivery, database_url: str) -> DeliveryCore:
         lease_seconds=config.lease_seconds,
         resume_seconds=config.resume_seconds,
         threads_per_channel=config.threads_per_channel,
+        breaker_failures=config.breaker_failures,
+        breaker_cooldown_seconds=config.breaker_cooldown_seconds,
     )
 
 
