@@ -15,9 +15,9 @@ the response body is read up to 64 KiB at most, connect and read timeouts apply.
 408/429/5xx, timeouts and connection errors are transient (Retry-After honoured).
 
 SSRF guard: only http/https, and every address the host resolves to must be public unless it
-lies in ``allow_private_networks`` (CIDRs). Known limit: requests resolves the name again when it
-connects, so a DNS answer that changes between the check and the connection (DNS rebinding) is
-not caught; an egress proxy/firewall is the complete defence.
+lies in ``allow_private_networks`` (CIDRs). The check runs before the request (a clear error)
+and again inside the connection itself, which connects only to the addresses it has just
+vetted: a DNS answer that changes between the two (DNS rebinding) meets the same check.
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+from urllib3.util.connection import create_connection
 
 from pipeline.messages import Channel
 from sinks.channels.base import Delivery, PermanentError, SendResult, TransientError
@@ -137,6 +142,8 @@ class WebhookSender:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
             finally:
                 response.close()
+        except RefusedAddress as exc:
+            raise PermanentError(str(exc)) from None
         except requests.Timeout as exc:
             raise TransientError(f"webhook: timeout ({type(exc).__name__})") from None
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
@@ -180,17 +187,12 @@ class WebhookSender:
         if port is None:
             port = 443 if parts.scheme == "https" else 80
         try:
-            infos = self._resolve(host, port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as exc:
-            raise TransientError(f"webhook host {host!r} does not resolve: {exc}") from None
-        if not infos:
-            raise TransientError(f"webhook host {host!r} does not resolve")
-        for info in infos:
-            address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-            if not self._allowed(address):
-                raise PermanentError(
-                    f"webhook host {host!r} resolves to non-public address {address} (refused)"
-                )
+            if not self.vetted_addresses(host, port):
+                raise TransientError(f"webhook host {host!r} does not resolve")
+        except RefusedAddress as exc:
+            raise PermanentError(str(exc)) from None
+        except OSError as exc:
+            raise TransientError(str(exc)) from None
 
     def _allowed(self, address: IpAddress) -> bool:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -227,12 +229,90 @@ class WebhookSender:
                 break
         return bytes(data[: self.max_response_bytes])
 
+    def vetted_addresses(self, host: str, port: int) -> list[tuple[str, int]]:
+        """The (address, port) pairs to connect to: all of the host's, each one allowed."""
+        try:
+            infos = self._resolve(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise OSError(f"webhook host {host!r} does not resolve: {exc}") from exc
+        pairs = []
+        for info in infos:
+            text = str(info[4][0])
+            address = ipaddress.ip_address(text.split("%", 1)[0])
+            if not self._allowed(address):
+                raise RefusedAddress(
+                    f"webhook host {host!r} resolves to non-public address {address} (refused)"
+                )
+            pairs.append((text, int(info[4][1])))
+        return pairs
+
     def _session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
             session.trust_env = False  # no proxies or .netrc credentials from the environment
+            guarded = _VettingAdapter(self.vetted_addresses)
+            session.mount("http://", guarded)
+            session.mount("https://", guarded)
             self._local.session = session
             with self._sessions_lock:
                 self._sessions.append(session)
         return session
+
+
+class RefusedAddress(Exception):
+    """A webhook host resolved to an address the SSRF guard refuses, at connection time.
+
+    Not an OSError, so that urllib3 and requests let it through as it is (it is no network
+    failure to retry)."""
+
+
+Vet = Callable[[str, int], list[tuple[str, int]]]
+
+
+def _vetted_connection(conn: HTTPConnection, vet: Vet) -> socket.socket:
+    """urllib3's ``_new_conn``, connecting only to addresses ``vet`` allowed for the host."""
+    error: OSError | None = None
+    for address, port in vet(conn._dns_host, conn.port):  # type: ignore[attr-defined]
+        try:
+            return create_connection(
+                (address, port),
+                conn.timeout,
+                source_address=conn.source_address,
+                socket_options=conn.socket_options,
+            )
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(
+                conn, f"Connection to {conn.host} timed out. (connect timeout={conn.timeout})"
+            ) from exc
+        except OSError as exc:
+            error = exc
+    raise NewConnectionError(conn, f"Failed to establish a new connection: {error}")
+
+
+class _VettingAdapter(HTTPAdapter):
+    """requests' adapter whose connections vet the addresses they connect to."""
+
+    def __init__(self, vet: Vet) -> None:
+        self._vet = vet
+        super().__init__()
+
+    def init_poolmanager(self, *args: object, **kwargs: object) -> None:
+        super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
+        vet = self._vet
+
+        class Http(HTTPConnection):
+            def _new_conn(self) -> socket.socket:
+                return _vetted_connection(self, vet)
+
+        class Https(HTTPSConnection):
+            def _new_conn(self) -> socket.socket:
+                return _vetted_connection(self, vet)
+
+        class HttpPool(HTTPConnectionPool):
+            ConnectionCls = Http
+
+        class HttpsPool(HTTPSConnectionPool):
+            ConnectionCls = Https
+
+        self.poolmanager.pool_classes_by_scheme = {"http": HttpPool, "https": HttpsPool}

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -164,8 +165,6 @@ def test_ssrf_guard_refuses_non_public_addresses(url: str) -> None:
     def no_connect(*args: object, **kwargs: object) -> None:
         raise AssertionError("must not connect")
 
-    import socket
-
     def resolve(host: str, port: int, **kwargs: object) -> list[tuple]:  # type: ignore[type-arg]
         resolved.append(host)
         return socket.getaddrinfo(host, port, **kwargs)  # type: ignore[arg-type]
@@ -179,7 +178,6 @@ def test_ssrf_guard_refuses_non_public_addresses(url: str) -> None:
 
 
 def test_ssrf_guard_checks_every_resolved_address() -> None:
-    import socket
 
     def resolve(host: str, port: int, **kwargs: object) -> list[tuple]:  # type: ignore[type-arg]
         return [
@@ -190,6 +188,41 @@ def test_ssrf_guard_checks_every_resolved_address() -> None:
     hook = WebhookSender(secret_resolver={"HOOK_SECRET": OLD}.get, resolve=resolve)
     with pytest.raises(PermanentError, match="10.1.2.3"):
         hook.send(delivery("https://example.test/hook"))
+
+
+def rebinding(*answers: str) -> Callable[..., list[tuple]]:  # type: ignore[type-arg]
+    """A resolver whose answer changes at each lookup, as a hostile DNS server's would."""
+    queue = list(answers)
+
+    def resolve(host: str, port: int, **kwargs: object) -> list[tuple]:  # type: ignore[type-arg]
+        address = queue.pop(0) if len(queue) > 1 else queue[0]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    return resolve
+
+
+def test_dns_rebinding_after_the_check_is_refused_at_connection(
+    receiver: WebhookReceiver,
+) -> None:
+    hook = WebhookSender(
+        secret_resolver={"HOOK_SECRET": OLD}.get, resolve=rebinding("93.184.216.34", "127.0.0.1")
+    )
+    with pytest.raises(PermanentError, match="non-public address 127.0.0.1"):
+        hook.send(delivery(f"http://rebind.test:{receiver.port}/hook"))
+    assert receiver.received == []  # the loopback receiver was never reached
+
+
+def test_the_connection_goes_to_the_vetted_address_with_the_url_host(
+    receiver: WebhookReceiver,
+) -> None:
+    hook = WebhookSender(
+        secret_resolver={"HOOK_SECRET": OLD}.get,
+        allow_private_networks={"127.0.0.0/8"},
+        resolve=rebinding("127.0.0.1"),
+    )
+    hook.send(delivery(f"http://hooks.test:{receiver.port}/hook"))
+    (received,) = receiver.received
+    assert received.headers["host"] == f"hooks.test:{receiver.port}"
 
 
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1/x", "file:///etc/passwd", "gopher://a/"])
