@@ -119,6 +119,7 @@ class Delivery(_Section):
     twilio_base_url: str | None = None
     # Webhooks: private, loopback and link-local targets are refused unless listed here
     webhook_allow_private_networks: list[str] = Field(default_factory=list)
+    webhook_ca_bundle: Path | None = None  # CA certificates for receivers with a private CA
 
 
 class Personalization(_Section):

@@ -30,6 +30,7 @@ def build_senders(
         Channel.WEBHOOK: WebhookSender(
             allow_private_networks=set(config.webhook_allow_private_networks),
             read_timeout=config.timeout_seconds,
+            ca_bundle=str(config.webhook_ca_bundle) if config.webhook_ca_bundle else None,
         )
     }
     try:

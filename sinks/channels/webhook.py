@@ -29,6 +29,7 @@ import hmac
 import ipaddress
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -97,6 +98,7 @@ class WebhookSender:
         connect_timeout: float = 5.0,
         read_timeout: float = 10.0,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
+        ca_bundle: str | None = None,
         clock: Callable[[], float] = time.time,
         resolve: Callable[..., list[tuple]] = socket.getaddrinfo,  # type: ignore[type-arg]
     ) -> None:
@@ -106,6 +108,7 @@ class WebhookSender:
         ]
         self.timeout = (connect_timeout, read_timeout)
         self.max_response_bytes = max_response_bytes
+        self.verify: str | bool = ca_bundle or True  # a private CA's bundle, else the public ones
         self.clock = clock
         self._resolve = resolve
         self._local = threading.local()
@@ -144,6 +147,13 @@ class WebhookSender:
                 response.close()
         except RefusedAddress as exc:
             raise PermanentError(str(exc)) from None
+        except requests.exceptions.SSLError as exc:
+            verification = _certificate_error(exc)
+            if verification is not None:  # a receiver's set-up, not a passing network fault
+                raise PermanentError(
+                    f"webhook: TLS certificate not accepted: {verification}"
+                ) from None
+            raise TransientError("webhook: TLS error (SSLError)") from None
         except requests.Timeout as exc:
             raise TransientError(f"webhook: timeout ({type(exc).__name__})") from None
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
@@ -251,6 +261,7 @@ class WebhookSender:
         if session is None:
             session = requests.Session()
             session.trust_env = False  # no proxies or .netrc credentials from the environment
+            session.verify = self.verify
             guarded = _VettingAdapter(self.vetted_addresses)
             session.mount("http://", guarded)
             session.mount("https://", guarded)
@@ -258,6 +269,25 @@ class WebhookSender:
             with self._sessions_lock:
                 self._sessions.append(session)
         return session
+
+
+def _certificate_error(exc: BaseException) -> str | None:
+    """The certificate verification failure behind ``exc``, if that is what it is."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current.verify_message or str(current)
+        pending += [e for e in (current.__cause__, current.__context__) if e is not None]
+        pending += [a for a in current.args if isinstance(a, BaseException)]
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            pending.append(reason)
+    return None
 
 
 class RefusedAddress(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -44,8 +45,9 @@ class Received:
 
 
 class FakeHttpServer:
-    def __init__(self, default: Reply | None = None) -> None:
+    def __init__(self, default: Reply | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.default = default or Reply()
+        self.scheme = "https" if tls else "http"
         self.received: list[Received] = []
         self.streamed_bytes = 0
         self._replies: deque[Reply] = deque()
@@ -53,6 +55,8 @@ class FakeHttpServer:
         self._stopping = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -63,7 +67,7 @@ class FakeHttpServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def reply_with(self, *replies: Reply) -> None:
         with self._lock:
@@ -161,8 +165,10 @@ def new_secret(seed: bytes) -> str:
 class WebhookReceiver(FakeHttpServer):
     """Records every delivery and which of ``secrets`` verify it (standardwebhooks.Webhook)."""
 
-    def __init__(self, secrets: list[str], default: Reply | None = None) -> None:
-        super().__init__(default)
+    def __init__(
+        self, secrets: list[str], default: Reply | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
+        super().__init__(default, tls)
         self.secrets = secrets
 
     def record(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Received:

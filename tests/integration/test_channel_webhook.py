@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from standardwebhooks import Webhook
@@ -14,6 +16,7 @@ from standardwebhooks import Webhook
 from pipeline.messages import Channel, Notification, Priority
 from sinks.channels.base import Delivery, PermanentError, TransientError
 from sinks.channels.webhook import WebhookSender
+from tests.fakes.tls import self_signed
 from tests.fakes.webhook_receiver import Reply, WebhookReceiver, new_secret
 
 pytestmark = pytest.mark.integration
@@ -223,6 +226,27 @@ def test_the_connection_goes_to_the_vetted_address_with_the_url_host(
     hook.send(delivery(f"http://hooks.test:{receiver.port}/hook"))
     (received,) = receiver.received
     assert received.headers["host"] == f"hooks.test:{receiver.port}"
+
+
+def test_https_verifies_the_url_host_on_the_vetted_connection(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path, "hooks.test")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    with WebhookReceiver([OLD], tls=tls) as server:
+        url = f"https://hooks.test:{server.port}/hook"
+        options = {
+            "secret_resolver": {"HOOK_SECRET": OLD}.get,
+            "allow_private_networks": LOOPBACK,
+            "resolve": rebinding("127.0.0.1"),
+        }
+        WebhookSender(ca_bundle=str(cert), **options).send(delivery(url))  # type: ignore[arg-type]
+        assert [r.verified_by for r in server.received] == [(0,)]
+        with pytest.raises(PermanentError, match="self.signed certificate"):  # not a public CA
+            WebhookSender(**options).send(delivery(url))  # type: ignore[arg-type]
+        other = f"https://other.test:{server.port}/hook"  # certificate for another name
+        with pytest.raises(PermanentError, match="Hostname mismatch"):
+            WebhookSender(ca_bundle=str(cert), **options).send(delivery(other))  # type: ignore[arg-type]
+    assert len(server.received) == 1
 
 
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1/x", "file:///etc/passwd", "gopher://a/"])
