@@ -12,7 +12,8 @@ never part of an error reason or a log line, only its ref is.
 One attempt per call (sinks/channels/base.py): redirects are not followed (a 3xx is permanent),
 the response body is read up to 64 KiB at most, connect and read timeouts apply. 2xx succeeds;
 410 Gone is permanent and disables the endpoint; other 4xx except 408/429 are permanent;
-408/429/5xx, timeouts and connection errors are transient (Retry-After honoured).
+408/429/5xx, timeouts and connection errors are transient (Retry-After honoured); a TLS
+certificate that does not verify (``ca_bundle`` adds a private CA) is permanent.
 
 SSRF guard: only http/https, and every address the host resolves to must be public unless it
 lies in ``allow_private_networks`` (CIDRs). The check runs before the request (a clear error)
