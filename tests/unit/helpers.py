@@ -10,8 +10,8 @@ from pipeline.messages import Rule, Tick, TriggeredAlert
 T0 = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
 
 
-def at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
+def at(seconds: float, base: datetime = T0) -> datetime:
+    return base + timedelta(seconds=seconds)
 
 
 def tick(symbol: str, price: float, seconds: float) -> Tick:
@@ -32,7 +32,14 @@ def rule(conditions: dict[str, Any], **fields: Any) -> Rule:
 
 
 def alert(
-    seconds: float, *, rule_id: str = "r-1", symbol: str = "AAPL", priority: str = "MEDIUM"
+    seconds: float,
+    *,
+    rule_id: str = "r-1",
+    symbol: str = "AAPL",
+    priority: str = "MEDIUM",
+    base: datetime = T0,
+    types: tuple[str, ...] = ("price_above",),
+    message: str = "something happened",
 ) -> TriggeredAlert:
     return TriggeredAlert(
         alert_id=f"a-{rule_id}-{symbol}-{seconds}",
@@ -42,8 +49,8 @@ def alert(
         symbol=symbol,
         priority=priority,
         title=f"{symbol}: {rule_id}",
-        message="something happened",
-        triggered_at=at(seconds),
-        condition_types=["price_above"],
+        message=message,
+        triggered_at=at(seconds, base),
+        condition_types=list(types),
         values={"price": 1.0},
     )

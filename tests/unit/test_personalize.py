@@ -8,12 +8,13 @@ from typing import Any
 from pipeline.ids import notification_id
 from pipeline.messages import Channel, Feedback, Notification, Priority, Profile, TriggeredAlert
 from pipeline.personalize import AlertOutcome, PersonalizationConfig, UserDesk
+from tests.unit import helpers
 
 T0 = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)  # a Monday, 10:00 in New York
 
 
 def at(seconds: float, base: datetime = T0) -> datetime:
-    return base + timedelta(seconds=seconds)
+    return helpers.at(seconds, base)
 
 
 def alert(
@@ -25,19 +26,10 @@ def alert(
     base: datetime = T0,
     types: tuple[str, ...] = ("price_above",),
 ) -> TriggeredAlert:
-    return TriggeredAlert(
-        alert_id=f"a-{rule}-{symbol}-{seconds}",
-        rule_id=rule,
-        rule_version=1,
-        user_id="u-1",
-        symbol=symbol,
-        priority=priority,
-        title=f"{symbol}: {rule}",
+    return helpers.alert(
+        seconds, rule_id=rule, symbol=symbol, priority=priority, base=base, types=types,
         message="it happened",
-        triggered_at=at(seconds, base),
-        condition_types=list(types),
-        values={"price": 1.0},
-    )
+    )  # fmt: skip
 
 
 def profile(**fields: Any) -> Profile:
