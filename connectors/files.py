@@ -10,12 +10,13 @@ import heapq
 import json
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from connectors.kafka import SourceRecord
 
 SUPPORTED = (".parquet", ".csv", ".json", ".jsonl", ".ndjson", ".yaml", ".yml")
 
@@ -121,18 +122,6 @@ def _cell(value: Any) -> Any:
 # ---------------------------------------------------------------- backtest input
 
 
-@dataclass(frozen=True, slots=True)
-class FileRecord:
-    """One file row as the job reads a Kafka record: the same parsing and dead letters apply."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp_ms: int | None
-
-
 def time_sorted_rows(path: Path) -> Iterator[tuple[datetime | None, dict[str, Any]]]:
     """(event time, row) in event-time order; rows whose ts does not parse come last."""
     suffix = path.suffix.lower()
@@ -170,7 +159,7 @@ def time_sorted_rows(path: Path) -> Iterator[tuple[datetime | None, dict[str, An
 
 def merged_by_time(
     sources: list[tuple[str, Path, Callable[[dict[str, Any]], str | None]]],
-) -> Iterator[FileRecord]:
+) -> Iterator[SourceRecord]:
     """The rows of several files as records of their topics, merged in event-time order.
 
     ``sources`` are (topic, path, key function); at equal times the earlier source comes first.
@@ -185,7 +174,7 @@ def merged_by_time(
 
     streams = [tagged(order, *source) for order, source in enumerate(sources)]
     for _, _, offset, topic, key, row, event_time in heapq.merge(*streams):
-        yield FileRecord(
+        yield SourceRecord(
             topic=topic,
             partition=0,
             offset=offset,

@@ -100,6 +100,8 @@ class MissingTopicError(KafkaReadError, LookupError):
 
 @dataclass(frozen=True, slots=True)
 class SourceRecord:
+    """One input record: read from Kafka, or a file row read as if it were (backtests)."""
+
     topic: str
     partition: int
     offset: int

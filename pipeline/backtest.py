@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from connectors.files import FileRecord, count_rows, merged_by_time
+from connectors.files import count_rows, merged_by_time
+from connectors.kafka import SourceRecord
 from pipeline.commands import Echo, Summary, load_rules
 from pipeline.config import Settings
 from pipeline.messages import DeadLetter, Rule, TriggeredAlert
@@ -105,10 +106,10 @@ def run_backtest(
     bar = Progress(total) if progress else None
     collector = _Collector((topics.triggered, topics.dlq))
 
-    def reference() -> Iterator[FileRecord]:
+    def reference() -> Iterator[SourceRecord]:
         return iter(_rule_records(topics.rules, rule_list))
 
-    def market() -> Iterator[FileRecord]:
+    def market() -> Iterator[SourceRecord]:
         return merged_by_time(present)
 
     source = FileInput(reference, market, progress=bar)
@@ -122,9 +123,9 @@ def run_backtest(
     return BacktestResult(alerts, collector.dead_letters, rows, seconds)
 
 
-def _rule_records(topic: str, rules: list[Rule]) -> list[FileRecord]:
+def _rule_records(topic: str, rules: list[Rule]) -> list[SourceRecord]:
     return [
-        FileRecord(topic, 0, offset, rule.id.encode(), rule.model_dump_json().encode(), None)
+        SourceRecord(topic, 0, offset, rule.id.encode(), rule.model_dump_json().encode(), None)
         for offset, rule in enumerate(rules)
     ]
 

@@ -30,7 +30,6 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
-from connectors.files import FileRecord
 from connectors.kafka import PartitionReader, SourceRecord, list_partitions
 from pipeline import metrics
 from pipeline.config import Settings, Topics
@@ -163,12 +162,12 @@ class KafkaInput(FixedPartitionedSource[SourceRecord, int]):
         return _KafkaPartition(reader, self._gate, for_part, self._bounded)
 
 
-class _ListPartition(StatefulSourcePartition[FileRecord, int]):
+class _ListPartition(StatefulSourcePartition[SourceRecord, int]):
     """Records from a list, in order; a market partition waits for the reference ones."""
 
     def __init__(
         self,
-        records: Iterator[FileRecord],
+        records: Iterator[SourceRecord],
         resume: int | None,
         gate: ReferenceGate,
         part: str,
@@ -186,7 +185,7 @@ class _ListPartition(StatefulSourcePartition[FileRecord, int]):
             next(self._records, None)
             self._position += 1
 
-    def next_batch(self) -> list[FileRecord]:
+    def next_batch(self) -> list[SourceRecord]:
         if not self._reference and not self._gate.open:
             return []
         batch = list(itertools.islice(self._records, FILE_BATCH))
@@ -202,13 +201,13 @@ class _ListPartition(StatefulSourcePartition[FileRecord, int]):
         return self._position
 
 
-class FileInput(FixedPartitionedSource[FileRecord, int]):
+class FileInput(FixedPartitionedSource[SourceRecord, int]):
     """A backtest's input: reference records (rules) first, then market records in time order."""
 
     def __init__(
         self,
-        reference: Callable[[], Iterator[FileRecord]],
-        market: Callable[[], Iterator[FileRecord]],
+        reference: Callable[[], Iterator[SourceRecord]],
+        market: Callable[[], Iterator[SourceRecord]],
         progress: Callable[[int], None] | None = None,
     ) -> None:
         self._factories = {"reference": reference, "market": market}
