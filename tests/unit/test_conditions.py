@@ -25,6 +25,7 @@ from pipeline.messages import (
     decode,
 )
 from pipeline.rule_engine import ExhaustiveShardEngine, ShardEngine
+from tests.unit import helpers
 
 T0 = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
 OCC = "AAPL  260116C00200000"
@@ -73,16 +74,7 @@ def position(
 
 
 def make_rule(conditions: dict[str, Any], *, cooldown: int = 0, symbol: str = "AAPL") -> Rule:
-    return Rule.model_validate(
-        {
-            "id": "r-1",
-            "user_id": "u-1",
-            "name": "scenario",
-            "symbol": symbol,
-            "cooldown_seconds": cooldown,
-            "conditions": conditions,
-        }
-    )
+    return helpers.rule(conditions, name="scenario", symbol=symbol, cooldown_seconds=cooldown)
 
 
 def fired(rule: Rule, events: list[Any]) -> list[int]:
@@ -554,19 +546,11 @@ def test_leaf_tracking_finds_exactly_what_evaluating_every_rule_finds(seed: int)
             return {rng.choice(["all", "any"]): [tree(depth + 1) for _ in range(rng.randint(2, 3))]}
         return rng.choice(leaves)()
 
-    rules = [
-        Rule.model_validate(
-            {
-                "id": f"r-{i:03d}",
-                "user_id": "u",
-                "name": "n",
-                "symbol": "AAPL",
-                "cooldown_seconds": rng.choice([0, 0, 120]),
-                "conditions": tree(),
-            }
-        )
-        for i in range(300)
-    ]
+    def random_rule(i: int) -> Rule:
+        cooldown = rng.choice([0, 0, 120])  # drawn before the tree, as the scenario expects
+        return helpers.rule(tree(), id=f"r-{i:03d}", user_id="u", cooldown_seconds=cooldown)
+
+    rules = [random_rule(i) for i in range(300)]
     price, events = 100.0, []
     for second in range(0, 3600, 3):
         if rng.random() < 0.1:

@@ -133,22 +133,16 @@ def test_leaf_tracking_agrees_with_evaluating_every_rule(seed: int) -> None:
             "threshold": round(rng.uniform(95, 105), 1),
         }
 
-    rules = [
-        Rule.model_validate(
-            {
-                "id": f"r-{i:03d}",
-                "user_id": "u",
-                "name": "n",
-                "symbol": "AAPL",
-                "cooldown_seconds": rng.choice([0, 600]),
-                "sessions": rng.choice(["any", "regular", "extended"]),
-                "conditions": leaf()
-                if rng.random() < 0.5
-                else {rng.choice(["all", "any"]): [leaf(), leaf()]},
-            }
+    def random_rule(i: int) -> Rule:
+        cooldown = rng.choice([0, 600])  # drawn in this order: the seeds' scenarios depend on it
+        sessions = rng.choice(["any", "regular", "extended"])
+        both = rng.random() >= 0.5
+        conditions = {rng.choice(["all", "any"]): [leaf(), leaf()]} if both else leaf()
+        return rule(
+            conditions, id=f"r-{i:03d}", user_id="u", cooldown_seconds=cooldown, sessions=sessions
         )
-        for i in range(200)
-    ]
+
+    rules = [random_rule(i) for i in range(200)]
     # Two days and a weekend of ticks every 7 minutes, through every phase.
     start = datetime(2026, 1, 8, 3, 0, tzinfo=ET).astimezone(UTC)
     price, events = 100.0, []
