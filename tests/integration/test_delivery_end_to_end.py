@@ -1,9 +1,10 @@
 """The whole job delivering through real providers' protocols on 127.0.0.1.
 
-E-mail goes to an aiosmtpd server through the SMTP sender, webhooks to a receiver that verifies
-every signature with the ``standardwebhooks`` library; the senders are the ones the job builds
-from its ``[delivery]`` configuration. The last test kills the job (SIGKILL) while one webhook
-is in the provider's hands and two wait in the outbox, and restarts it.
+E-mail goes through the SMTP sender to an aiosmtpd server (the demo's mail catcher), webhooks
+to a receiver that verifies every signature with the ``standardwebhooks`` library; the senders
+are the ones the job builds from its ``[delivery]`` configuration. The last test kills the job
+(SIGKILL) while one webhook is in the provider's hands and two wait in the outbox, and restarts
+it.
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from aiosmtpd.controller import Controller
 
-from connectors.embedded import StackUrls, free_ports
+from connectors.embedded import StackUrls
+from connectors.mail_catcher import MailCatcher
 from pipeline.config import Settings
 from pipeline.dataflow import run
 from tests.conftest import job_settings
-from tests.fakes.smtp import Recorder
 from tests.fakes.webhook_receiver import Reply, WebhookReceiver, new_secret
 from tests.integration.test_end_to_end import produce, rule, tick
 
@@ -39,14 +40,9 @@ SECRET = new_secret(b"end-to-end")
 
 
 @pytest.fixture
-def smtp() -> Iterator[tuple[Recorder, int]]:
-    recorder, port = Recorder(), free_ports(1)[0]
-    controller = Controller(recorder, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield recorder, port
-    finally:
-        controller.stop()
+def mailbox(tmp_path: Path) -> Iterator[MailCatcher]:
+    with MailCatcher(tmp_path / "mail") as catcher:
+        yield catcher
 
 
 @pytest.fixture
@@ -96,16 +92,15 @@ def deliveries(database_url: str, user: str) -> list[tuple[str, str, str, int, i
 
 
 def test_the_job_delivers_email_and_signed_webhooks_once_across_replays(
-    stack: StackUrls, database_url: str, smtp: tuple[Recorder, int], receiver: WebhookReceiver
+    stack: StackUrls, database_url: str, mailbox: MailCatcher, receiver: WebhookReceiver
 ) -> None:
-    mailbox, port = smtp
     settings = delivery_settings(
         stack,
         database_url,
         email_provider="smtp",
         email_from="alerts@vs9.example.com",
         smtp_host="127.0.0.1",
-        smtp_port=port,
+        smtp_port=mailbox.port,
         smtp_security="none",
     )
     t = settings.topics
