@@ -62,8 +62,19 @@ class Partitions(_Section):
 
 class Engine(_Section):
     shard_count: int = Field(64, ge=1, le=65536)
+    user_shard_count: int = Field(16, ge=1, le=65536)  # personalization keys (users per key)
     window_seconds: int = Field(60, ge=1, le=86400)
-    grace_seconds: int = Field(5, ge=0, le=3600)
+    # A window closes once every market partition has passed its end by this much event time;
+    # ``grace_seconds`` is the key's former name.
+    allowed_lateness_seconds: int = Field(
+        5, ge=0, le=3600, validation_alias=AliasChoices("allowed_lateness_seconds", "grace_seconds")
+    )
+    # A market partition with no new record for this long stops holding the watermark back.
+    idle_partition_seconds: float = Field(10.0, gt=0, le=3600)
+    # An item that makes a step raise: "dead_letter" (to alerts.dlq, the job goes on) or "stop".
+    on_item_error: Literal["dead_letter", "stop"] = "dead_letter"
+    # SIGTERM/SIGINT: how long in-flight deliveries get to finish before their claims are released.
+    shutdown_grace_seconds: float = Field(10.0, ge=0, le=600)
     epoch_ms: int = Field(500, ge=10, le=60000)
     batch_size: int = Field(2000, ge=1)
     workers_per_process: int = Field(1, ge=1)
@@ -76,6 +87,20 @@ class Recovery(_Section):
     partitions: int = Field(1, ge=1)
     snapshot_seconds: float = Field(10.0, gt=0)
     backup_seconds: float = Field(0.0, ge=0)
+    # A saved input position past the end of its partition (the broker lost data or the topic
+    # was recreated): "stop" with an error naming the partition, or re-read from "earliest",
+    # or skip to "latest".
+    on_lost_offsets: Literal["stop", "earliest", "latest"] = "stop"
+
+
+class Dependencies(_Section):
+    """Timeouts and retries for PostgreSQL and Redis: a frozen or stopped server is retried
+    with exponential backoff for ``retry_for_seconds``, then the job exits with one line."""
+
+    connect_timeout_seconds: float = Field(5.0, gt=0, le=300)
+    statement_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    redis_timeout_seconds: float = Field(5.0, gt=0, le=300)
+    retry_for_seconds: float = Field(60.0, ge=0, le=3600)
 
 
 class InApp(_Section):
@@ -128,6 +153,7 @@ class Personalization(_Section):
     stale_low_seconds: int = Field(3600, ge=1)
     stale_medium_seconds: int = Field(1800, ge=1)
     stale_high_seconds: int = Field(600, ge=1)
+    stale_critical_seconds: int = Field(300, ge=1)  # wall clock only: CRITICAL is never held
     learning_alpha: float = Field(0.2, gt=0, le=1)
     learning_half_life_days: float = Field(14.0, gt=0)
     ignore_after_hours: float = Field(24.0, gt=0)
@@ -160,6 +186,7 @@ class Settings(BaseSettings):
     in_app: InApp = Field(default_factory=InApp)
     personalization: Personalization = Field(default_factory=Personalization)
     delivery: Delivery = Field(default_factory=Delivery)
+    dependencies: Dependencies = Field(default_factory=Dependencies)
 
     @classmethod
     def settings_customise_sources(

@@ -509,7 +509,7 @@ def personalization_config(settings: Settings) -> PersonalizationConfig:
     p, engine = settings.personalization, settings.engine
     return PersonalizationConfig(
         window=timedelta(seconds=engine.window_seconds),
-        grace=timedelta(seconds=engine.grace_seconds),
+        grace=timedelta(seconds=engine.allowed_lateness_seconds),
         stale_after={
             Priority.LOW: timedelta(seconds=p.stale_low_seconds),
             Priority.MEDIUM: timedelta(seconds=p.stale_medium_seconds),
