@@ -122,7 +122,7 @@ def main() -> None:
         fired = engine.process([tick])
         alerts += fired
         outputs += desk.process(list(fired))
-    alerts += engine.flush()
+    alerts += engine.close_bars()
     outputs += desk.close_all()
 
     notifications = [o for o in outputs if isinstance(o, Notification)]

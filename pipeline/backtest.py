@@ -91,7 +91,7 @@ def run_backtest(
 ) -> BacktestResult:
     from bytewax.testing import run_main
 
-    from pipeline.dataflow import FileInput, Writers, build_flow
+    from pipeline.dataflow import Writers, build_flow, file_inputs
 
     topics = settings.topics
     rule_list = load_rules(rules, user_id=user_id)
@@ -112,9 +112,9 @@ def run_backtest(
     def market() -> Iterator[SourceRecord]:
         return merged_by_time(present)
 
-    source = FileInput(reference, market, progress=bar)
+    inputs = file_inputs(settings, reference, market, progress=bar)
     started = time.monotonic()
-    run_main(build_flow(settings, Writers(records=lambda: collector), bounded=True, source=source))
+    run_main(build_flow(settings, Writers(records=lambda: collector), bounded=True, inputs=inputs))
     seconds = time.monotonic() - started
     rows = sum(c or 0 for c in counts)
     if bar is not None:

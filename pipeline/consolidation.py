@@ -2,14 +2,16 @@
 
 Windows are aligned, ``[floor(triggered_at, length), +length)``; the length is the user's digest
 window and may change between windows (an alert joins the open window that covers its time
-first). A window closes when the user's event-time watermark (the latest ``triggered_at``
-seen, minus ``grace``) passes its end, when the live job's wall-clock deadline for it passes (so
-a lone alert is not held until the next one), or at the end of a bounded input.
+first). A window closes when the watermark (``advance``: no alert triggered before it will
+follow, from every input partition; pipeline/event_time.py) reaches its end, when the live
+job's wall-clock deadline for it passes while the input is caught up (so a lone alert is not
+held until the next one), or at the end of a bounded input.
 
-A late alert for a window that already closed re-opens nothing: the closed window is returned
-again with the alert added (``late=True``), and the notification built from it keeps the same
-id, so every store upserts on it (ARCHITECTURE.md §3). Closed windows are remembered for
-``late_retention``; an alert later than that starts a window of its own time.
+An alert for a window that already closed re-opens nothing: the closed window is returned
+again with the alert added (``late=True``) under the same notification id; the notification
+sink sends only what it did not send before, as a follow-up with an id of its own
+(sinks/notify.py). Closed windows are remembered for ``late_retention`` of event time; an alert
+later than that for a window the watermark passed closes a window of its own at once.
 
 What a closed window becomes (channels, staleness, budget, quiet hours) is decided by the user
 desk (pipeline/personalize.py); ``compose`` writes the notification.
@@ -51,7 +53,7 @@ class ClosedWindow:
 
 @dataclass
 class Consolidator:
-    grace: timedelta = timedelta(seconds=5)
+    lateness: timedelta = timedelta(seconds=5)  # added to a live window's wall-clock deadline
     late_retention: timedelta = timedelta(hours=1)
     open: dict[datetime, Window] = field(default_factory=dict)
     closed: dict[datetime, Window] = field(default_factory=dict)
@@ -60,36 +62,35 @@ class Consolidator:
     def add(
         self, alert: TriggeredAlert, length: timedelta, now: float | None = None
     ) -> list[ClosedWindow]:
-        """Take one alert; return the windows it completes (or re-emits, when late)."""
+        """Take one alert; return the window it re-emits when late, or the window of its own it
+        closes at once when the watermark passed it already."""
         ts = alert.triggered_at
-        out: list[ClosedWindow] = []
         window = self._covering(self.open, ts)
         late_window = None if window is not None else self._covering(self.closed, ts)
         if late_window is not None:
-            if not late_window.has(alert):
-                late_window.alerts.append(alert)
-                out.append(
-                    ClosedWindow(
-                        late_window.start, late_window.end, list(late_window.alerts), late=True
-                    )
-                )
-        elif window is None or not window.has(alert):
-            if window is None:
-                start, end = window_start(ts, length), window_start(ts, length) + length
-                # After a change of length, start where an overlapping earlier window ends.
-                for other in [*self.open.values(), *self.closed.values()]:
-                    if other.start <= start < other.end:
-                        start = other.end
-                window = self.open[start] = Window(start, end)
-                if now is not None:
-                    window.deadline = now + (length + self.grace).total_seconds()
+            if late_window.has(alert):
+                return []
+            late_window.alerts.append(alert)
+            return [
+                ClosedWindow(late_window.start, late_window.end, list(late_window.alerts), True)
+            ]
+        if window is None:
+            start, end = window_start(ts, length), window_start(ts, length) + length
+            # After a change of length, start where an overlapping earlier window ends.
+            for other in [*self.open.values(), *self.closed.values()]:
+                if other.start <= start < other.end:
+                    start = other.end
+            window = self.open[start] = Window(start, end)
+            if now is not None:
+                window.deadline = now + (length + self.lateness).total_seconds()
+        if not window.has(alert):
             window.alerts.append(alert)
-        return out + self.advance(ts)
+        return self._close(self._event_time_due)
 
-    def advance(self, ts: datetime) -> list[ClosedWindow]:
-        """Event time reached ``ts`` (any event of the user): close the windows it passed."""
-        if self.watermark is None or ts > self.watermark:
-            self.watermark = ts
+    def advance(self, watermark: datetime) -> list[ClosedWindow]:
+        """No alert triggered before ``watermark`` will come: close the windows it passed."""
+        if self.watermark is None or watermark > self.watermark:
+            self.watermark = watermark
         return self._close(self._event_time_due)
 
     def close_due(self, now: float) -> list[ClosedWindow]:
@@ -104,6 +105,10 @@ class Consolidator:
         deadlines = [w.deadline for w in self.open.values() if w.deadline is not None]
         return min(deadlines, default=None)
 
+    def next_end(self) -> datetime | None:
+        """The watermark at which the next open window closes."""
+        return min((w.end for w in self.open.values()), default=None)
+
     @staticmethod
     def _covering(windows: dict[datetime, Window], ts: datetime) -> Window | None:
         for window in windows.values():
@@ -112,7 +117,7 @@ class Consolidator:
         return None
 
     def _event_time_due(self, window: Window) -> bool:
-        return self.watermark is not None and window.end + self.grace <= self.watermark
+        return self.watermark is not None and window.end <= self.watermark
 
     def _close(self, due: Callable[[Window], bool]) -> list[ClosedWindow]:
         out = []
@@ -140,6 +145,7 @@ def compose(
     start: datetime,
     end: datetime,
     channels: list[Channel],
+    follow_up_of: str | None = None,
 ) -> Notification:
     """One notification for ``alerts`` in the given order (most relevant first): grouped by
     symbol, repeats of a rule merged into one line with a count."""
@@ -164,4 +170,5 @@ def compose(
         channels=channels,
         window_start=start,
         window_end=end,
+        follow_up_of=follow_up_of,
     )

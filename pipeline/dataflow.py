@@ -1,23 +1,28 @@
 """The Bytewax wiring: the only module that imports bytewax.
 
-    kafka_in -> parse --(bad)--> alerts.dlq
-                  |-- rules -> route_rules (by rule id) --+
-                  |-- ticks, flow, positions (by shard) --+--> evaluate -> alerts
-                  |-- profiles, feedback (by user) -------+
-                                        alerts (by user) --+--> personalize
-                                                              -> notifications, scores
+    rules_in ──(rules partition)── route_rules ──(shard)──┐
+    market_in: ticks, flow, positions ──────────(shard)───┴─ evaluate ─ alerts, shard watermarks
+    users_in: profiles, feedback ──(user shard)──┐                │ (user shard)
+                                                 └────────────────┴─ personalize
+                                                        dispatches, relevance scores, outcomes
+    bad input, and any item a step could not process ──────────────────────> alerts.dlq
 
-Every step's logic is a plain class from this package; the operators here only key, route and
-hand batches to it. Sources and sinks are adapters around the plain readers and writers in
+Each input partition parses and keys its own records and follows them with progress markers
+(pipeline/ingest.py, pipeline/event_time.py); each stateful step's state is a plain class
+(``RuleRouter``, ``EvaluateShard``, ``DeskShard``); the operators here only key, route and
+hand batches to them. Sources and sinks are adapters around the plain readers and writers in
 ``connectors/`` and ``sinks/``.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,40 +38,46 @@ from bytewax.run import cli_main
 from connectors.kafka import PartitionReader, SourceRecord, list_partitions
 from pipeline import metrics
 from pipeline.config import Settings, Topics
+from pipeline.event_time import Progress, ProgressReporter, Watermark
+from pipeline.ingest import Partitioning, PartitionIngest, Route, part_name, route_of
 from pipeline.learning import LearningConfig, RelevanceScore
 from pipeline.messages import (
     DeadLetter,
-    Feedback,
     Notification,
-    OptionsFlow,
-    Position,
-    PositionClosed,
     Priority,
     Profile,
-    ProfileReset,
     Rule,
     RuleTombstone,
-    Tick,
     TriggeredAlert,
 )
-from pipeline.parsing import ParsedItem, ParsedRecord, RawRecord, parse_record
 from pipeline.personalize import (
     AlertOutcome,
+    DeskShard,
+    Dispatch,
     PersonalizationConfig,
-    UserDesk,
-    UserInput,
-    UserOutput,
 )
-from pipeline.routing import RuleRouter, shard_of
-from pipeline.rule_engine import ShardEngine, ShardInput
+from pipeline.routing import RuleRouter, all_user_shards, user_shard_of
+from pipeline.rule_engine import EvaluateShard
+from pipeline.safety import SafetyNet
 from sinks.channels.configure import build_delivery, build_senders
-from sinks.kafka import CheckedProducer, OutgoingRecord
-from sinks.notify import Dispatch, NotificationSink
+from sinks.kafka import CheckedProducer, MessagePublisher, OutgoingRecord
+from sinks.notify import NotificationSink
 from sinks.postgres import HistoryWriter
 from sinks.redis_store import InAppFeed, RelevanceStore
 
+log = logging.getLogger("smart_alerts.job")
+
 FILE_BATCH = 2000
 T = TypeVar("T")
+
+# Set by SIGTERM/SIGINT (or ``request_stop``): every source partition of this process ends its
+# input, the stateful steps keep their state (a live run's windows stay open for the next start)
+# and the sinks drain and close. See ``run``.
+STOP = threading.Event()
+
+
+def request_stop() -> None:
+    STOP.set()
 
 
 class Closeable(Protocol):
@@ -80,14 +91,11 @@ W = TypeVar("W", bound=Closeable)
 
 
 @dataclass
-class ReferenceGate:
-    """Holds market data back until this process has read the reference topics to their end.
+class _ReadGate:
+    """Backpressure: this process reads no market or feedback partition before its reference
+    partitions are at their end. Correctness across processes is the in-band gate's job
+    (pipeline/event_time.py); this only keeps start-up from buffering market data."""
 
-    Rules, profiles and positions present at start-up then apply before the first market event
-    (deterministic replays). The gate is per process: see docs/operations.md on scaling.
-    """
-
-    reference_topics: frozenset[str]
     _pending: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -105,34 +113,65 @@ class ReferenceGate:
             return not self._pending
 
 
-class _KafkaPartition(StatefulSourcePartition[SourceRecord, int]):
-    def __init__(self, reader: PartitionReader, gate: ReferenceGate, part: str, bounded: bool):
-        self._reader = reader
-        self._gate = gate
-        self._part = part
-        self._bounded = bounded
-        self._reference = reader.topic in gate.reference_topics
-        self._idle_until = 0.0
-        if self._reference:
-            gate.register(part)
+class Reader(Protocol):
+    """What a source partition reads from: a Kafka partition, or a backtest's rows."""
 
-    def next_batch(self) -> list[SourceRecord]:
+    @property
+    def at_end(self) -> bool: ...
+    @property
+    def next_offset(self) -> int: ...
+    def next_batch(self) -> list[SourceRecord]: ...
+    def close(self) -> None: ...
+
+
+class _IngestPartition(StatefulSourcePartition[object, int]):
+    """One input partition: its records parsed and keyed, then its progress marker."""
+
+    def __init__(
+        self,
+        reader: Reader,
+        ingest: PartitionIngest,
+        gate: _ReadGate,
+        *,
+        reference: bool,
+        bounded: bool,
+        idle_after: float,
+    ) -> None:
+        self._reader = reader
+        self._ingest = ingest
+        self._gate = gate
+        self._reference = reference
+        self._bounded = bounded
+        self._reporter = ProgressReporter(ingest.part, idle_after, bounded)
+        self._idle_until = 0.0
+        if reference:
+            gate.register(ingest.part)
+
+    def next_batch(self) -> list[object]:
+        if STOP.is_set():
+            raise StopIteration
         if not self._reference and not self._gate.open:
             self._idle_until = time.monotonic() + 0.02
             return []
-        batch = self._reader.next_batch()
-        if self._reader.at_end:
-            if self._reference:
-                self._gate.reached_end(self._part)
-            if self._bounded and not batch:
-                raise StopIteration
-        self._idle_until = 0.0 if batch else time.monotonic() + 0.01
-        return batch
+        records = self._reader.next_batch()
+        at_end = self._reader.at_end
+        if self._reference and at_end:
+            self._gate.reached_end(self._ingest.part)
+        items, newest = self._ingest.records(records)
+        if records:
+            _count_read(self._ingest, records, items)
+        marker = self._reporter.after_batch(newest, len(records), at_end, time.time())
+        if marker is not None:
+            items.extend(self._ingest.markers(marker))
+        elif self._bounded and at_end and not records:
+            raise StopIteration
+        self._idle_until = 0.0 if records else time.monotonic() + 0.01
+        return items
 
     def next_awake(self) -> datetime | None:
         if self._idle_until <= time.monotonic():
             return None
-        return datetime.now().astimezone() + timedelta(seconds=self._idle_until - time.monotonic())
+        return datetime.now(UTC) + timedelta(seconds=self._idle_until - time.monotonic())
 
     def snapshot(self) -> int:
         return self._reader.next_offset
@@ -141,85 +180,186 @@ class _KafkaPartition(StatefulSourcePartition[SourceRecord, int]):
         self._reader.close()
 
 
-class KafkaInput(FixedPartitionedSource[SourceRecord, int]):
-    """Every partition of the input topics; offsets are kept in Bytewax recovery snapshots."""
-
-    def __init__(self, settings: Settings, *, bounded: bool) -> None:
-        self._bootstrap = settings.require_servers()[0]
-        self._topics = settings.topics.inputs()
-        self._batch_size = settings.engine.batch_size
-        self._bounded = bounded
-        self._gate = ReferenceGate(frozenset(settings.topics.reference()))
-
-    def list_parts(self) -> list[str]:
-        return [f"{topic}#{p}" for topic, p in list_partitions(self._bootstrap, self._topics)]
-
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaPartition:
-        topic, _, partition = for_part.rpartition("#")
-        reader = PartitionReader(
-            self._bootstrap, topic, int(partition), resume_state, batch_size=self._batch_size
-        )
-        return _KafkaPartition(reader, self._gate, for_part, self._bounded)
+def _count_read(ingest: PartitionIngest, records: list[SourceRecord], items: list[object]) -> None:
+    dead = sum(1 for item in items if isinstance(item, DeadLetter))
+    topic = records[0].topic
+    if dead:
+        metrics.EVENTS.labels(topic=topic, outcome="dead_letter").inc(dead)
+    metrics.EVENTS.labels(topic=topic, outcome="ok").inc(len(records) - dead)
 
 
-class _ListPartition(StatefulSourcePartition[SourceRecord, int]):
-    """Records from a list, in order; a market partition waits for the reference ones."""
+class KafkaInput(FixedPartitionedSource[object, int]):
+    """Every partition of some input topics; offsets are kept in Bytewax recovery snapshots."""
 
     def __init__(
         self,
-        records: Iterator[SourceRecord],
-        resume: int | None,
-        gate: ReferenceGate,
-        part: str,
-        progress: Callable[[int], None] | None,
+        settings: Settings,
+        parts: list[tuple[str, int]],
+        gate: _ReadGate,
+        *,
+        bounded: bool,
     ) -> None:
-        self._records = records
-        self._position = 0
+        self._bootstrap = settings.require_servers()[0]
+        self._settings = settings
+        self._parts = {part_name(topic, p): (topic, p) for topic, p in parts}
         self._gate = gate
-        self._part = part
-        self._progress = progress
-        self._reference = part == "reference"
-        if self._reference:
-            gate.register(part)
+        self._bounded = bounded
+        self._keys = partitioning(settings)
+
+    def list_parts(self) -> list[str]:
+        return list(self._parts)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _IngestPartition:
+        topic, partition = self._parts[for_part]
+        settings = self._settings
+        reader = PartitionReader(
+            self._bootstrap,
+            topic,
+            partition,
+            resume_state,
+            batch_size=settings.engine.batch_size,
+        )
+        ingest = PartitionIngest(
+            for_part, route_of(topic, settings.topics), settings.topics, self._keys
+        )
+        return _IngestPartition(
+            reader,
+            ingest,
+            self._gate,
+            reference=topic in settings.topics.reference(),
+            bounded=self._bounded,
+            idle_after=settings.engine.idle_partition_seconds,
+        )
+
+
+class ListReader:
+    """Records from an iterator, in order (a backtest's rows read as if from Kafka)."""
+
+    def __init__(self, records: Iterator[SourceRecord], resume: int | None) -> None:
+        self._records = records
+        self.next_offset = 0
+        self.at_end = False
         for _ in range(resume or 0):
             next(self._records, None)
-            self._position += 1
+            self.next_offset += 1
 
     def next_batch(self) -> list[SourceRecord]:
-        if not self._reference and not self._gate.open:
-            return []
         batch = list(itertools.islice(self._records, FILE_BATCH))
-        self._position += len(batch)
-        if self._progress is not None and not self._reference:
-            self._progress(self._position)
-        if not batch:
-            self._gate.reached_end(self._part)
-            raise StopIteration
+        self.next_offset += len(batch)
+        self.at_end = len(batch) < FILE_BATCH
         return batch
 
-    def snapshot(self) -> int:
-        return self._position
+    def close(self) -> None:
+        pass
 
 
-class FileInput(FixedPartitionedSource[SourceRecord, int]):
-    """A backtest's input: reference records (rules) first, then market records in time order."""
+class ListInput(FixedPartitionedSource[object, int]):
+    """Named partitions of records from factories: a backtest's files."""
 
     def __init__(
         self,
-        reference: Callable[[], Iterator[SourceRecord]],
-        market: Callable[[], Iterator[SourceRecord]],
+        settings: Settings,
+        parts: dict[str, tuple[Route, Callable[[], Iterator[SourceRecord]]]],
+        gate: _ReadGate,
+        *,
+        reference: frozenset[str] = frozenset(),
         progress: Callable[[int], None] | None = None,
     ) -> None:
-        self._factories = {"reference": reference, "market": market}
+        self._settings = settings
+        self._parts = parts
+        self._gate = gate
+        self._reference = reference
         self._progress = progress
-        self._gate = ReferenceGate(frozenset())
 
     def list_parts(self) -> list[str]:
-        return ["reference", "market"]
+        return list(self._parts)
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ListPartition:
-        records = self._factories[for_part]()
-        return _ListPartition(records, resume_state, self._gate, for_part, self._progress)
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _IngestPartition:
+        route, records = self._parts[for_part]
+        settings = self._settings
+        reader = ListReader(records(), resume_state)
+        if self._progress is not None and for_part not in self._reference:
+            reader = _Reported(reader, self._progress)
+        ingest = PartitionIngest(for_part, route, settings.topics, partitioning(settings))
+        return _IngestPartition(
+            reader,
+            ingest,
+            self._gate,
+            reference=for_part in self._reference,
+            bounded=True,
+            idle_after=settings.engine.idle_partition_seconds,
+        )
+
+
+class _Reported(ListReader):
+    """A ListReader that reports how many records it has read (a backtest's progress bar)."""
+
+    def __init__(self, reader: ListReader, progress: Callable[[int], None]) -> None:
+        self.__dict__.update(reader.__dict__)
+        self._progress = progress
+
+    def next_batch(self) -> list[SourceRecord]:
+        batch = super().next_batch()
+        self._progress(self.next_offset)
+        return batch
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The three inputs of the flow and the partitions each stateful step waits for."""
+
+    rules: FixedPartitionedSource[object, int]
+    market: FixedPartitionedSource[object, int]
+    users: FixedPartitionedSource[object, int]
+    watermark_parts: frozenset[str]  # ticks and options flow: they drive event time
+    evaluate_reference_parts: frozenset[str]  # rules and positions: loaded before evaluation
+    feedback_parts: frozenset[str]  # personalization's watermark waits for them too
+    profile_parts: frozenset[str]  # loaded before personalization
+
+
+def kafka_inputs(settings: Settings, *, bounded: bool) -> Inputs:
+    topics = settings.topics
+    parts = list_partitions(settings.require_servers()[0], topics.inputs())
+    gate = _ReadGate()
+
+    def of(*names: str) -> list[tuple[str, int]]:
+        return [(topic, p) for topic, p in parts if topic in names]
+
+    def names(*topic_names: str) -> frozenset[str]:
+        return frozenset(part_name(topic, p) for topic, p in of(*topic_names))
+
+    return Inputs(
+        rules=KafkaInput(settings, of(topics.rules), gate, bounded=bounded),
+        market=KafkaInput(
+            settings, of(topics.positions, topics.ticks, topics.options_flow), gate, bounded=bounded
+        ),
+        users=KafkaInput(settings, of(topics.profiles, topics.feedback), gate, bounded=bounded),
+        watermark_parts=names(topics.ticks, topics.options_flow),
+        evaluate_reference_parts=names(topics.rules, topics.positions),
+        feedback_parts=names(topics.feedback),
+        profile_parts=names(topics.profiles),
+    )
+
+
+def file_inputs(
+    settings: Settings,
+    rules: Callable[[], Iterator[SourceRecord]],
+    market: Callable[[], Iterator[SourceRecord]],
+    progress: Callable[[int], None] | None = None,
+) -> Inputs:
+    """A backtest's input: the rules, then market rows (ticks, flow, positions) in time order."""
+    gate = _ReadGate()
+    rules_part, market_part = f"{settings.topics.rules}#0", "market"
+    reference = frozenset({rules_part})
+    return Inputs(
+        rules=ListInput(settings, {rules_part: (Route.RULES, rules)}, gate, reference=reference),
+        market=ListInput(settings, {market_part: (Route.MARKET, market)}, gate, progress=progress),
+        users=ListInput(settings, {}, gate),
+        watermark_parts=frozenset({market_part}),
+        evaluate_reference_parts=reference,
+        feedback_parts=frozenset(),
+        profile_parts=frozenset(),
+    )
 
 
 # ---------------------------------------------------------------- output
@@ -251,57 +391,80 @@ class WriterSink(DynamicSink[T], Generic[W, T]):
 
 # ---------------------------------------------------------------- stateful steps
 
-
-class _ShardLogic(op.StatefulBatchLogic[ShardInput, TriggeredAlert, ShardEngine]):
-    """At the end of a bounded input, the last open bars close (their end is the watermark)."""
-
-    def __init__(self, engine: ShardEngine) -> None:
-        self.engine = engine
-
-    def on_batch(self, values: list[ShardInput]) -> tuple[Iterable[TriggeredAlert], bool]:
-        return self.engine.process(values), op.StatefulBatchLogic.RETAIN
-
-    def on_eof(self) -> tuple[Iterable[TriggeredAlert], bool]:
-        return self.engine.flush(), op.StatefulBatchLogic.RETAIN
-
-    def snapshot(self) -> ShardEngine:
-        return self.engine
+RETAIN = op.StatefulBatchLogic.RETAIN
 
 
-DeskOutput = Dispatch | RelevanceScore | AlertOutcome
+class _RouteLogic(op.StatefulBatchLogic[object, object, RuleRouter]):
+    """Rule changes of one rules partition to their shards; its markers to every shard."""
+
+    def __init__(self, router: RuleRouter, net: SafetyNet) -> None:
+        self.router = router
+        self.net = net
+
+    def on_batch(self, values: list[object]) -> tuple[Iterable[object], bool]:
+        out: list[object] = []
+        for value in values:
+            if isinstance(value, Progress):
+                out.extend(self.router.broadcast(value))
+            else:
+                out.extend(self.net.run(value, self.router.route))  # type: ignore[arg-type]
+        return out, RETAIN
+
+    def snapshot(self) -> RuleRouter:
+        return self.router
 
 
-class _DeskLogic(op.StatefulBatchLogic[UserInput, DeskOutput, UserDesk]):
-    """Bounded runs close windows by event time and at EOF; live runs also by wall clock.
+class _ShardLogic(op.StatefulBatchLogic[object, object, EvaluateShard]):
+    """A bounded run's end evaluates what is held and closes the open bars; a live run's end (a
+    stop) keeps everything for the next start."""
 
-    Notifications leave with the destinations of the user's profile at that moment, which only
-    this step knows (delivery needs them; the notification message does not carry them).
-    """
-
-    def __init__(self, desk: UserDesk, bounded: bool) -> None:
-        self.desk = desk
+    def __init__(self, shard: EvaluateShard, bounded: bool) -> None:
+        self.shard = shard
         self.bounded = bounded
 
-    def _dispatch(self, outputs: list[UserOutput]) -> list[DeskOutput]:
-        destinations = self.desk.profile.destinations if self.desk.profile is not None else None
-        return [Dispatch(o, destinations) if isinstance(o, Notification) else o for o in outputs]
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[object], bool]:
+        return self.shard.process(values, time.time()), RETAIN
 
-    def on_batch(self, values: list[UserInput]) -> tuple[Iterable[DeskOutput], bool]:
-        now = None if self.bounded else time.time()
-        return self._dispatch(self.desk.process(values, now)), op.StatefulBatchLogic.RETAIN
+    def on_notify(self) -> tuple[Iterable[object], bool]:
+        return self.shard.watermark_due(time.time()), RETAIN
 
-    def on_notify(self) -> tuple[Iterable[DeskOutput], bool]:
-        return self._dispatch(self.desk.close_due(time.time())), op.StatefulBatchLogic.RETAIN
-
-    def on_eof(self) -> tuple[Iterable[DeskOutput], bool]:
-        return self._dispatch(self.desk.close_all()), op.StatefulBatchLogic.RETAIN
+    def on_eof(self) -> tuple[Iterable[object], bool]:
+        return (self.shard.close_all() if self.bounded else []), RETAIN
 
     def notify_at(self) -> datetime | None:
-        deadline = None if self.bounded else self.desk.next_deadline()
-        return None if deadline is None else datetime.fromtimestamp(deadline, tz=UTC)
+        return _wall(self.shard.next_watermark_at())
 
-    def snapshot(self) -> UserDesk:
-        return self.desk
+    def snapshot(self) -> EvaluateShard:
+        return self.shard
+
+
+class _DeskLogic(op.StatefulBatchLogic[object, object, DeskShard]):
+    """Windows close by the watermark; in a live run also by wall clock once the input is
+    caught up; at a bounded run's end everything goes out; a stop keeps everything."""
+
+    def __init__(self, shard: DeskShard, bounded: bool) -> None:
+        self.shard = shard
+        self.bounded = bounded
+
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[object], bool]:
+        now = None if self.bounded else time.time()
+        return self.shard.process(values, now), RETAIN
+
+    def on_notify(self) -> tuple[Iterable[object], bool]:
+        return self.shard.close_due(time.time()), RETAIN
+
+    def on_eof(self) -> tuple[Iterable[object], bool]:
+        return (self.shard.close_all() if self.bounded else []), RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return None if self.bounded else _wall(self.shard.next_deadline())
+
+    def snapshot(self) -> DeskShard:
+        return self.shard
+
+
+def _wall(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, tz=UTC)
 
 
 # ---------------------------------------------------------------- the flow
@@ -311,8 +474,9 @@ class _DeskLogic(op.StatefulBatchLogic[UserInput, DeskOutput, UserDesk]):
 class Writers:
     """Factories of the plain writers; each worker builds its own (own connections).
 
-    ``records`` takes every Kafka output record; a backtest passes a collector there and
-    leaves the stores out (None).
+    ``records`` takes the Kafka output records (alerts, dead letters, and notifications when
+    there is no ``notifications`` writer to publish them); a backtest passes a collector there
+    and leaves the stores out (None).
     """
 
     records: Callable[[], RecordWriter]
@@ -326,78 +490,105 @@ class RecordWriter(Protocol):
     def close(self) -> None: ...
 
 
+def partitioning(settings: Settings) -> Partitioning:
+    return Partitioning(settings.engine.shard_count, settings.engine.user_shard_count)
+
+
 def build_flow(
     settings: Settings,
     writers: Writers,
     *,
     bounded: bool,
-    source: FixedPartitionedSource[Any, int] | None = None,
+    inputs: Inputs | None = None,
 ) -> Dataflow:
     """The whole job. ``bounded`` reads every input to its current end and then stops.
 
-    The input is every partition of the Kafka input topics unless ``source`` gives records of
-    the same shape (a backtest's files): everything after it is the same dataflow.
+    The inputs are every partition of the Kafka input topics unless ``inputs`` gives records of
+    the same shape (a backtest's files): everything after them is the same dataflow.
     """
-    topics = settings.topics
-    shards = settings.engine.shard_count
+    topics, engine = settings.topics, settings.engine
+    inputs = inputs or kafka_inputs(settings, bounded=bounded)
+    keys = partitioning(settings)
+    stop = engine.on_item_error == "stop"
+    lateness = timedelta(seconds=engine.allowed_lateness_seconds)
     desk_config = personalization_config(settings)
+    evaluate_shards = frozenset(keys.shards())
     flow = Dataflow("smart_alerts")
 
-    raw = op.input("input", flow, source or KafkaInput(settings, bounded=bounded))
+    def keyed(step: str, source: FixedPartitionedSource[object, int]) -> tuple[Stream, Stream]:
+        raw = op.input(f"{step}_in", flow, source)
+        split = op.branch(f"{step}_valid", raw, lambda item: not isinstance(item, DeadLetter))
+        return split.trues, split.falses
 
-    def parse(record: RawRecord) -> ParsedRecord:
-        return _counted(parse_record(record, topics), record)
-
-    parsed = op.map("parse", raw, parse)
-    good: Stream[ParsedItem] = op.filter_map("valid", parsed, _valid)
-    dead = op.filter_map("invalid", parsed, _invalid)
+    rules_keyed, rules_dead = keyed("rules", inputs.rules)
+    market_keyed, market_dead = keyed("market", inputs.market)
+    users_keyed, users_dead = keyed("users", inputs.users)
 
     # EVALUATE, keyed by shard: rules go to the shards of their symbols (all, for wildcards).
-    rule_changes: Stream[Rule | RuleTombstone] = op.filter_map("rule_changes", good, _rule_change)
-    by_rule_id = op.key_on("key_by_rule", rule_changes, _rule_id)
+    def build_router(resume: RuleRouter | None) -> _RouteLogic:
+        net = SafetyNet("route_rules", topics, stop)
+        return _RouteLogic(resume or RuleRouter(engine.shard_count), net)
 
-    def route(router: RuleRouter | None, change: Rule | RuleTombstone) -> tuple[RuleRouter, list]:
-        router = router or RuleRouter(shards)
-        rule = change if isinstance(change, Rule) else None
-        return router, router.route(_rule_id(change), rule)
+    routed = op.stateful_batch("route_rules", rules_keyed, build_router)
+    rules_per_shard = op.filter_map("rules_to_shards", routed, _value_if(tuple))
+    routing_dead = op.filter_map("routing_dead", routed, _value_if(DeadLetter))
 
-    routed = op.stateful_map("route_rules", by_rule_id, route)
-    rules_per_shard = op.flat_map("rules_to_shards", routed, lambda kv: kv[1])
-    market = op.filter_map("key_by_shard", good, lambda item: _shard_keyed(item, shards))
-    engine_in = op.merge("evaluate_in", rules_per_shard, market)
-    evaluated = op.stateful_batch(
-        "evaluate", engine_in, lambda resume: _ShardLogic(resume or ShardEngine())
-    )
-    alerts: Stream[TriggeredAlert] = op.map("alerts", evaluated, lambda kv: _counted_alert(kv[1]))
+    def build_shard(resume: EvaluateShard | None) -> _ShardLogic:
+        net = SafetyNet("evaluate", topics, stop)
+        if resume is None:
+            resume = EvaluateShard(
+                inputs.watermark_parts, inputs.evaluate_reference_parts, lateness, net
+            )
+        resume.net, resume.lateness = net, lateness
+        resume.expect(inputs.watermark_parts, inputs.evaluate_reference_parts)
+        return _ShardLogic(resume, bounded)
 
-    # PERSONALIZE, keyed by user: profiles, feedback and alerts meet in one UserDesk.
-    user_items: Stream[UserInput] = op.filter_map("user_items", good, _user_item)
-    desk_in = op.key_on("key_by_user", op.merge("desk_in", user_items, alerts), _user_id)
-    desk_out = op.stateful_batch(
-        "personalize",
-        desk_in,
-        lambda resume: _DeskLogic(resume or UserDesk(desk_config), bounded),
+    evaluate_in = op.merge("evaluate_in", rules_per_shard, market_keyed)
+    evaluated = op.stateful_batch("evaluate", evaluate_in, build_shard)
+    alerts: Stream[TriggeredAlert] = op.filter_map("alerts", evaluated, _alert)
+    evaluate_dead = op.filter_map("evaluate_dead", evaluated, _value_if(DeadLetter))
+    user_count = engine.user_shard_count
+    to_desks = op.flat_map("to_user_shards", evaluated, lambda kv: _to_desks(kv[1], user_count))
+
+    # PERSONALIZE, keyed by user shard: profiles, feedback, alerts and watermarks meet there.
+    def build_desk(resume: DeskShard | None) -> _DeskLogic:
+        net = SafetyNet("personalize", topics, stop)
+        if resume is None:
+            resume = DeskShard(
+                desk_config, evaluate_shards, inputs.feedback_parts, inputs.profile_parts, net
+            )
+        resume.net = net
+        resume.expect(evaluate_shards, inputs.feedback_parts, inputs.profile_parts)
+        return _DeskLogic(resume, bounded)
+
+    personalized = op.stateful_batch(
+        "personalize", op.merge("desk_in", users_keyed, to_desks), build_desk
     )
-    personalized: Stream[DeskOutput] = op.map(
-        "desk_out", desk_out, lambda kv: _counted_output(kv[1])
-    )
-    dispatches = op.filter_map("dispatches", personalized, _only(Dispatch))
-    notifications = op.map("notifications", dispatches, lambda d: d.notification)
-    scores = op.filter_map("scores", personalized, _only(RelevanceScore))
-    outcomes = op.filter_map("outcomes", personalized, _only(AlertOutcome))
+    desk_out = op.map("desk_out", personalized, lambda kv: _counted_output(kv[1]))
+    dispatches = op.filter_map("dispatches", desk_out, _only(Dispatch))
+    scores = op.filter_map("scores", desk_out, _only(RelevanceScore))
+    outcomes = op.filter_map("outcomes", desk_out, _only(AlertOutcome))
+    desk_dead = op.filter_map("desk_dead", desk_out, _only(DeadLetter))
 
     # Outputs: each writer is idempotent, so a replay after recovery rewrites the same rows.
-    kafka_items = op.merge("kafka_items", alerts, notifications, dead)
+    dead = op.merge(
+        "dead_letters", rules_dead, market_dead, users_dead, routing_dead, evaluate_dead, desk_dead
+    )
+    kafka_streams = [alerts, dead]
+    if writers.notifications is None:  # else the notification sink publishes what it sent
+        kafka_streams.append(op.map("notifications", dispatches, lambda d: d.notification))
     op.output(
         "kafka_out",
-        op.map("to_records", kafka_items, lambda item: _to_record(item, topics)),
+        op.map(
+            "to_records", op.merge("kafka_items", *kafka_streams), lambda i: _to_record(i, topics)
+        ),
         WriterSink(writers.records, _write_records),
     )
     if writers.history is not None:
         history_items = op.merge(
             "history_items",
-            rule_changes,
-            op.filter_map("profiles", good, _only(Profile)),
+            op.filter_map("rule_changes", rules_keyed, _value_if(Rule, RuleTombstone)),
+            op.filter_map("profiles", users_keyed, _value_if(Profile)),
             alerts,
             scores,
             outcomes,
@@ -412,40 +603,28 @@ def build_flow(
     return flow
 
 
-def _valid(parsed: ParsedRecord) -> ParsedItem | None:
-    return parsed.item
-
-
-def _invalid(parsed: ParsedRecord) -> DeadLetter | None:
-    return parsed.dead_letter
+def _value_if(*kinds: type) -> Callable[[tuple[str, object]], Any]:
+    return lambda kv: kv[1] if isinstance(kv[1], kinds) else None
 
 
 def _only(kind: type[T]) -> Callable[[object], T | None]:
     return lambda item: item if isinstance(item, kind) else None
 
 
-def _rule_change(item: ParsedItem) -> Rule | RuleTombstone | None:
-    return item if isinstance(item, Rule | RuleTombstone) else None
+def _alert(kv: tuple[str, object]) -> TriggeredAlert | None:
+    item = kv[1]
+    if not isinstance(item, TriggeredAlert):
+        return None
+    metrics.ALERTS.labels(priority=item.priority.value).inc()
+    return item
 
 
-def _user_item(item: ParsedItem) -> Profile | ProfileReset | Feedback | None:
-    return item if isinstance(item, Profile | ProfileReset | Feedback) else None
-
-
-def _rule_id(change: Rule | RuleTombstone) -> str:
-    return change.id if isinstance(change, Rule) else change.rule_id
-
-
-def _user_id(item: UserInput) -> str:
-    return item.user_id
-
-
-def _shard_keyed(item: ParsedItem, shards: int) -> tuple[str, ShardInput] | None:
-    if isinstance(item, Tick | Position | PositionClosed):
-        return shard_of(item.symbol, shards), item
-    if isinstance(item, OptionsFlow):
-        return shard_of(item.underlying, shards), item
-    return None
+def _to_desks(item: object, user_shards: int) -> list[tuple[str, object]]:
+    if isinstance(item, TriggeredAlert):
+        return [(user_shard_of(item.user_id, user_shards), item)]
+    if isinstance(item, Watermark):
+        return [(shard, item) for shard in all_user_shards(user_shards)]
+    return []
 
 
 def _to_record(item: TriggeredAlert | Notification | DeadLetter, topics: Topics) -> OutgoingRecord:
@@ -484,23 +663,16 @@ def _write_history(writer: HistoryWriter, batch: list[Any]) -> None:
         writer.write_outcomes(outcomes)
 
 
-def _counted(parsed: ParsedRecord, record: RawRecord) -> ParsedRecord:
-    outcome = "ok" if parsed.dead_letter is None else "dead_letter"
-    metrics.EVENTS.labels(topic=record.topic, outcome=outcome).inc()
-    return parsed
+def _rule_id(change: Rule | RuleTombstone) -> str:
+    return change.id if isinstance(change, Rule) else change.rule_id
 
 
-def _counted_alert(alert: TriggeredAlert) -> TriggeredAlert:
-    metrics.ALERTS.labels(priority=alert.priority.value).inc()
-    return alert
-
-
-def _counted_output(output: DeskOutput) -> DeskOutput:
+def _counted_output(output: object) -> object:
     if isinstance(output, Dispatch):
         metrics.NOTIFICATIONS.labels(priority=output.notification.highest_priority.value).inc()
     elif isinstance(output, RelevanceScore):
         metrics.SCORES.inc()
-    else:
+    elif isinstance(output, AlertOutcome):
         metrics.OUTCOMES.labels(status=output.status).inc()
     return output
 
@@ -509,7 +681,7 @@ def personalization_config(settings: Settings) -> PersonalizationConfig:
     p, engine = settings.personalization, settings.engine
     return PersonalizationConfig(
         window=timedelta(seconds=engine.window_seconds),
-        grace=timedelta(seconds=engine.allowed_lateness_seconds),
+        lateness=timedelta(seconds=engine.allowed_lateness_seconds),
         stale_after={
             Priority.LOW: timedelta(seconds=p.stale_low_seconds),
             Priority.MEDIUM: timedelta(seconds=p.stale_medium_seconds),
@@ -531,6 +703,13 @@ def writers_for(settings: Settings) -> Writers:
     maxlen = settings.in_app.stream_maxlen
     for sender in build_senders(settings.delivery).values():  # a ConfigError now, not per worker
         sender.close()
+    p = settings.personalization
+    push_age_limits = {
+        Priority.LOW: timedelta(seconds=p.stale_low_seconds),
+        Priority.MEDIUM: timedelta(seconds=p.stale_medium_seconds),
+        Priority.HIGH: timedelta(seconds=p.stale_high_seconds),
+        Priority.CRITICAL: timedelta(seconds=p.stale_critical_seconds),
+    }
     return Writers(
         records=lambda: CheckedProducer(bootstrap),
         history=lambda: HistoryWriter(database_url),
@@ -538,13 +717,22 @@ def writers_for(settings: Settings) -> Writers:
             HistoryWriter(database_url),
             InAppFeed(redis_url, maxlen=maxlen),
             build_delivery(settings.delivery, database_url),
+            publisher=MessagePublisher(bootstrap, settings.topics.notifications),
+            push_age_limits=push_age_limits,
+            drain_on_close=lambda: not STOP.is_set(),
+            close_grace=settings.engine.shutdown_grace_seconds,
         ),
         relevance=lambda: RelevanceStore(redis_url),
     )
 
 
-def run(settings: Settings, *, bounded: bool = False) -> None:
-    """Run the job in this process (one of ``engine.addresses`` when scaled out)."""
+def run(settings: Settings, *, bounded: bool = False) -> int:
+    """Run the job in this process (one of ``engine.addresses`` when scaled out).
+
+    Returns 0 when the input ended (bounded) or SIGTERM stopped it, 130 after SIGINT: sources
+    end their input, the steps keep their state, the sinks drain and close, and with recovery on
+    the last snapshot covers everything read, so the next start resumes where this one stopped.
+    """
     flow = build_flow(settings, writers_for(settings), bounded=bounded)
     engine, recovery = settings.engine, settings.recovery
     epoch = timedelta(milliseconds=engine.epoch_ms)
@@ -555,14 +743,43 @@ def run(settings: Settings, *, bounded: bool = False) -> None:
             recovery.directory, timedelta(seconds=recovery.backup_seconds)
         )
         epoch = timedelta(seconds=recovery.snapshot_seconds)
-    cli_main(
-        flow,
-        workers_per_process=engine.workers_per_process,
-        process_id=engine.process_id,
-        addresses=engine.addresses,
-        epoch_interval=epoch,
-        recovery_config=recovery_config,
-    )
+    with _stop_on_signals() as received:
+        cli_main(
+            flow,
+            workers_per_process=engine.workers_per_process,
+            process_id=engine.process_id,
+            addresses=engine.addresses,
+            epoch_interval=epoch,
+            recovery_config=recovery_config,
+        )
+    if received:
+        log.info("stopped on %s: input closed, state kept, deliveries drained", received[0].name)
+        return 130 if received[0] is signal.SIGINT else 0
+    return 0
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[list[signal.Signals]]:
+    """SIGTERM and SIGINT end the input of every source of this process (``STOP``)."""
+    received: list[signal.Signals] = []
+    STOP.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if not received:
+            log.info("%s received: stopping", signal.Signals(signum).name)
+        received.append(signal.Signals(signum))
+        STOP.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        STOP.clear()
 
 
 def _ensure_recovery_partitions(directory: Path, count: int) -> None:

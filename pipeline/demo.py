@@ -27,6 +27,11 @@ from sinks.redis_store import InAppFeed, RelevanceStore
 
 SAMPLES = Path(__file__).parent / "samples"
 DEMO_WINDOW_SECONDS = 300
+# The sample's ticks are from a past day; alerts about them are years old by the wall clock.
+SAMPLE_PUSH_AGE_LIMITS = {
+    f"stale_{priority}_seconds": 100 * 365 * 86400
+    for priority in ("low", "medium", "high", "critical")
+}
 
 
 def run_demo(state_dir: Path, echo: Echo = print, config: Path | None = None) -> Summary:
@@ -38,6 +43,11 @@ def run_demo(state_dir: Path, echo: Echo = print, config: Path | None = None) ->
             database_url=urls.database_url,
             redis_url=urls.redis_url,
             engine={"window_seconds": DEMO_WINDOW_SECONDS},
+            personalization=SAMPLE_PUSH_AGE_LIMITS,
+        )
+        echo(
+            "the sample is from 2026-01-05: the push age limits are raised so that it is "
+            "pushed (a live job shows alerts that old in-app only, recorded STALE)"
         )
         if settings.delivery.email_provider is not None:
             return run_demo_on(settings, echo)

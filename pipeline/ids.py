@@ -23,6 +23,12 @@ def notification_id(user_id: str, window_start: datetime, kind: str = "window") 
     )
 
 
+def follow_up_id(notification_id: str, alert_ids: list[str]) -> str:
+    """A follow-up of a notification: the same alerts arriving again find the same id."""
+    name = f"follow-up|{notification_id}|{','.join(sorted(alert_ids))}"
+    return str(uuid.uuid5(NAMESPACE, name))
+
+
 def storage_uuid(kind: str, wire_id: str) -> uuid.UUID:
     """The PostgreSQL key of a wire id: the id itself when it is a UUID, else UUIDv5 of it.
 

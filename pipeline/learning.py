@@ -318,6 +318,10 @@ class RelevanceModel:
             out.extend(self._reward(IGNORED, seen.symbol, seen.condition_types, deadline))
         return out
 
+    def next_expiry(self) -> datetime | None:
+        """The watermark past which ``expire`` may have work (an earliest unengaged deadline)."""
+        return self._deadlines[0][0] if self._deadlines else None
+
     # ------------------------------------------------------------------ internals
 
     def _decayed(self, current: _Score, at: datetime) -> float:

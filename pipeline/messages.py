@@ -334,6 +334,9 @@ class Notification(Message):
     channels: list[Channel]
     window_start: Timestamp
     window_end: Timestamp
+    # Set on a follow-up: the alerts of a window that reached it after it was sent, with the
+    # id of the notification sent first (added within v 1; left out when not a follow-up).
+    follow_up_of: Id | None = None
 
 
 class DeadLetter(Message):

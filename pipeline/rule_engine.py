@@ -54,11 +54,13 @@ from pipeline.conditions import (
     leaf_key,
     leaf_kind,
 )
+from pipeline.event_time import Progress, ReferenceGate, Watermark, WatermarkJoin, floor_second
 from pipeline.ids import alert_id
 from pipeline.indicators import BarClose
 from pipeline.market_calendar import is_any_session, is_regular_session
 from pipeline.market_state import SymbolState
 from pipeline.messages import (
+    DeadLetter,
     OptionsFlow,
     Position,
     PositionClosed,
@@ -68,6 +70,7 @@ from pipeline.messages import (
     Tick,
     TriggeredAlert,
 )
+from pipeline.safety import SafetyNet
 
 MarketEvent = Tick | OptionsFlow
 ShardInput = Rule | RuleTombstone | Position | PositionClosed | MarketEvent
@@ -444,12 +447,14 @@ class ShardEngine:
         ctx = EventContext(symbol, print_.ts, FLOW, market, self.positions, flow=print_)
         return self._wake(rules, ctx, FLOW, [])
 
-    def flush(self) -> list[TriggeredAlert]:
-        """End of a bounded input: close every open bar (its end is the watermark)."""
+    def close_bars(self, until: datetime = END_OF_TIME) -> list[TriggeredAlert]:
+        """The watermark reached ``until``: close every open bar that ends by then (at the end
+        of a bounded input, every open bar)."""
         alerts: list[TriggeredAlert] = []
         for market in self.markets.values():
-            for bar in market.indicators.advance_to(END_OF_TIME):
-                alerts.extend(self._on_bar(market, bar))
+            if market.indicators.series:
+                for bar in market.indicators.advance_to(until):
+                    alerts.extend(self._on_bar(market, bar))
         return alerts
 
     def _on_bar(self, market: SymbolState, bar: BarClose) -> list[TriggeredAlert]:
@@ -620,3 +625,117 @@ def build_alert(
         condition_types=types,
         values=values,
     )
+
+
+# ---------------------------------------------------------------- the evaluate step's state
+
+EvaluateInput = ShardInput | Progress
+EvaluateOutput = TriggeredAlert | Watermark | DeadLetter
+WATERMARK_INTERVAL_S = 0.2  # a shard's watermark goes to every user shard at most this often
+
+
+@dataclass
+class EvaluateShard:
+    """Everything one evaluation key keeps: its ShardEngine, the progress of every input
+    partition, and the market events held until the reference topics are loaded.
+
+    Market events are held until every rules and positions partition reported being caught up
+    (``ReferenceGate``): a marker follows its partition's records, so by then every rule present
+    at start-up has reached this shard, in 1 process or N. After each batch the open bars that end
+    before the watermark minus the allowed lateness close, and the shard's ``Watermark`` follows
+    its alerts (pipeline/event_time.py).
+    """
+
+    market_parts: frozenset[str]
+    reference_parts: frozenset[str]
+    lateness: timedelta
+    net: SafetyNet
+    name: str = ""  # its key, learned from the first marker (markers are addressed)
+    engine: ShardEngine = field(default_factory=ShardEngine)
+    gate: ReferenceGate = field(init=False)
+    clock: WatermarkJoin = field(init=False)
+    held: list[MarketEvent] = field(default_factory=list)
+    bars_closed_to: datetime | None = None
+    sent: Watermark | None = None
+    sent_at: float = float("-inf")
+
+    def __post_init__(self) -> None:
+        self.gate = ReferenceGate(self.reference_parts)
+        self.clock = WatermarkJoin(self.market_parts)
+
+    def expect(self, market_parts: frozenset[str], reference_parts: frozenset[str]) -> None:
+        """After a restart: the partitions of this run (the gate, once open, stays open)."""
+        self.market_parts, self.reference_parts = market_parts, reference_parts
+        self.gate.expected = reference_parts
+        self.clock.expect(market_parts)
+
+    def process(self, batch: Iterable[EvaluateInput], now: float) -> list[EvaluateOutput]:
+        """Rule and position changes first, then market events in ts order, then the bars the
+        watermark closed; the watermark last (when due)."""
+        out: list[EvaluateOutput] = []
+        events: list[MarketEvent] = []
+        for item in batch:
+            if isinstance(item, Tick | OptionsFlow):
+                events.append(item)
+            elif isinstance(item, Progress):
+                self.name = item.to
+                self.gate.observe(item)
+                self.clock.observe(item.part, item.newest, caught_up=item.caught_up, idle=item.idle)
+            else:
+                out.extend(self.net.run(item, self._change))
+        if not self.gate.is_open:
+            self.held.extend(events)
+            return out
+        if self.held:
+            events, self.held = self.held + events, []
+        events.sort(key=lambda event: event.ts)
+        for event in events:
+            out.extend(self.net.run(event, self._event))
+        cutoff = self._cutoff()
+        if cutoff is not None and (self.bars_closed_to is None or cutoff > self.bars_closed_to):
+            self.bars_closed_to = cutoff
+            out.extend(self.engine.close_bars(cutoff))
+        out.extend(self.watermark_due(now))
+        return out
+
+    def watermark_due(self, now: float) -> list[Watermark]:
+        """This shard's watermark, when it changed and the last one left long enough ago."""
+        if not self.gate.is_open or now - self.sent_at < WATERMARK_INTERVAL_S:
+            return []
+        current = Watermark(self.name, floor_second(self._cutoff()), self.clock.caught_up)
+        if current == self.sent:
+            return []
+        self.sent, self.sent_at = current, now
+        return [current]
+
+    def next_watermark_at(self) -> float | None:
+        """When a withheld watermark may go (wall-clock seconds), or None."""
+        if not self.gate.is_open:
+            return None
+        current = Watermark(self.name, floor_second(self._cutoff()), self.clock.caught_up)
+        return None if current == self.sent else self.sent_at + WATERMARK_INTERVAL_S
+
+    def close_all(self) -> list[TriggeredAlert]:
+        """End of a bounded input: every held event is evaluated and every open bar closes."""
+        out: list[TriggeredAlert] = []
+        if self.held:
+            self.gate.is_open = True
+            events, self.held = sorted(self.held, key=lambda event: event.ts), []
+            for event in events:
+                out.extend(
+                    a for a in self.net.run(event, self._event) if isinstance(a, TriggeredAlert)
+                )
+        return out + self.engine.close_bars()
+
+    def _cutoff(self) -> datetime | None:
+        watermark = self.clock.watermark
+        return None if watermark is None else watermark - self.lateness
+
+    def _change(self, item: ShardInput) -> list[TriggeredAlert]:
+        self.engine.process([item])
+        return []
+
+    def _event(self, event: MarketEvent) -> list[TriggeredAlert]:
+        if isinstance(event, Tick):
+            return self.engine.on_tick(event)
+        return self.engine.on_flow(event)

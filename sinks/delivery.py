@@ -130,6 +130,7 @@ class Outbox(Protocol):
     ) -> None: ...  # fmt: skip
     def disable_destination(self, channel: str, destination: str, reason: str) -> None: ...
     def open_deliveries(self, channels: Iterable[str], limit: int) -> list[OpenDelivery]: ...
+    def release_claim(self, notification_id: str, channel: str, destination: str) -> None: ...
 
 
 @dataclass(order=True)
@@ -185,6 +186,7 @@ class DeliveryCore:
             channel: set() for channel in senders
         }
         self._sequence = 0
+        self._in_hand: dict[str, _Job] = {}  # thread name -> the job it is attempting
         self._stop = threading.Event()
         # Provider calls take 50-500 ms: several threads per channel keep a burst moving.
         self._threads = [
@@ -231,11 +233,16 @@ class DeliveryCore:
         ]
         with self._outbox_lock:
             fresh = self.outbox.record_deliveries(records)
-        now = time.time()
-        for (note, channel, destination, ref), is_open in zip(requests, fresh, strict=True):
-            if is_open:
-                self._enqueue(note, channel, destination, 1, now, ref)
+        self.enqueue_recorded([r for r, is_open in zip(requests, fresh, strict=True) if is_open])
         return fresh
+
+    def enqueue_recorded(
+        self, requests: list[tuple[Notification, Channel, str, str | None]]
+    ) -> None:
+        """Queue deliveries the caller recorded PENDING in the outbox itself."""
+        now = time.time()
+        for note, channel, destination, ref in requests:
+            self._enqueue(note, channel, destination, 1, now, ref)
 
     def resume(self) -> int:
         """Queue the open rows of this core's channels (after a restart): returns how many."""
@@ -270,12 +277,22 @@ class DeliveryCore:
         return True
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the threads (a call under way gets ``timeout`` in all to finish; its row stays
-        SENDING until its lease lapses and a later start resumes it) and the senders."""
+        """Stop the threads: no new attempt starts, a call under way gets ``timeout`` in all to
+        finish. The claim of a call still under way then is released (its row is RETRYING, due
+        at once), so the next start sends it without waiting for the lease to lapse."""
         self._stop.set()
         end = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(timeout=max(0.0, end - time.monotonic()))
+        with self._jobs_lock:
+            stuck = list(self._in_hand.values())
+        for job in stuck:
+            with self._outbox_lock:
+                self.outbox.release_claim(
+                    job.notification.notification_id, job.channel.value, job.destination
+                )
+        if stuck:
+            log.warning("released %d delivery claims of calls still under way at close", len(stuck))
         for sender in self.senders.values():
             sender.close()
 
@@ -321,17 +338,22 @@ class DeliveryCore:
                 job = q.get(timeout=0.1)
             except queue.Empty:
                 continue
+            name = threading.current_thread().name
             try:
                 if job.due > time.time():  # not due yet: look again shortly
                     self._stop.wait(min(job.due - time.time(), 0.05))
-                    if job.due > time.time():
-                        self._requeue(job, job.due)
-                        continue
+                if job.due > time.time() or self._stop.is_set():  # a stop starts no attempt
+                    self._requeue(job, job.due)
+                    continue
+                with self._jobs_lock:
+                    self._in_hand[name] = job
                 self._attempt(job)
             except Exception:  # a bug must not kill the worker; the row stays open for resume
                 log.exception("delivery worker error for %s", job.notification.notification_id)
                 self._done(job)
             finally:
+                with self._jobs_lock:
+                    self._in_hand.pop(name, None)
                 q.task_done()
 
     def _requeue(self, job: _Job, due: float) -> None:

@@ -17,14 +17,17 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import Message as KafkaMessage
 
 from connectors.kafka import describe_kafka_error
+from pipeline.messages import Message, message_key
 
-__all__ = ["CheckedProducer", "KafkaDeliveryError", "OutgoingRecord"]
+__all__ = ["CheckedProducer", "KafkaDeliveryError", "MessagePublisher", "OutgoingRecord"]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ class _BatchReport:
         self.first_error: str | None = None
         self.topics_failed: Counter[str] = Counter()
 
-    def on_delivery(self, error: KafkaError | None, message: Message) -> None:
+    def on_delivery(self, error: KafkaError | None, message: KafkaMessage) -> None:
         if error is None:
             self.acked += 1
         else:
@@ -208,3 +211,19 @@ class CheckedProducer:
                 f"Kafka producer for {self.bootstrap} failed fatally: "
                 f"{describe_kafka_error(self._fatal)}"
             )
+
+
+class MessagePublisher:
+    """Messages to one topic, keyed per the topic contract (``message_key``), checked."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._producer = CheckedProducer(bootstrap)
+        self._topic = topic
+
+    def publish(self, messages: Sequence[Message]) -> None:
+        self._producer.write_batch(
+            [OutgoingRecord(self._topic, message_key(m).encode(), m.to_json()) for m in messages]
+        )
+
+    def close(self) -> None:
+        self._producer.close()

@@ -97,24 +97,50 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s)
 ON CONFLICT (id) DO NOTHING
 """
 
-UPSERT_NOTIFICATION = """
+# Only a placeholder row (made by RECORD_DELIVERY for its foreign key) is ever filled in: a
+# notification row that was sent never changes (what reaches its window later is a follow-up).
+INSERT_NOTIFICATION = """
 INSERT INTO consolidated_alerts AS c (
     id, external_id, user_id, user_external_id, alert_ids, consolidated_title,
-    consolidated_message, highest_priority, channels, window_start, window_end)
-VALUES (%s, %s, %s, %s, %s::uuid[], %s, %s, %s, %s::text[], %s, %s)
+    consolidated_message, highest_priority, channels, window_start, window_end, follow_up_of)
+VALUES (%s, %s, %s, %s, %s::uuid[], %s, %s, %s, %s::text[], %s, %s, %s)
 ON CONFLICT (id) DO UPDATE SET
     external_id = EXCLUDED.external_id, user_id = EXCLUDED.user_id,
     user_external_id = EXCLUDED.user_external_id, alert_ids = EXCLUDED.alert_ids,
     consolidated_title = EXCLUDED.consolidated_title,
     consolidated_message = EXCLUDED.consolidated_message,
     highest_priority = EXCLUDED.highest_priority, channels = EXCLUDED.channels,
-    window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end, updated_at = now()
-WHERE (c.external_id, c.user_id, c.user_external_id, c.alert_ids, c.consolidated_title,
-       c.consolidated_message, c.highest_priority, c.channels, c.window_start, c.window_end)
-      IS DISTINCT FROM
-      (EXCLUDED.external_id, EXCLUDED.user_id, EXCLUDED.user_external_id, EXCLUDED.alert_ids,
-       EXCLUDED.consolidated_title, EXCLUDED.consolidated_message, EXCLUDED.highest_priority,
-       EXCLUDED.channels, EXCLUDED.window_start, EXCLUDED.window_end)
+    window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end,
+    follow_up_of = EXCLUDED.follow_up_of, updated_at = now()
+WHERE c.consolidated_title IS NULL
+"""
+
+# The alerts each notification has sent: its own and its follow-ups'. Locks the rows, so two
+# writers of one notification decide one after the other.
+SENT_ALERTS = """
+SELECT c.external_id, c.alert_ids FROM consolidated_alerts c
+WHERE c.id = ANY(%s) AND c.consolidated_title IS NOT NULL
+ORDER BY c.id
+FOR UPDATE
+"""
+
+FOLLOW_UP_ALERTS = """
+SELECT p.external_id, f.alert_ids
+FROM consolidated_alerts f JOIN consolidated_alerts p ON p.id = f.follow_up_of
+WHERE f.follow_up_of = ANY(%s)
+"""
+
+# A planned delivery: PENDING, or decided already (FAILED with no destination or provider,
+# STALE when too old to push). A row recorded before keeps its status.
+PLAN_DELIVERY = """
+INSERT INTO delivery_logs (id, notification_id, channel, destination, status, secret_ref,
+                           error_message)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (notification_id, channel, destination) DO NOTHING
+"""
+
+DELIVERY_STATUSES = """
+SELECT id, status FROM delivery_logs WHERE id = ANY(%s)
 """
 
 UPSERT_PROFILE = """
@@ -177,7 +203,7 @@ WHERE NOT coalesce(p.relevance_scores @> EXCLUDED.relevance_scores, false)
 """
 
 # The notification row must exist for the foreign key; the notification itself (written by
-# write_notifications, usually just before) fills it in.
+# store_notifications, usually just before) fills it in.
 RECORD_DELIVERY = """
 WITH placeholder AS (
     INSERT INTO consolidated_alerts (id, external_id, user_id, user_external_id)
@@ -204,6 +230,7 @@ WHERE notification_id = %s AND channel = %s AND destination = %s
 OPEN_DELIVERIES = """
 SELECT c.external_id, c.user_external_id, c.alert_ids, c.consolidated_title,
        c.consolidated_message, c.highest_priority, c.channels, c.window_start, c.window_end,
+       (SELECT p.external_id FROM consolidated_alerts p WHERE p.id = c.follow_up_of),
        d.channel, d.destination, d.attempts, d.created_at, d.secret_ref, d.next_attempt_at
 FROM delivery_logs d JOIN consolidated_alerts c ON c.id = d.notification_id
 WHERE d.channel = ANY(%s) AND c.consolidated_title IS NOT NULL
@@ -232,6 +259,13 @@ RETURNING (SELECT reason FROM disabled_destinations x
 DISABLE_DESTINATION = """
 INSERT INTO disabled_destinations (channel, destination, reason) VALUES (%s, %s, %s)
 ON CONFLICT (channel, destination) DO NOTHING
+"""
+
+# A stopping job gives up an attempt still under way: RETRYING, due at once.
+RELEASE_CLAIM = """
+UPDATE delivery_logs SET status = 'RETRYING', claimed_until = NULL, next_attempt_at = now(),
+    updated_at = now()
+WHERE notification_id = %s AND channel = %s AND destination = %s AND status = 'SENDING'
 """
 
 MARK_DELIVERED = """
@@ -274,6 +308,22 @@ class DeliveryRecord(NamedTuple):
     channel: str
     destination: str
     secret_ref: str | None = None
+
+
+class PlannedDelivery(NamedTuple):
+    """A delivery of a notification to record: PENDING, or FAILED / STALE with the reason."""
+
+    channel: str
+    destination: str
+    secret_ref: str | None = None
+    status: str = "PENDING"
+    error: str | None = None
+
+
+# Given the alerts each notification of a batch has sent (storage uuids; None for one not yet
+# sent), the notifications to store and the deliveries to record for each.
+Plan = list[tuple[Notification, list[PlannedDelivery]]]
+Decide = Callable[[dict[str, set[uuid.UUID] | None]], Plan]
 
 
 class Claim(NamedTuple):
@@ -410,10 +460,80 @@ class HistoryWriter:
         self._transaction(work)
 
     def write_notifications(self, notifications: list[Notification]) -> None:
-        """Upsert notifications: a re-emitted window (more alerts) updates its row."""
-        latest = _last_per_key(notifications, lambda n: n.notification_id)
-        rows = sorted((_notification_row(n) for n in latest), key=_first)
-        self._executemany(UPSERT_NOTIFICATION, rows)
+        """Store notifications not stored yet; a stored notification never changes (what
+        reaches its window later goes out in a follow-up: ``store_notifications``)."""
+        firsts = {n.notification_id: n for n in reversed(notifications)}
+        rows = sorted((_notification_row(n) for n in firsts.values()), key=_first)
+        self._executemany(INSERT_NOTIFICATION, rows)
+
+    def store_notifications(
+        self,
+        notification_ids: list[str],
+        decide: Decide,
+        before_commit: Callable[[list[Notification]], None] | None = None,
+    ) -> list[tuple[Notification, list[PlannedDelivery]]]:
+        """One transaction for a batch of notifications: read (and lock) which alerts each has
+        sent, let ``decide`` plan what to store and deliver, store the new notifications and
+        record their deliveries, run ``before_commit`` with them (publishing), commit.
+
+        Returns each stored notification with its deliveries that are still open (PENDING or
+        RETRYING): a replay of the same batch finds everything sent and plans nothing.
+        """
+        keys = sorted({storage_uuid("notification", nid) for nid in notification_ids})
+
+        def work(conn: psycopg.Connection) -> list[tuple[Notification, list[PlannedDelivery]]]:
+            sent: dict[str, set[uuid.UUID] | None] = dict.fromkeys(notification_ids)
+            for nid, alert_ids in conn.execute(SENT_ALERTS, (keys,)).fetchall():
+                sent[nid] = set(alert_ids or [])
+            for nid, alert_ids in conn.execute(FOLLOW_UP_ALERTS, (keys,)).fetchall():
+                known = sent.get(nid)
+                if known is not None:
+                    known.update(alert_ids or [])
+            plan = decide(sent)
+            if not plan:
+                return []
+            rows = [_notification_row(note) for note, _ in plan]
+            deliveries = [
+                (delivery_uuid(note.notification_id, d.channel, d.destination), note, d)
+                for note, planned in plan
+                for d in planned
+            ]
+            with conn.cursor() as cur:
+                cur.executemany(INSERT_NOTIFICATION, rows)
+                cur.executemany(
+                    PLAN_DELIVERY,
+                    sorted(
+                        (
+                            key,
+                            storage_uuid("notification", note.notification_id),
+                            d.channel,
+                            d.destination,
+                            d.status,
+                            d.secret_ref,
+                            d.error[:MAX_ERROR_LENGTH] if d.error else None,
+                        )
+                        for key, note, d in deliveries
+                    ),
+                )
+                status: dict[uuid.UUID, str] = dict(
+                    conn.execute(DELIVERY_STATUSES, ([key for key, _, _ in deliveries],)).fetchall()
+                )
+            if before_commit is not None:
+                before_commit([note for note, _ in plan])
+            return [
+                (
+                    note,
+                    [
+                        d
+                        for d in planned
+                        if status.get(delivery_uuid(note.notification_id, d.channel, d.destination))
+                        in ("PENDING", "RETRYING")
+                    ],
+                )
+                for note, planned in plan
+            ]
+
+        return self._transaction(work)
 
     # ------------------------------------------------------------ users
 
@@ -525,8 +645,9 @@ class HistoryWriter:
                     channels=note_channels or [],
                     window_start=start,
                     window_end=end,
+                    follow_up_of=row[9],
                 )
-                channel, destination, attempts, created_at, secret_ref, next_at = row[9:]
+                channel, destination, attempts, created_at, secret_ref, next_at = row[10:]
                 out.append(
                     OpenDelivery(
                         notification,
@@ -562,6 +683,11 @@ class HistoryWriter:
             return Claim(False) if row is None else Claim(True, row[0])
 
         return self._transaction(work)
+
+    def release_claim(self, notification_id: str, channel: str, destination: str) -> None:
+        """Give back the claim of an attempt this job will not finish."""
+        key = storage_uuid("notification", notification_id)
+        self._transaction(lambda conn: conn.execute(RELEASE_CLAIM, (key, channel, destination)))
 
     def disable_destination(self, channel: str, destination: str, reason: str) -> None:
         """The provider said the destination is dead: deliveries to it fail without a try."""
@@ -707,6 +833,7 @@ def _alert_row(alert: TriggeredAlert) -> tuple[Any, ...]:
 
 
 def _notification_row(notification: Notification) -> tuple[Any, ...]:
+    parent = notification.follow_up_of
     return (
         storage_uuid("notification", notification.notification_id),
         notification.notification_id,
@@ -719,6 +846,7 @@ def _notification_row(notification: Notification) -> tuple[Any, ...]:
         [channel.value for channel in notification.channels],
         notification.window_start,
         notification.window_end,
+        storage_uuid("notification", parent) if parent is not None else None,
     )
 
 

@@ -29,7 +29,7 @@ from connectors.embedded import StackUrls
 from connectors.mail_catcher import MailCatcher
 from pipeline.config import Settings
 from pipeline.dataflow import run
-from tests.conftest import job_settings
+from tests.conftest import PUSH_OLD_ALERTS, job_settings
 from tests.fakes.webhook_receiver import Reply, WebhookReceiver, new_secret
 from tests.integration.test_end_to_end import produce, rule, tick
 
@@ -61,6 +61,7 @@ def delivery_settings(stack: StackUrls, database_url: str, **delivery: Any) -> S
         stack,
         database_url,
         engine={"shard_count": 4, "window_seconds": 60, "epoch_ms": 50},
+        personalization=PUSH_OLD_ALERTS,
         delivery={
             "webhook_allow_private_networks": ["127.0.0.0/8"],
             "timeout_seconds": 5,

@@ -13,7 +13,7 @@ import pytest
 from connectors.embedded import StackUrls
 from connectors.mail_catcher import MailCatcher
 from pipeline.config import load_settings
-from pipeline.demo import run_demo_on, with_mail_catcher
+from pipeline.demo import SAMPLE_PUSH_AGE_LIMITS, run_demo_on, with_mail_catcher
 
 pytestmark = pytest.mark.integration
 
@@ -27,6 +27,7 @@ def test_demo_summary_shows_alerts_notifications_deliveries_and_dead_letters(
         database_url=database_url,
         redis_url=stack.redis_url,
         engine={"window_seconds": 300},
+        personalization=SAMPLE_PUSH_AGE_LIMITS,
     )
     printed: list[str] = []
     with MailCatcher(tmp_path / "mail") as catcher:

@@ -19,11 +19,11 @@ from connectors.embedded import StackUrls
 from pipeline import commands
 from pipeline.config import Settings
 from pipeline.dataflow import run
-from pipeline.ids import alert_id, notification_id
+from pipeline.ids import alert_id, follow_up_id, notification_id, storage_uuid
 from pipeline.learning import LearningConfig
 from sinks.kafka import CheckedProducer, OutgoingRecord
-from sinks.redis_store import RelevanceStore
-from tests.conftest import job_settings
+from sinks.redis_store import InAppFeed, RelevanceStore
+from tests.conftest import PUSH_OLD_ALERTS, job_settings
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +44,7 @@ def settings(stack: StackUrls, database_url: str) -> Settings:
         database_url,
         partitions={"market": 1, "reference": 1, "feedback": 1, "outputs": 1},
         engine={"shard_count": 4, "window_seconds": 60, "epoch_ms": 50},
+        personalization=PUSH_OLD_ALERTS,
     )
 
 
@@ -146,6 +147,12 @@ def test_scores_downgrade_mute_repeats_critical_and_quiet_hours(settings: Settin
     expected = 0.5
     for _ in range(4):  # the dismissals are seconds apart: decay is negligible at 1e-6
         expected = (1 - config.alpha) * expected + config.alpha * 0.1
+    # Event time then passes (other users' ticks run into March) the 24 h the alert had for an
+    # engagement: it counts as ignored, applied at its deadline.
+    ignored_at = T0 + timedelta(seconds=5) + config.ignore_after
+    elapsed = ignored_at - (T0 - timedelta(minutes=10) + timedelta(seconds=3))
+    decayed = 0.5 + (expected - 0.5) * 0.5 ** (elapsed / config.half_life)
+    expected = (1 - config.alpha) * decayed + config.alpha * 0.2
     scores = RelevanceStore(settings.redis_url).read(low)
     assert scores["symbol:DDD"] == pytest.approx(expected, abs=1e-5)
 
@@ -177,7 +184,7 @@ def test_scores_downgrade_mute_repeats_critical_and_quiet_hours(settings: Settin
     assert digest[0]["window_end"] == "2026-03-08T11:00:00.000Z"
 
 
-def test_a_late_alert_after_a_restart_updates_its_notification_without_a_duplicate(
+def test_a_late_alert_after_a_restart_goes_out_in_a_follow_up_of_its_window(
     settings: Settings, tmp_path: Path
 ) -> None:
     t, user = settings.topics, f"u-late-{uuid.uuid4().hex[:6]}"
@@ -197,12 +204,26 @@ def test_a_late_alert_after_a_restart_updates_its_notification_without_a_duplica
     run(settings, bounded=True)
 
     window = notification_id(user, T0)
+    late = alert_id("r-b", 1, T0 + timedelta(seconds=30), "HHH")
+    follow_up = follow_up_id(window, [late])
     with psycopg.connect(settings.database_url) as conn:
         rows = conn.execute(
-            "SELECT external_id, cardinality(alert_ids) FROM consolidated_alerts "
-            "WHERE user_external_id = %s AND window_start = %s",
+            "SELECT c.external_id, c.alert_ids, p.external_id FROM consolidated_alerts c "
+            "LEFT JOIN consolidated_alerts p ON p.id = c.follow_up_of "
+            "WHERE c.user_external_id = %s AND c.window_start = %s ORDER BY c.created_at",
             (user, T0),
         ).fetchall()
-    assert rows == [(window, 2)]
-    emitted = [n for n in notifications_of(settings, user) if n["notification_id"] == window]
-    assert [len(n["alert_ids"]) for n in emitted] == [1, 2]  # re-emitted under the same id
+    # The window's row keeps the alert it was sent with; the late alert has its own row.
+    first = alert_id("r-a", 1, T0 + timedelta(seconds=10), "GGG")
+    assert rows == [
+        (window, [storage_uuid("alert", first)], None),
+        (follow_up, [storage_uuid("alert", late)], window),
+    ]
+    published = notifications_of(settings, user)
+    by_id = {n["notification_id"]: n for n in published}
+    assert len(published) == len(by_id)  # each published once
+    assert by_id[window]["alert_ids"] == [first]
+    assert by_id[follow_up]["alert_ids"] == [late]
+    assert by_id[follow_up]["follow_up_of"] == window
+    feed = [e["notification_id"] for e in InAppFeed(settings.redis_url).entries(user)]
+    assert feed.count(window) == 1 and feed.count(follow_up) == 1

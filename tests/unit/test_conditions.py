@@ -510,7 +510,7 @@ def test_flush_closes_the_last_bar_at_end_of_input() -> None:
     engine.upsert(make_rule({"type": "new_high", "period": 2, "timeframe": "1m"}))
     for event in minute_ticks([10, 11, 12]):
         assert engine.process([event]) == []
-    (alert,) = engine.flush()
+    (alert,) = engine.close_bars()
     assert alert.triggered_at == at(180)
 
 

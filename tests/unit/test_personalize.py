@@ -7,7 +7,13 @@ from typing import Any
 
 from pipeline.ids import notification_id
 from pipeline.messages import Channel, Feedback, Notification, Priority, Profile, TriggeredAlert
-from pipeline.personalize import AlertOutcome, PersonalizationConfig, UserDesk
+from pipeline.personalize import (
+    AlertOutcome,
+    Dispatch,
+    PersonalizationConfig,
+    UserDesk,
+    event_time,
+)
 from tests.unit import helpers
 
 T0 = datetime(2026, 1, 5, 15, 0, tzinfo=UTC)  # a Monday, 10:00 in New York
@@ -51,13 +57,27 @@ def feedback(action: str, seconds: float, alert_id: str = "a-x", **fields: Any) 
     return Feedback(user_id="u-1", alert_id=alert_id, action=action, ts=at(seconds), **fields)
 
 
+LATENESS = timedelta(seconds=5)
+
+
+def feed(desk: UserDesk, *items: Any) -> list[Any]:
+    """Items one by one, the watermark following each timed one less the allowed lateness (what
+    the evaluation shards send when this user's events are the only input)."""
+    out: list[Any] = []
+    for item in items:
+        out += desk.process([item])
+        if isinstance(item, Feedback | TriggeredAlert):
+            out += desk.advance(event_time(item) - LATENESS)
+    return out
+
+
 def run(desk: UserDesk, *items: Any, close: bool = True) -> list[Any]:
-    out = desk.process(list(items))
+    out = feed(desk, *items)
     return out + (desk.close_all() if close else [])
 
 
 def notes(out: list[Any]) -> list[Notification]:
-    return [o for o in out if isinstance(o, Notification)]
+    return [o.notification for o in out if isinstance(o, Dispatch)]
 
 
 def final_outcomes(out: list[Any]) -> dict[str, AlertOutcome]:
@@ -70,8 +90,8 @@ def final_outcomes(out: list[Any]) -> dict[str, AlertOutcome]:
 
 def test_critical_goes_out_at_once_in_a_busy_window() -> None:
     desk = UserDesk()
-    out = desk.process(
-        [profile(), alert(1), alert(2, rule="r-2"), alert(3, rule="r-3", priority="CRITICAL")]
+    out = feed(
+        desk, profile(), alert(1), alert(2, rule="r-2"), alert(3, rule="r-3", priority="CRITICAL")
     )
     (critical,) = notes(out)
     assert critical.alert_ids == ["a-r-3-AAPL-3"]
@@ -131,14 +151,12 @@ def test_quiet_hours_across_the_dst_change_and_the_digest_when_they_end() -> Non
     # 07:00 EDT = 11:00 UTC that morning (12:00 UTC the morning before).
     night = datetime(2026, 3, 8, 5, 30, tzinfo=UTC)  # 00:30 EST
     desk = UserDesk()
-    out = desk.process(
-        [profile(quiet_hours={"start": "22:00", "end": "07:00"}), alert(0, base=night)]
-    )
-    out += desk.process([alert(120, rule="r-2", base=night)])  # closes the first window
+    out = feed(desk, profile(quiet_hours={"start": "22:00", "end": "07:00"}), alert(0, base=night))
+    out += feed(desk, alert(120, rule="r-2", base=night))  # closes the first window
     (quiet,) = notes(out)
     assert quiet.channels == [Channel.IN_APP]
     morning = datetime(2026, 3, 8, 11, 30, tzinfo=UTC)  # 07:30 EDT
-    out = desk.process([alert(0, rule="r-3", base=morning)])
+    out = feed(desk, alert(0, rule="r-3", base=morning))
     # r-2's window ended in the quiet night (seen closed only now): in-app only, then the digest
     # of the night with both held alerts, as the morning's first event passes 11:00 UTC.
     r2_in_app, digest = notes(out)
@@ -191,7 +209,7 @@ def test_late_alert_re_emits_its_window_under_the_same_id() -> None:
     desk = UserDesk()
     out = run(desk, profile(), alert(1), alert(70, rule="r-2"), close=False)
     (first,) = notes(out)
-    (again,) = notes(desk.process([alert(10, rule="r-3")]))
+    (again,) = notes(feed(desk, alert(10, rule="r-3")))
     assert again.notification_id == first.notification_id
     assert again.alert_ids == ["a-r-1-AAPL-1", "a-r-3-AAPL-10"]
 
@@ -199,8 +217,9 @@ def test_late_alert_re_emits_its_window_under_the_same_id() -> None:
 def test_market_hours_only_holds_until_the_regular_open() -> None:
     premarket = datetime(2026, 1, 5, 13, 0, tzinfo=UTC)  # 08:00 in New York
     desk = UserDesk()
-    out = desk.process([profile(market_hours_only=True), alert(0, base=premarket)])
-    out += desk.process([alert(5400, rule="r-2", base=premarket)])  # 09:30 ET: the open
+    out = feed(desk, profile(market_hours_only=True), alert(0, base=premarket))
+    # 09:30:05 ET: the watermark (less the lateness) reaches the open
+    out += feed(desk, alert(5405, rule="r-2", base=premarket))
     held, digest = notes(out)
     assert held.channels == [Channel.IN_APP]
     assert digest.window_end == datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
