@@ -9,6 +9,7 @@ for it.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -26,11 +27,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackUrls]:
 
 @pytest.fixture(scope="module")
 def database_url(stack: StackUrls, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh, migrated database for one test module, on the stack's PostgreSQL server.
+    """A fresh, migrated database for one test module, on the stack's PostgreSQL server."""
+    with fresh_database(stack, request.module.__name__.rsplit(".", 1)[-1]) as url:
+        yield url
 
-    Created with CREATE DATABASE next to the stack's database, migrated with
-    ``sinks.migrations.migrate``, dropped after the module.
-    """
+
+@contextmanager
+def fresh_database(stack: StackUrls, label: str) -> Iterator[str]:
+    """A database made with CREATE DATABASE next to the stack's, migrated with
+    ``sinks.migrations.migrate``, dropped at the end."""
     import re
     import uuid
     from urllib.parse import urlsplit, urlunsplit
@@ -40,8 +45,7 @@ def database_url(stack: StackUrls, request: pytest.FixtureRequest) -> Iterator[s
 
     from sinks.migrations import migrate
 
-    module = re.sub(r"[^a-z0-9]+", "_", request.module.__name__.rsplit(".", 1)[-1].lower())
-    name = f"t_{module[:40]}_{uuid.uuid4().hex[:8]}"
+    name = f"t_{re.sub(r'[^a-z0-9]+', '_', label.lower())[:40]}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(stack.database_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     parts = urlsplit(stack.database_url)
