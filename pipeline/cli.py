@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -222,12 +223,49 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.dataflow import run
 
     settings.require_servers()
+    if not args.verbose:  # the one-line reason below says it; -v keeps Rust's backtraces
+        os.environ["RUST_BACKTRACE"] = "0"
     if args.metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port)
-    run(settings, bounded=args.bounded)
-    return 0
+    try:
+        return run(settings, bounded=args.bounded)
+    except BaseException as exc:
+        reason = _stopping_failure(exc)
+        if reason is None:
+            raise
+        print(f"smart-alerts: stopped: {reason}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
+EXIT_UNAVAILABLE = 3
+
+
+def _stopping_failure(exc: BaseException) -> BaseException | None:
+    """The failure, anywhere in the chain Bytewax wraps around it, that a restart may cure: a
+    dependency that stayed unreachable through its retries, or a lost peer process."""
+    from connectors.kafka import KafkaReadError
+    from pipeline.dataflow import PeerLostError
+    from sinks.kafka import KafkaDeliveryError
+    from sinks.postgres import DatabaseUnavailableError
+    from sinks.redis_store import RedisUnavailableError
+
+    known = (
+        DatabaseUnavailableError,
+        RedisUnavailableError,
+        KafkaReadError,
+        KafkaDeliveryError,
+        PeerLostError,
+    )
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, known):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 if __name__ == "__main__":

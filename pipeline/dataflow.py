@@ -70,14 +70,15 @@ log = logging.getLogger("smart_alerts.job")
 FILE_BATCH = 2000
 T = TypeVar("T")
 
-# Set by SIGTERM/SIGINT (or ``request_stop``): every source partition of this process ends its
-# input, the stateful steps keep their state (a live run's windows stay open for the next start)
-# and the sinks drain and close. See ``run``.
+# Set by SIGTERM/SIGINT: every source partition of this process ends its input, the stateful
+# steps keep their state (a live run's windows stay open for the next start) and the sinks
+# drain and close. See ``run``.
 STOP = threading.Event()
 
 
-def request_stop() -> None:
-    STOP.set()
+class PeerLostError(RuntimeError):
+    """Another process of a scaled-out job stopped or became unreachable: this one cannot go
+    on alone (Bytewax's processes exchange data), so it stops too, to be restarted with them."""
 
 
 class Closeable(Protocol):
@@ -744,14 +745,23 @@ def run(settings: Settings, *, bounded: bool = False) -> int:
         )
         epoch = timedelta(seconds=recovery.snapshot_seconds)
     with _stop_on_signals() as received:
-        cli_main(
-            flow,
-            workers_per_process=engine.workers_per_process,
-            process_id=engine.process_id,
-            addresses=engine.addresses,
-            epoch_interval=epoch,
-            recovery_config=recovery_config,
-        )
+        try:
+            cli_main(
+                flow,
+                workers_per_process=engine.workers_per_process,
+                process_id=engine.process_id,
+                addresses=engine.addresses,
+                epoch_interval=epoch,
+                recovery_config=recovery_config,
+            )
+        except BaseException as exc:  # a lost peer surfaces as a Rust panic, not an Exception
+            if engine.addresses and "thread panic" in str(exc):
+                raise PeerLostError(
+                    f"lost contact with another process of this job ({exc}); restart every "
+                    "process of the job together (with recovery on they resume from the last "
+                    "snapshot)"
+                ) from None
+            raise
     if received:
         log.info("stopped on %s: input closed, state kept, deliveries drained", received[0].name)
         return 130 if received[0] is signal.SIGINT else 0
