@@ -40,6 +40,7 @@ from sinks.kafka import CheckedProducer, OutgoingRecord
 from sinks.redis_store import InAppFeed
 from tests.conftest import PUSH_OLD_ALERTS, fresh_database, job_settings
 from tests.fakes.webhook_receiver import WebhookReceiver, new_secret
+from tests.integration.test_shutdown import start_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -338,3 +339,68 @@ def test_kill_minus_nine_at_random_moments_with_recovery_changes_nothing(
         chaos = result(settings, workload.users, receiver)
     assert_every_alert_reached_its_user_once(chaos)
     same_outcome(reference, chaos)
+
+
+def test_live_windows_close_by_the_watermark_while_ticks_flow_and_by_the_clock_when_quiet(
+    stack: StackUrls, database_url: str
+) -> None:
+    settings = job_settings(
+        stack,
+        database_url,
+        partitions={"market": 2, "reference": 1, "feedback": 1, "outputs": 1},
+        engine={
+            "shard_count": 4,
+            "user_shard_count": 2,
+            "window_seconds": 2,  # allowed lateness: 5 s, the default
+            "idle_partition_seconds": 1,  # the empty market partition stops holding it back
+        },
+    )
+    t, user = settings.topics, f"u-{uuid.uuid4().hex[:6]}"
+    rule = {
+        "v": 1, "id": "r-live", "user_id": user, "name": "over 100", "symbol": "LIVE",
+        "cooldown_seconds": 0, "conditions": {"type": "price_crosses_above", "threshold": 100},
+    }  # fmt: skip
+    producer = CheckedProducer(settings.require_servers()[0])
+    producer.write_batch([OutgoingRecord(t.rules, b"r-live", json.dumps(rule).encode())])
+    base = datetime.now(UTC).replace(microsecond=0)
+
+    def tick(price: float, second: float) -> OutgoingRecord:
+        ts = iso(base + timedelta(seconds=second))
+        value = {"v": 1, "symbol": "LIVE", "price": price, "ts": ts}
+        return OutgoingRecord(t.ticks, b"LIVE", json.dumps(value).encode(), 0)
+
+    def feed_size() -> int:
+        return len(InAppFeed(settings.redis_url).entries(user))
+
+    job = start_cli(settings)
+    try:
+        wait_for(lambda: job_ready(settings), 30, "the job to start reading")
+        time.sleep(1.5)  # the empty partition goes idle
+        # Ticks flow, their event time running 10x faster than the clock: the watermark passes
+        # the window's end plus the lateness (7 s of event time) in well under a second.
+        crossed, flowing = time.monotonic(), None
+        producer.write_batch([tick(99, 0), tick(101, 0.5)])
+        for step in range(1, 60):
+            producer.write_batch([tick(99.5, step)])
+            time.sleep(0.1)
+            if flowing is None and feed_size() == 1:
+                flowing = time.monotonic() - crossed
+        # Then a lone crossing and silence: the input is caught up, and the window's wall-clock
+        # deadline (2 s + 5 s after it opened) closes it.
+        crossed = time.monotonic()
+        producer.write_batch([tick(101.5, 120)])
+        wait_for(lambda: feed_size() == 2, 20, "the lone window closed by the clock")
+        quiet = time.monotonic() - crossed
+    finally:
+        job.send_signal(signal.SIGTERM)
+        job.communicate(timeout=30)
+        producer.close()
+    assert job.returncode == 0
+    assert flowing is not None and flowing < 3, flowing
+    assert 6 < quiet < 12, quiet
+
+
+def job_ready(settings: Settings) -> bool:
+    """The job has read the rules (its outbox table is reachable and its reader is up)."""
+    with psycopg.connect(settings.database_url) as conn:
+        return conn.execute("SELECT count(*) FROM alert_rules").fetchone()[0] > 0
