@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-PROGRESS_INTERVAL_S = 0.2  # markers per partition at most this often while records flow
+PROGRESS_INTERVAL_S = 0.5  # markers per partition at most this often while records flow
 
 
 @dataclass(frozen=True, slots=True)

@@ -467,9 +467,9 @@ class DeskShard:
         if self.held:
             timed, self.held = self.held + timed, []
         timed.sort(key=event_time)
-        for item in timed:
-            out.extend(self.net.run(item, lambda i: self._desk(i.user_id).take(i, now)))
-            self._schedule(item.user_id)
+        out.extend(self.net.run_each(timed, lambda i: self._desk(i.user_id).take(i, now)))
+        for user in {item.user_id for item in timed}:
+            self._schedule(user)
         watermark = self.clock.watermark
         if watermark is not None and (self.watermark is None or watermark > self.watermark):
             self.watermark = watermark

@@ -631,7 +631,7 @@ def build_alert(
 
 EvaluateInput = ShardInput | Progress
 EvaluateOutput = TriggeredAlert | Watermark | DeadLetter
-WATERMARK_INTERVAL_S = 0.2  # a shard's watermark goes to every user shard at most this often
+WATERMARK_INTERVAL_S = 0.5  # a shard's watermark goes to every user shard at most this often
 
 
 @dataclass
@@ -689,8 +689,7 @@ class EvaluateShard:
         if self.held:
             events, self.held = self.held + events, []
         events.sort(key=lambda event: event.ts)
-        for event in events:
-            out.extend(self.net.run(event, self._event))
+        out.extend(self.net.run_each(events, self._event))
         cutoff = self._cutoff()
         if cutoff is not None and (self.bars_closed_to is None or cutoff > self.bars_closed_to):
             self.bars_closed_to = cutoff
@@ -715,17 +714,15 @@ class EvaluateShard:
         current = Watermark(self.name, floor_second(self._cutoff()), self.clock.caught_up)
         return None if current == self.sent else self.sent_at + WATERMARK_INTERVAL_S
 
-    def close_all(self) -> list[TriggeredAlert]:
+    def close_all(self) -> list[EvaluateOutput]:
         """End of a bounded input: every held event is evaluated and every open bar closes."""
-        out: list[TriggeredAlert] = []
+        out: list[EvaluateOutput] = []
         if self.held:
             self.gate.is_open = True
             events, self.held = sorted(self.held, key=lambda event: event.ts), []
-            for event in events:
-                out.extend(
-                    a for a in self.net.run(event, self._event) if isinstance(a, TriggeredAlert)
-                )
-        return out + self.engine.close_bars()
+            out.extend(self.net.run_each(events, self._event))
+        out.extend(self.engine.close_bars())
+        return out
 
     def _cutoff(self) -> datetime | None:
         watermark = self.clock.watermark

@@ -50,14 +50,28 @@ class SafetyNet:
     stop: bool = False
 
     def run(self, item: T, handle: Callable[[T], Sequence[Out]]) -> list[Out | DeadLetter]:
-        try:
-            return list(handle(item))
-        except Exception as exc:
-            if self.stop:
-                raise
-            letter = self.dead_letter(item, exc)
-            log.error("%s: %s (dead-lettered)", self.step, letter.error)
-            return [letter]
+        return self.run_each([item], handle)
+
+    def run_each(
+        self, items: Sequence[T], handle: Callable[[T], Sequence[Out]]
+    ) -> list[Out | DeadLetter]:
+        """``handle`` each item in order; one that raises becomes a dead letter and the next
+        goes on (one ``try`` for the whole run, not one per item: this is the hot path)."""
+        out: list[Out | DeadLetter] = []
+        index, count = 0, len(items)
+        while index < count:
+            try:
+                while index < count:
+                    out.extend(handle(items[index]))
+                    index += 1
+            except Exception as exc:
+                if self.stop:
+                    raise
+                letter = self.dead_letter(items[index], exc)
+                log.error("%s: %s (dead-lettered)", self.step, letter.error)
+                out.append(letter)
+                index += 1
+        return out
 
     def run_for_user(
         self, user_id: str, handle: Callable[[str], Sequence[Out]]

@@ -247,7 +247,11 @@ def result(settings: Settings, users: list[str], receiver: WebhookReceiver) -> R
         hooks.setdefault(body["notification_id"], set()).add(request.headers["webhook-id"])
     with psycopg.connect(settings.database_url) as conn:
         outcomes = dict(
-            conn.execute("SELECT alert_external_id, status FROM alert_outcomes").fetchall()
+            conn.execute(
+                "SELECT alert_external_id, status FROM alert_outcomes "
+                "WHERE user_external_id = ANY(%s)",
+                (users,),
+            ).fetchall()
         )
     return Result(
         alerts,
