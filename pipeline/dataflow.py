@@ -219,6 +219,7 @@ class KafkaInput(FixedPartitionedSource[object, int]):
             partition,
             resume_state,
             batch_size=settings.engine.batch_size,
+            on_lost_offsets=settings.recovery.on_lost_offsets,
         )
         ingest = PartitionIngest(
             for_part, route_of(topic, settings.topics), settings.topics, self._keys
@@ -711,19 +712,20 @@ def writers_for(settings: Settings) -> Writers:
         Priority.HIGH: timedelta(seconds=p.stale_high_seconds),
         Priority.CRITICAL: timedelta(seconds=p.stale_critical_seconds),
     }
+    deps = settings.dependencies
     return Writers(
         records=lambda: CheckedProducer(bootstrap),
-        history=lambda: HistoryWriter(database_url),
+        history=lambda: HistoryWriter(database_url, deps),
         notifications=lambda: NotificationSink(
-            HistoryWriter(database_url),
-            InAppFeed(redis_url, maxlen=maxlen),
-            build_delivery(settings.delivery, database_url),
+            HistoryWriter(database_url, deps),
+            InAppFeed(redis_url, maxlen=maxlen, dependencies=deps),
+            build_delivery(settings.delivery, database_url, deps),
             publisher=MessagePublisher(bootstrap, settings.topics.notifications),
             push_age_limits=push_age_limits,
             drain_on_close=lambda: not STOP.is_set(),
             close_grace=settings.engine.shutdown_grace_seconds,
         ),
-        relevance=lambda: RelevanceStore(redis_url),
+        relevance=lambda: RelevanceStore(redis_url, dependencies=deps),
     )
 
 

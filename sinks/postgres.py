@@ -2,9 +2,16 @@
 
 Every write is idempotent, because Bytewax recovery replays output after a crash: rows are keyed
 by deterministic ids (``pipeline.ids.storage_uuid`` of the wire ids, see sql/001_initial.sql) and
-written with upserts. Each call is one transaction on the writer's single connection; when the
-connection is lost the writer reconnects once and runs the whole batch again (safe for the same
-reason), otherwise it raises.
+written with upserts. Each call is one transaction on the writer's single connection.
+
+A server that is down, lost or frozen is waited for (``pipeline.config.Dependencies``): connects
+time out after ``connect_timeout_seconds``, the server cancels a statement after
+``statement_timeout_seconds``, and a watchdog cuts the connection off when a call has had no
+answer for that long plus ``WATCHDOG_MARGIN_S`` (a frozen server accepts TCP but never answers,
+so nothing server-side can fire). The whole transaction is then retried on a new connection
+(safe for the same reason) with exponential backoff and jitter, for ``retry_for_seconds`` from
+the start of the first failed attempt; after that ``DatabaseUnavailableError`` says so in one
+line. Any other error (a constraint, a bad statement) is raised at once.
 
 Upserts skip rows whose content is unchanged (``IS DISTINCT FROM`` guards), so a replay neither
 bumps ``updated_at`` nor leaves dead tuples behind.
@@ -15,9 +22,14 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
+import random
+import socket
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, time
+from time import monotonic, sleep
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
@@ -26,6 +38,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from pipeline.condition_specs import iter_conditions
+from pipeline.config import Dependencies
 from pipeline.ids import NAMESPACE, storage_uuid
 from pipeline.learning import RelevanceScore
 from pipeline.messages import Notification, Profile, Rule, TriggeredAlert
@@ -38,6 +51,12 @@ MAX_ERROR_LENGTH = 4000
 # decimal(15, 4): at most 11 digits before the point.
 MAX_THRESHOLD = 10**11
 PRIORITY_ORDER = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
+# The watchdog waits this much longer than statement_timeout, so that a live server's own
+# cancellation (a clean error on a connection that stays usable) always comes first.
+WATCHDOG_MARGIN_S = 1.0
+# Retry delays: base * 2**n seconds, at most the cap, half of it random (equal jitter).
+BACKOFF_BASE_S = 0.25
+BACKOFF_CAP_S = 5.0
 
 T = TypeVar("T")
 
@@ -334,13 +353,109 @@ class Claim(NamedTuple):
     disabled_reason: str | None = None
 
 
+class DatabaseUnavailableError(RuntimeError):
+    """PostgreSQL did not answer within the retry budget; the message is one line naming the
+    server (never the password), the attempts, and the last error."""
+
+
+class _Watchdog:
+    """Cuts a connection off when one call has waited longer than ``limit_s`` for the server.
+
+    A frozen server (a stopped process, a hung host) leaves its connections open: the kernel
+    still acknowledges every packet, so neither statement_timeout nor TCP keepalives fire and
+    the blocked call would wait forever. Shutting the socket down, on a duplicate of its
+    descriptor because libpq owns it, makes that call fail at once as a lost connection.
+    One thread per writer times its calls; it starts with the first call and ends on close.
+    """
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self._cond = threading.Condition()
+        self._fd: int | None = None  # the socket of the call being timed
+        self._deadline = 0.0
+        self._fired = False
+        self._idle = False  # the thread waits for a call, not for a deadline
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def arm(self, fd: int) -> None:
+        with self._cond:
+            self._fd, self._deadline = fd, monotonic() + self.limit_s
+            if self._thread is None:
+                self._closed = False
+                self._thread = threading.Thread(
+                    target=self._run, name="postgres-watchdog", daemon=True
+                )
+                self._thread.start()
+            elif self._idle:  # a thread timing an earlier call wakes up by itself
+                self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._fd = None
+
+    def cut_off(self) -> bool:
+        """Whether a call was cut off since the last time this was asked."""
+        with self._cond:
+            fired, self._fired = self._fired, False
+            return fired
+
+    def close(self) -> None:
+        with self._cond:
+            thread, self._thread = self._thread, None
+            self._closed = True
+            self._cond.notify()
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if self._fd is None:
+                    self._idle = True
+                    self._cond.wait()
+                    self._idle = False
+                    continue
+                remaining = self._deadline - monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                # Under the lock: the call cannot return and free the descriptor meanwhile.
+                try:
+                    with socket.socket(fileno=os.dup(self._fd)) as sock:
+                        sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    log.debug("could not shut the PostgreSQL socket down", exc_info=True)
+                self._fd, self._fired = None, True
+
+
+class _WatchedConnection(psycopg.Connection[Any]):
+    """A connection whose every blocking call (statements, commit, rollback) is timed by the
+    watchdog: psycopg runs them all through ``wait``. Set ``watchdog`` before the first call
+    (``connect`` makes none)."""
+
+    watchdog: _Watchdog
+
+    def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+        self.watchdog.arm(self.pgconn.socket)
+        try:
+            return super().wait(gen, *args, **kwargs)
+        finally:
+            self.watchdog.disarm()
+
+
 class HistoryWriter:
     """Writes rules, alerts, notifications, profiles, scores and deliveries to PostgreSQL."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, dependencies: Dependencies | None = None) -> None:
+        """Connects at once, waiting for an unreachable server as long as for a write (so the
+        start-up order of the servers does not matter); ``dependencies`` None: the defaults."""
         self._database_url = database_url
-        self._conn: psycopg.Connection | None = None
-        self._conn = self._connect()
+        self._dependencies = dependencies or Dependencies()
+        self._watchdog = _Watchdog(self._dependencies.statement_timeout_seconds + WATCHDOG_MARGIN_S)
+        self.where = _server_name(database_url)
+        self._conn: _WatchedConnection | None = None
+        self._transaction(lambda conn: None)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -356,46 +471,100 @@ class HistoryWriter:
         self.close()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._disconnect()
+        self._watchdog.close()
 
-    def _connect(self) -> psycopg.Connection:
-        options: dict[str, Any] = {"autocommit": False}
-        if "application_name" not in conninfo_to_dict(self._database_url):
+    def _connect(self) -> _WatchedConnection:
+        params = conninfo_to_dict(self._database_url)
+        timeout_ms = round(self._dependencies.statement_timeout_seconds * 1000)
+        # Appended, so that options of the URL (a role, a search_path) still apply.
+        given = params.get("options") or os.environ.get("PGOPTIONS", "")
+        options: dict[str, Any] = {
+            "autocommit": False,
+            # libpq counts whole seconds (and at least 2).
+            "connect_timeout": math.ceil(self._dependencies.connect_timeout_seconds),
+            "options": f"{given} -c statement_timeout={timeout_ms}".strip(),
+        }
+        if "application_name" not in params:
             options["application_name"] = APPLICATION_NAME
-        return psycopg.connect(self._database_url, **options)
+        conn = _WatchedConnection.connect(self._database_url, **options)
+        conn.watchdog = self._watchdog
+        return conn
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     def _transaction(self, work: Callable[[psycopg.Connection], T]) -> T:
-        """Run ``work`` in one transaction; on a lost connection reconnect once and rerun it.
+        """Run ``work`` in one transaction on the writer's connection, made if needed.
 
-        A deadlock or serialization failure is retried once too. Rows are written in key order
-        so that concurrent writers (one per worker) take row locks in the same order.
+        When the server is unreachable, lost, frozen or cancels a statement for taking too
+        long, the whole transaction is retried on a new connection with backoff for
+        ``retry_for_seconds``, then DatabaseUnavailableError. A deadlock or serialization
+        failure is retried once at once. Rows are written in key order so that concurrent
+        writers (one per worker) take row locks in the same order.
         """
-        for attempt in (1, 2):
-            if self._conn is None or self._conn.closed:
-                self._conn = self._connect()
+        budget = self._dependencies.retry_for_seconds
+        first_failed: float | None = None  # when the first failed attempt began
+        attempts = 0
+        rolled_back = False
+        while True:
+            began = monotonic()
+            attempts += 1
             conn = self._conn
             try:
+                if conn is None or conn.closed:
+                    conn = self._conn = self._connect()
                 result = work(conn)
                 conn.commit()
                 return result
-            except psycopg.errors.TransactionRollback as exc:  # deadlock, serialization
-                _rollback_quietly(conn)
-                if attempt == 2 or conn.broken or conn.closed:
-                    raise
-                log.warning("PostgreSQL rolled the batch back (%s); retrying it once", exc)
             except psycopg.OperationalError as exc:
-                if attempt == 2 or not (conn.broken or conn.closed):
+                # Retried: no connection, a lost or cut-off one, a statement_timeout.
+                cancelled = isinstance(exc, psycopg.errors.QueryCanceled)
+                if conn is not None and not (conn.closed or conn.broken or cancelled):
                     _rollback_quietly(conn)
+                    if isinstance(exc, psycopg.errors.TransactionRollback) and not rolled_back:
+                        rolled_back = True  # a deadlock or serialization failure
+                        log.warning("PostgreSQL rolled the batch back (%s); retrying it once", exc)
+                        continue
                     raise
-                log.warning("PostgreSQL connection lost (%s); reconnecting to retry the batch", exc)
-                conn.close()
-                self._conn = None
+                self._disconnect()
+                error = self._describe(exc)
+                first_failed = began if first_failed is None else first_failed
+                elapsed = monotonic() - first_failed
+                if elapsed >= budget:
+                    raise DatabaseUnavailableError(
+                        f"PostgreSQL at {self.where} did not answer: tried {attempts} "
+                        f"{'time' if attempts == 1 else 'times'} over {elapsed:.1f} s; "
+                        f"last error: {error}"
+                    ) from exc
+                delay = min(_backoff(attempts), budget - elapsed)
+                log.warning(
+                    "PostgreSQL at %s did not answer (%s); retry %d in %.1f s (giving up after "
+                    "%g s)",
+                    self.where,
+                    error,
+                    attempts,
+                    delay,
+                    budget,
+                )
+                sleep(delay)
             except BaseException:
-                _rollback_quietly(conn)
+                if conn is not None:
+                    _rollback_quietly(conn)
                 raise
-        raise AssertionError("unreachable")
+
+    def _describe(self, exc: psycopg.OperationalError) -> str:
+        """The cause of a failed attempt, in a few words on one line."""
+        if self._watchdog.cut_off():
+            return f"no answer within {self._watchdog.limit_s:g} s"
+        if isinstance(exc, psycopg.errors.ConnectionTimeout):
+            return "connect timeout"
+        # libpq: 'connection failed: connection to server at "h", port p failed: Connection
+        # refused' plus hint lines; keep the last cause of the first line.
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        return " ".join(lines[0].rsplit("failed: ", 1)[-1].split())
 
     def _executemany(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
@@ -928,6 +1097,21 @@ def _require_recorded(
         )
 
 
+def _server_name(database_url: str) -> str:
+    """``host:port/dbname`` of a libpq URL or conninfo string, never its password."""
+    params = conninfo_to_dict(database_url)
+    host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST", "localhost")
+    port = params.get("port") or os.environ.get("PGPORT", "5432")
+    dbname = params.get("dbname") or os.environ.get("PGDATABASE", "")
+    return f"{host}:{port}/{dbname}" if dbname else f"{host}:{port}"
+
+
+def _backoff(attempts: int) -> float:
+    """Seconds to wait after ``attempts`` failed attempts: exponential, equal jitter."""
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempts) / 2
+    return ceiling + random.uniform(0, ceiling)
+
+
 def _rollback_quietly(conn: psycopg.Connection) -> None:
     if conn.closed or conn.broken:
         return
@@ -937,4 +1121,4 @@ def _rollback_quietly(conn: psycopg.Connection) -> None:
         log.debug("rollback failed", exc_info=True)
 
 
-__all__ = ["HistoryWriter", "comparison_of", "delivery_uuid"]
+__all__ = ["DatabaseUnavailableError", "HistoryWriter", "comparison_of", "delivery_uuid"]

@@ -39,12 +39,21 @@ Key layout (a public contract: gateways and tools read these keys without this c
 
 The script touches two keys of one user, so on Redis Cluster they must share a slot; this
 layout targets a single Redis (or a primary with replicas).
+
+Every call waits at most ``redis_timeout_seconds`` per connect or reply
+(``pipeline.config.Dependencies``). A call that fails on the connection (refused, lost, timed
+out: the server is down or frozen) is retried with redis-py's ``Retry`` and exponential backoff
+with jitter, for ``retry_for_seconds`` from its start; then ``RedisUnavailableError`` says so in
+one line. Every write here is idempotent, so a retry of one whose reply was lost is harmless.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from decimal import Decimal
@@ -52,8 +61,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.commands.core import Script
+from redis.retry import Retry
 
+from pipeline.config import Dependencies
 from pipeline.learning import RelevanceScore
 from pipeline.messages import Notification, format_timestamp
 
@@ -68,9 +80,12 @@ __all__ = [
     "seen_key",
 ]
 
+log = logging.getLogger("smart_alerts.redis")
+
 DEFAULT_FEED_MAXLEN = 1000
-SOCKET_TIMEOUT_S = 5.0
-CONNECT_TIMEOUT_S = 3.0
+# Retry delays: base * 2**n seconds, at most the cap, half of it random (equal jitter).
+BACKOFF_BASE_S = 0.25
+BACKOFF_CAP_S = 5.0
 
 
 def relevance_key(user_id: str) -> str:
@@ -90,7 +105,8 @@ def live_channel(user_id: str) -> str:
 
 
 class RedisUnavailableError(RuntimeError):
-    """Redis could not be reached or timed out; the message names the server (no password)."""
+    """Redis did not answer within the retry budget; the message is one line naming the server
+    (never the password), the attempts, and the last error."""
 
 
 def _redacted(url: str) -> str:
@@ -104,31 +120,98 @@ def _redacted(url: str) -> str:
     return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
 
 
-class _RedisClient:
-    """A redis-py client with timeouts and one clear error type for an unreachable server."""
+def _server_name(url: str) -> str:
+    """``host:port/db`` (or the socket path) of a Redis URL, never its password."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or '/0'}"
 
-    def __init__(self, redis_url: str) -> None:
-        self.where = _redacted(redis_url)
+
+class _BudgetBackoff(EqualJitterBackoff):
+    """Equal-jitter exponential backoff that never sleeps past the end of the retry budget,
+    counted from the start of the call (Retry calls ``reset`` then)."""
+
+    def __init__(self, budget_s: float) -> None:
+        super().__init__(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S)
+        self.budget_s = budget_s
+        self._began = time.monotonic()
+
+    def reset(self) -> None:
+        self._began = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._began
+
+    def compute(self, failures: int) -> float:
+        remaining = self.budget_s - self.elapsed()
+        return max(0.0, min(super().compute(failures), remaining))
+
+
+class _RedisClient:
+    """A redis-py client with timeouts, retries, and one clear error type for a server that
+    does not answer."""
+
+    def __init__(self, redis_url: str, dependencies: Dependencies | None = None) -> None:
+        """Pings at once, waiting for an unreachable server as long as for a write (so the
+        start-up order of the servers does not matter); ``dependencies`` None: the defaults."""
+        self._dependencies = dependencies or Dependencies()
+        self.where = _server_name(redis_url)
+        timeout = self._dependencies.redis_timeout_seconds
         try:
             self._redis: redis.Redis = redis.Redis.from_url(
                 redis_url,
                 decode_responses=True,
-                socket_timeout=SOCKET_TIMEOUT_S,
-                socket_connect_timeout=CONNECT_TIMEOUT_S,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
                 health_check_interval=30,
+                # Retries happen once per call in _call: redis-py's own would also retry the
+                # connect inside each retried command, squaring the attempts on a frozen server.
+                retry=Retry(NoBackoff(), 0),
             )
         except ValueError as exc:
-            raise ValueError(f"bad Redis URL {self.where}: {exc}") from exc
-        self._call(self._redis.ping)  # fail fast with a clear message
+            raise ValueError(f"bad Redis URL {_redacted(redis_url)}: {exc}") from exc
+        self._call(self._redis.ping)
 
     def _call(self, operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return operation(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise RedisUnavailableError(f"cannot reach Redis at {self.where}: {exc}") from exc
+        """``operation(*args, **kwargs)``, retried on connection errors and timeouts within the
+        budget. A pipeline forgets its commands once executed: retry a function building it."""
+        backoff = _BudgetBackoff(self._dependencies.retry_for_seconds)
+
+        def give_up_or_warn(error: Exception, failures: int) -> None:
+            elapsed = backoff.elapsed()
+            if elapsed >= backoff.budget_s:
+                raise RedisUnavailableError(
+                    f"Redis at {self.where} did not answer: tried {failures} "
+                    f"{'time' if failures == 1 else 'times'} over {elapsed:.1f} s; "
+                    f"last error: {_describe(error)}"
+                ) from error
+            log.warning(
+                "Redis at %s did not answer (%s); retry %d (giving up after %g s)",
+                self.where,
+                _describe(error),
+                failures,
+                backoff.budget_s,
+            )
+
+        # A new Retry per call: its backoff holds the call's start, and calls come from threads.
+        retry = Retry(backoff, -1)
+        return retry.call_with_retry(
+            lambda: operation(*args, **kwargs), give_up_or_warn, with_failure_count=True
+        )
 
     def close(self) -> None:
         self._redis.close()
+
+
+_CONNECT_ERROR = re.compile(r"^Error -?\d+ connecting to \S+\.\s+(.*?)\.?$")
+
+
+def _describe(error: Exception) -> str:
+    """redis-py's error text on one line, without the address the message already names."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    match = _CONNECT_ERROR.match(text)
+    return match.group(1) if match else text
 
 
 def _decimal_text(value: float) -> str:
@@ -145,17 +228,21 @@ class RelevanceStore(_RedisClient):
         """Write all scores in one pipeline (one round trip); later scores win."""
         if not scores:
             return
-        pipe = self._redis.pipeline(transaction=False)
-        for score in scores:
-            field = f"{score.dimension}:{score.key}"
-            pipe.hset(
-                relevance_key(score.user_id),
-                mapping={
-                    field: _decimal_text(score.score),
-                    f"updated_at:{field}": format_timestamp(score.updated_at),
-                },
-            )
-        self._call(pipe.execute)
+
+        def send() -> None:
+            pipe = self._redis.pipeline(transaction=False)
+            for score in scores:
+                field = f"{score.dimension}:{score.key}"
+                pipe.hset(
+                    relevance_key(score.user_id),
+                    mapping={
+                        field: _decimal_text(score.score),
+                        f"updated_at:{field}": format_timestamp(score.updated_at),
+                    },
+                )
+            pipe.execute()
+
+        self._call(send)
 
     def read(self, user_id: str) -> dict[str, float]:
         """``{"symbol:AAPL": 0.62, ...}`` for one user (timestamps left out)."""
@@ -212,10 +299,16 @@ class InAppFeed(_RedisClient):
     """The per-user in-app feed: an idempotent stream, read/seen/archived state, and a live
     pub/sub channel."""
 
-    def __init__(self, redis_url: str, *, maxlen: int = DEFAULT_FEED_MAXLEN) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        maxlen: int = DEFAULT_FEED_MAXLEN,
+        dependencies: Dependencies | None = None,
+    ) -> None:
         if maxlen < 1:
             raise ValueError("maxlen must be >= 1")
-        super().__init__(redis_url)
+        super().__init__(redis_url, dependencies)
         self.maxlen = maxlen
         self._script: Script = self._redis.register_script(_PUBLISH_ONCE)
         self._set_state: Script = self._redis.register_script(_SET_STATE)
@@ -254,11 +347,15 @@ class InAppFeed(_RedisClient):
         """``publish`` for many notifications in one pipeline; results in the same order."""
         if not notifications:
             return []
-        pipe = self._redis.pipeline(transaction=False)
-        for notification in notifications:
-            keys, args = self._script_call(notification)
-            self._script(keys=keys, args=args, client=pipe)
-        results: list[Any] = self._call(pipe.execute)
+        calls = [self._script_call(notification) for notification in notifications]
+
+        def send() -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            for keys, args in calls:
+                self._script(keys=keys, args=args, client=pipe)
+            return pipe.execute()
+
+        results: list[Any] = self._call(send)
         return [_entry_id(result) for result in results]
 
     def entries(self, user_id: str) -> list[dict[str, str]]:

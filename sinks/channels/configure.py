@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from pipeline.config import ConfigError, Delivery
+from pipeline.config import ConfigError, Delivery, Dependencies
 from pipeline.messages import Channel
 from sinks.channels.base import Sender
 from sinks.channels.email import SendGridSender, SmtpSender
@@ -48,7 +48,9 @@ def build_senders(
     return senders
 
 
-def build_delivery(config: Delivery, database_url: str) -> DeliveryCore:
+def build_delivery(
+    config: Delivery, database_url: str, dependencies: Dependencies | None = None
+) -> DeliveryCore:
     """A delivery core with its own database connection (its workers write from threads)."""
     senders = build_senders(config)
     deadlines = {
@@ -59,7 +61,7 @@ def build_delivery(config: Delivery, database_url: str) -> DeliveryCore:
         Channel.WEBHOOK: config.webhook_deadline_seconds,
     }
     return DeliveryCore(
-        HistoryWriter(database_url),
+        HistoryWriter(database_url, dependencies),
         senders,
         policies={channel: RetryPolicy(deadline=seconds) for channel, seconds in deadlines.items()},
         queue_size=config.queue_size,

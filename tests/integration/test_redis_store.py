@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
+from pipeline.config import Dependencies
 from pipeline.learning import RelevanceScore
 from pipeline.messages import Channel, Notification, Priority
 from sinks.redis_store import (
@@ -223,12 +224,13 @@ def test_unreachable_redis_is_a_clear_error() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    brief = Dependencies(retry_for_seconds=1)  # an unreachable server is waited for this long
     started = time.monotonic()
     with pytest.raises(RedisUnavailableError, match=rf"127\.0\.0\.1:{port}") as info:
-        RelevanceStore(f"redis://:s3cret@127.0.0.1:{port}/0")
+        RelevanceStore(f"redis://:s3cret@127.0.0.1:{port}/0", brief)
     assert "s3cret" not in str(info.value)
     with pytest.raises(RedisUnavailableError):
-        InAppFeed(f"redis://127.0.0.1:{port}/0")
+        InAppFeed(f"redis://127.0.0.1:{port}/0", dependencies=brief)
     assert time.monotonic() - started < 30
 
 
