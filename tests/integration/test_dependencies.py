@@ -9,13 +9,16 @@ connects time out after 2 s (libpq's minimum), Redis calls after 0.5 s, and ever
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,11 +29,14 @@ from confluent_kafka import KafkaError, Message, Producer
 from connectors.embedded import EmbeddedStack, StackUrls, free_ports
 from connectors.kafka import LOST_AFTER_S, LostOffsetsError, PartitionReader, SourceRecord
 from connectors.topics import TopicSpec, create_topics
-from pipeline.config import Dependencies
+from pipeline.commands import topics_create
+from pipeline.config import Dependencies, Settings, Topics, load_settings
 from pipeline.learning import RelevanceScore
+from sinks.kafka import CheckedProducer, OutgoingRecord
 from sinks.migrations import migrate
 from sinks.postgres import WATCHDOG_MARGIN_S, DatabaseUnavailableError, HistoryWriter
 from sinks.redis_store import InAppFeed, RedisUnavailableError, RelevanceStore
+from tests.integration.test_shutdown import start_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -495,3 +501,100 @@ def test_kafka_offset_out_of_range_is_lost_offsets(
     assert [r.value for r in records] == [b"r-0", b"r-1", b"r-2"]
     (warning,) = warnings_of(caplog, "connectors.kafka")
     assert "the saved offset 10 is past the partition's end 3" in warning
+
+
+# ---------------------------------------------------------------- the whole job
+
+
+def job_settings_on(urls: StackUrls, tmp_path: Path, **sections: Any) -> Settings:
+    """The job on this module's servers, with the small budgets, its own topics."""
+    prefix = f"d{uuid.uuid4().hex[:6]}"
+    topics = {name: f"{prefix}.{default}" for name, default in Topics().model_dump().items()}
+    settings = load_settings(
+        None,
+        kafka_bootstrap_servers=urls.kafka_bootstrap,
+        database_url=urls.database_url,
+        redis_url=urls.redis_url,
+        topics=topics,
+        partitions={"market": 1, "reference": 1, "feedback": 1, "outputs": 1},
+        engine={"shard_count": 2, "user_shard_count": 2},
+        recovery={"directory": str(tmp_path / "recovery"), "snapshot_seconds": 0.5},
+        dependencies=DEPENDENCIES.model_dump(),
+        **sections,
+    )
+    topics_create(settings, echo=lambda _: None)
+    return settings
+
+
+def send_ticks(settings: Settings, user: str, prices: list[float]) -> None:
+    producer = CheckedProducer(settings.require_servers()[0])
+    rule = {
+        "v": 1, "id": "r-dep", "user_id": user, "name": "over 100", "symbol": "DEP",
+        "cooldown_seconds": 0, "conditions": {"type": "price_crosses_above", "threshold": 100},
+    }  # fmt: skip
+    now = datetime.now(UTC)
+    ticks = [
+        {"v": 1, "symbol": "DEP", "price": p, "ts": (now - timedelta(seconds=9 - i)).isoformat()}
+        for i, p in enumerate(prices)
+    ]
+    producer.write_batch(
+        [OutgoingRecord(settings.topics.rules, b"r-dep", json.dumps(rule).encode())]
+        + [OutgoingRecord(settings.topics.ticks, b"DEP", json.dumps(t).encode()) for t in ticks]
+    )
+    producer.close()
+
+
+def alerts_stored(database_url: str, user: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM triggered_alerts WHERE user_external_id = %s", (user,)
+        ).fetchone()[0]
+
+
+def last_line(stderr: str) -> str:
+    return stderr.strip().splitlines()[-1]
+
+
+def test_the_job_stops_with_one_line_when_postgres_stays_down(
+    servers: EmbeddedStack, urls: StackUrls, tmp_path: Path
+) -> None:
+    settings, user = job_settings_on(urls, tmp_path), f"u-{uuid.uuid4().hex[:6]}"
+    send_ticks(settings, user, [99, 101])
+    job = start_cli(settings)
+    try:
+        wait_for(lambda: alerts_stored(urls.database_url, user) == 1, 60, "the alert stored")
+        servers.stop_server("postgres")
+        stopped = time.monotonic()
+        send_ticks(settings, user, [99, 101.5])  # an alert to store while PostgreSQL is down
+        _, stderr = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    assert job.returncode == 3
+    assert time.monotonic() - stopped < 20
+    assert re.fullmatch(
+        r"smart-alerts: stopped: PostgreSQL at [^ ]+ did not answer: tried \d+ times over "
+        r"[\d.]+ s; last error: .+",
+        last_line(stderr),
+    ), last_line(stderr)
+
+
+def test_the_job_stops_with_one_line_when_the_broker_comes_back_empty(
+    servers: EmbeddedStack, urls: StackUrls, tmp_path: Path
+) -> None:
+    settings, user = job_settings_on(urls, tmp_path), f"u-{uuid.uuid4().hex[:6]}"
+    send_ticks(settings, user, [99, 101, 99, 101])
+    first = start_cli(settings)
+    try:
+        wait_for(lambda: alerts_stored(urls.database_url, user) == 2, 60, "the alerts stored")
+        first.send_signal(signal.SIGTERM)  # a snapshot at the end of what it read
+        assert first.wait(30) == 0
+    finally:
+        first.kill()
+    empty_the_broker(servers, list(settings.topics.model_dump().values()), [])
+    _, stderr = start_cli(settings).communicate(timeout=60)
+    assert re.fullmatch(
+        r"smart-alerts: stopped: Kafka \S+\[0\] on \S+: the saved offset \d+ is past the "
+        r"partition's end 0 \(the broker lost its data or the topic was recreated\); set "
+        r'\[recovery\] on_lost_offsets = "earliest" or "latest" and restart',
+        last_line(stderr),
+    ), last_line(stderr)

@@ -56,7 +56,8 @@ def as_environment(settings: Settings) -> dict[str, str]:
         "REDIS_URL": settings.redis_url or "",
     }
     defaults = Settings.model_construct()
-    for section in ("topics", "engine", "recovery", "personalization", "delivery"):
+    sections = ("topics", "engine", "recovery", "personalization", "delivery", "dependencies")
+    for section in sections:
         values = getattr(settings, section).model_dump(mode="json")
         default = getattr(defaults, section).model_dump(mode="json")
         for key, value in values.items():
