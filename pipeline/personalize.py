@@ -269,9 +269,7 @@ class UserDesk:
         if closed.late:
             # The window went out already: re-emit it under its id with the late alert added.
             alerts = self._ordered(closed.alerts, at)
-            note = self._dispatch(
-                nid, alerts, closed.start, closed.end, self._channels(alerts, at)
-            )
+            note = self._dispatch(nid, alerts, closed.start, closed.end, self._channels(alerts, at))
             return [note, *self._notified(alerts, nid, at)]
         out: list[UserOutput] = []
         fresh = []
