@@ -14,20 +14,24 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
     Tag,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
-TIMEFRAME_PATTERN = re.compile(r"^([1-9]\d{0,3})([smhd])$")
+from pipeline.fields import NUMBER
+
+TIMEFRAME_PATTERN = re.compile(r"([1-9][0-9]{0,3})([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def timeframe_seconds(timeframe: str) -> int:
     """``5m`` -> 300. Bars are ``[floor(ts, timeframe), +timeframe)`` in UTC."""
-    match = TIMEFRAME_PATTERN.match(timeframe)
+    match = TIMEFRAME_PATTERN.fullmatch(timeframe)
     if match is None:
         raise ValueError(f"not a timeframe: {timeframe!r} (use e.g. 30s, 1m, 5m, 1h, 1d)")
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
@@ -40,18 +44,21 @@ def _valid_timeframe(value: str) -> str:
     return value
 
 
-def _finite(value: float) -> float:
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError("must be a finite number")
-    return value
-
-
-Timeframe = Annotated[str, AfterValidator(_valid_timeframe)]
-Period = Annotated[int, Field(ge=1, le=1000)]
-Positive = Annotated[float, AfterValidator(_finite), Field(gt=0)]
-Percent = Annotated[float, AfterValidator(_finite), Field(gt=0, le=10000)]
-Finite = Annotated[float, AfterValidator(_finite)]
-WindowSeconds = Annotated[int, Field(ge=1, le=31 * 86400)]
+# Numbers are JSON numbers, never booleans (pipeline/fields.py); NaN and infinities are refused
+# by ConditionSpec's allow_inf_nan=False. Parameters are only compared with what the market
+# data makes, so they need no magnitude bound of their own.
+Timeframe = Annotated[
+    str,
+    AfterValidator(_valid_timeframe),
+    Field(json_schema_extra={"pattern": f"^{TIMEFRAME_PATTERN.pattern}$"}),
+]
+Period = Annotated[int, Field(ge=1, le=1000), NUMBER]
+Positive = Annotated[float, Field(gt=0), NUMBER]
+Percent = Annotated[float, Field(gt=0, le=10000), NUMBER]
+Finite = Annotated[float, NUMBER]
+NonNegative = Annotated[float, Field(ge=0), NUMBER]
+Days = Annotated[int, Field(ge=0, le=3650), NUMBER]
+WindowSeconds = Annotated[int, Field(ge=1, le=31 * 86400), NUMBER]
 Side = Literal["ask", "bid", "mid", "above_ask", "below_bid"]
 
 
@@ -109,13 +116,13 @@ class _BarCondition(ConditionSpec):
 
 class RsiAbove(_BarCondition):
     type: Literal["rsi_above"]
-    threshold: Annotated[float, Field(gt=0, lt=100)]
+    threshold: Annotated[float, Field(gt=0, lt=100), NUMBER]
     period: Period = 14
 
 
 class RsiBelow(_BarCondition):
     type: Literal["rsi_below"]
-    threshold: Annotated[float, Field(gt=0, lt=100)]
+    threshold: Annotated[float, Field(gt=0, lt=100), NUMBER]
     period: Period = 14
 
 
@@ -150,14 +157,14 @@ class SmaCrossDown(_SmaCross):
 
 class BollingerBreakUpper(_BarCondition):
     type: Literal["bollinger_break_upper"]
-    period: Annotated[int, Field(ge=2, le=1000)] = 20
-    stddev: Annotated[float, Field(gt=0, le=10)] = 2.0
+    period: Annotated[int, Field(ge=2, le=1000), NUMBER] = 20
+    stddev: Annotated[float, Field(gt=0, le=10), NUMBER] = 2.0
 
 
 class BollingerBreakLower(_BarCondition):
     type: Literal["bollinger_break_lower"]
-    period: Annotated[int, Field(ge=2, le=1000)] = 20
-    stddev: Annotated[float, Field(gt=0, le=10)] = 2.0
+    period: Annotated[int, Field(ge=2, le=1000), NUMBER] = 20
+    stddev: Annotated[float, Field(gt=0, le=10), NUMBER] = 2.0
 
 
 class NewHigh(_BarCondition):
@@ -176,7 +183,7 @@ class VolumeSpike(_BarCondition):
     """Bar volume >= ``multiple`` x the average volume of the previous ``period`` bars."""
 
     type: Literal["volume_spike"]
-    multiple: Annotated[float, Field(gt=0, le=1000)] = 3.0
+    multiple: Annotated[float, Field(gt=0, le=1000), NUMBER] = 3.0
     period: Period = 20
 
 
@@ -199,7 +206,7 @@ class IvChangePct(ConditionSpec):
     """IV moved by at least ``percent`` (signed: negative means a drop) over the window."""
 
     type: Literal["iv_change_pct"]
-    percent: Annotated[float, AfterValidator(_finite), Field(ge=-100, le=10000)]
+    percent: Annotated[float, Field(ge=-100, le=10000), NUMBER]
     window_seconds: WindowSeconds
 
     @model_validator(mode="after")
@@ -213,8 +220,8 @@ class IvRankAbove(ConditionSpec):
     """IV rank in the range of daily closing IVs over ``lookback_days`` days, 0-100."""
 
     type: Literal["iv_rank_above"]
-    threshold: Annotated[float, Field(ge=0, le=100)]
-    lookback_days: Annotated[int, Field(ge=2, le=2000)] = 252
+    threshold: Annotated[float, Field(ge=0, le=100), NUMBER]
+    lookback_days: Annotated[int, Field(ge=2, le=2000), NUMBER] = 252
 
 
 class DeltaAbove(_Level):
@@ -264,11 +271,11 @@ class FlowFilters(ConditionSpec):
 
     right: Literal["C", "P"] | None = None
     sides: tuple[Side, ...] | None = None
-    min_days_to_expiry: Annotated[int, Field(ge=0, le=3650)] | None = None
-    max_days_to_expiry: Annotated[int, Field(ge=0, le=3650)] | None = None
+    min_days_to_expiry: Days | None = None
+    max_days_to_expiry: Days | None = None
     moneyness: Literal["itm", "otm", "atm"] | None = None
-    atm_band_pct: Annotated[float, Field(gt=0, le=50)] = 1.0
-    min_size: Annotated[int, Field(ge=1)] | None = None
+    atm_band_pct: Annotated[float, Field(gt=0, le=50), NUMBER] = 1.0
+    min_size: Annotated[int, Field(ge=1), NUMBER] | None = None
 
     @model_validator(mode="after")
     def _expiry_range(self) -> Any:
@@ -296,19 +303,19 @@ class FlowPremiumAbove(_FlowCondition):
 
 class FlowSweep(_FlowCondition):
     type: Literal["flow_sweep"]
-    min_premium: Annotated[float, Field(ge=0)] = 0.0
+    min_premium: NonNegative = 0.0
 
 
 class FlowBlock(_FlowCondition):
     type: Literal["flow_block"]
-    min_premium: Annotated[float, Field(ge=0)] = 0.0
+    min_premium: NonNegative = 0.0
 
 
 class FlowRepeatedHits(_FlowCondition):
     """At least ``count`` prints on one contract within ``window_seconds`` (this one included)."""
 
     type: Literal["flow_repeated_hits"]
-    count: Annotated[int, Field(ge=2, le=1000)] = 3
+    count: Annotated[int, Field(ge=2, le=1000), NUMBER] = 3
     window_seconds: WindowSeconds = 300
 
 
@@ -344,7 +351,7 @@ class ExpiryWithinDays(ConditionSpec):
     """The option expires within ``days`` NYSE trading days (0 = expires today)."""
 
     type: Literal["expiry_within_days"]
-    days: Annotated[int, Field(ge=0, le=3650)]
+    days: Days
 
 
 # ---------------------------------------------------------------- the tree
@@ -428,6 +435,10 @@ def _node_tag(node: Any) -> str | None:
     return getattr(node, "type", None)
 
 
+MAX_CONDITION_DEPTH = 8  # levels of all/any in one rule (docs/rules.md)
+CONDITION_DEPTH_MESSAGE = "nested {depth} levels deep; at most {limit} levels of all/any"
+
+
 class AllOf(ConditionSpec):
     all: Annotated[list[ConditionNode], Field(min_length=1, max_length=64)]
 
@@ -468,12 +479,59 @@ def iter_conditions(node: ConditionNode) -> list[LeafCondition]:
     return [node]
 
 
-def tree_depth(node: ConditionNode) -> int:
+def tree_depth(node: Any) -> int:
+    """Levels of all/any above the deepest leaf (0 for a leaf), of a parsed tree or of its JSON.
+
+    Walks with a stack of its own, so a hostile tree cannot exhaust Python's.
+    """
+    deepest = 0
+    pending = [(node, 0)]
+    while pending:
+        node, above = pending.pop()
+        children = _children(node)
+        if children is not None:
+            deepest = max(deepest, above + 1)
+            pending.extend((child, above + 1) for child in children)
+    return deepest
+
+
+def _children(node: Any) -> list[Any] | None:
+    """The children of an all/any group (its JSON or its model); None for anything else."""
     if isinstance(node, AllOf):
-        return 1 + max(tree_depth(child) for child in node.all)
+        return node.all
     if isinstance(node, AnyOf):
-        return 1 + max(tree_depth(child) for child in node.any)
-    return 0
+        return node.any
+    if isinstance(node, dict):
+        tag = _node_tag(node)
+        if tag in ("all", "any"):
+            children = node[tag]
+            return children if isinstance(children, list) else []
+    return None
+
+
+def _shallow_enough(node: Any) -> Any:
+    depth = tree_depth(node)
+    if depth > MAX_CONDITION_DEPTH:
+        raise PydanticCustomError(
+            "condition_depth",
+            CONDITION_DEPTH_MESSAGE,
+            {"depth": depth, "limit": MAX_CONDITION_DEPTH},
+        )
+    return node
+
+
+# A rule's condition tree. Its depth is checked before anything in it is validated, so a deep
+# tree is refused for its depth, not for whatever its deepest leaf gets wrong.
+ConditionTree = Annotated[
+    ConditionNode,
+    BeforeValidator(_shallow_enough),
+    Field(
+        description=(
+            'A leaf condition, or {"all": [...]} / {"any": [...]} groups of 1 to 64 children '
+            f"nested at most {MAX_CONDITION_DEPTH} levels deep (docs/rules.md)"
+        )
+    ),
+]
 
 
 def bar_length(timeframe: str) -> timedelta:

@@ -7,10 +7,10 @@ milliseconds. Models are frozen: a parsed message is a value, never mutated down
 
 from __future__ import annotations
 
-import json
 import math
+import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -23,39 +23,33 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
+from pydantic_core import ErrorDetails, PydanticCustomError
 
-from pipeline.condition_specs import CONDITION_MODELS, ConditionNode
+from pipeline.condition_specs import (
+    CONDITION_DEPTH_MESSAGE,
+    CONDITION_MODELS,
+    MAX_CONDITION_DEPTH,
+    ConditionTree,
+)
+from pipeline.fields import MAX_COUNT, MAX_INT32, MAX_MAGNITUDE, NUL_FREE, NUL_MESSAGE, NUMBER
 
 SCHEMA_VERSION: Literal[1] = 1
 MAX_ID_LENGTH = 128
 MAX_TEXT_LENGTH = 4096
 
+# ---------------------------------------------------------------- timestamps
+# Input timestamps lie in a range (docs/contracts.md, Field bounds): a producer's wrong unit or
+# wrong clock is refused instead of believed, and no later date arithmetic can overflow.
 
-def _to_utc_datetime(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise ValueError("timestamp must be an RFC 3339 string or epoch milliseconds")
-    if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise ValueError("timestamp must be finite")
-        return datetime.fromtimestamp(value / 1000, tz=UTC)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError as exc:
-            raise ValueError(f"not an RFC 3339 timestamp: {value!r}") from exc
-        if parsed.tzinfo is None:
-            raise ValueError(f"timestamp needs a UTC offset or 'Z': {value!r}")
-        return parsed.astimezone(UTC)
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError("datetime must be timezone-aware")
-        return value.astimezone(UTC)
-    return value
+EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_EXPIRY = datetime(2200, 1, 1, tzinfo=UTC)  # Rule.expires_at
+FUTURE_LEEWAY = timedelta(days=1)  # how far event times may run ahead of the wall clock
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Epoch numbers in another unit, and the factor that turns them into milliseconds.
+_OTHER_UNITS = (("seconds", 1000.0), ("microseconds", 1e-3), ("nanoseconds", 1e-6))
 
 
 def format_timestamp(value: datetime) -> str:
@@ -63,25 +57,236 @@ def format_timestamp(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-Timestamp = Annotated[
+def _epoch_ms(value: datetime) -> float:
+    return (value - _EPOCH) / timedelta(milliseconds=1)
+
+
+class _EventHorizon:
+    """The latest event time accepted: the wall clock + FUTURE_LEEWAY.
+
+    The clock is read again only for an event past the horizon, so an event costs one
+    comparison; and the horizon never moves back (not even when the clock is stepped back), so
+    acceptance only grows with time and a replay accepts everything it accepted before.
+    """
+
+    def __init__(self) -> None:
+        self.at = datetime.now(UTC) + FUTURE_LEEWAY
+        self.ms = _epoch_ms(self.at)
+
+    def admits(self, ts: datetime) -> bool:
+        if ts > self.at:
+            self._advance()
+        return ts <= self.at
+
+    def admits_ms(self, ms: float) -> bool:
+        if ms > self.ms:
+            self._advance()
+        return ms <= self.ms
+
+    def _advance(self) -> None:
+        later = datetime.now(UTC) + FUTURE_LEEWAY
+        if later > self.at:
+            self.at, self.ms = later, _epoch_ms(later)
+
+
+EVENT_HORIZON = _EventHorizon()
+
+
+def _timestamp_error(message: str, **context: str) -> PydanticCustomError:
+    return PydanticCustomError("timestamp", message, context or None)
+
+
+def _short_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 64 else text[:60] + "..."
+
+
+class _TimeRange:
+    """Reads a timestamp (RFC 3339 string, epoch milliseconds or aware datetime) into UTC,
+    within ``[earliest, latest]``; ``horizon`` makes the event horizon the latest."""
+
+    def __init__(
+        self,
+        earliest: datetime | None = None,
+        latest: datetime | None = None,
+        *,
+        horizon: bool = False,
+    ) -> None:
+        self.earliest = earliest
+        self.latest = latest
+        self.horizon = horizon
+        self.earliest_ms = _epoch_ms(earliest) if earliest is not None else -math.inf
+        self.latest_ms = _epoch_ms(latest) if latest is not None else math.inf
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise _timestamp_error(
+                "expected an RFC 3339 string or epoch milliseconds, got {value}",
+                value=str(value).lower(),
+            )
+        if isinstance(value, int | float):
+            return self._from_epoch_ms(value)
+        if isinstance(value, str):
+            value = _from_rfc3339(value)
+        elif not isinstance(value, datetime):
+            return value  # pydantic's datetime validation names the wrong type
+        elif value.tzinfo is None:
+            raise _timestamp_error("datetime must be timezone-aware")
+        if self.earliest is not None and value < self.earliest:
+            raise self._out_of_range(_describe_time(value), early=True)
+        if not (EVENT_HORIZON.admits(value) if self.horizon else self._before_latest(value)):
+            raise self._out_of_range(_describe_time(value), early=False)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # only unbounded (output) timestamps get here
+            raise _timestamp_error(
+                "{value} is beyond the years 1-9999 in UTC", value=str(value)
+            ) from None
+
+    def _before_latest(self, ts: datetime) -> bool:
+        return self.latest is None or ts <= self.latest
+
+    def _admits_ms(self, ms: float) -> bool:
+        if ms < self.earliest_ms:
+            return False
+        return EVENT_HORIZON.admits_ms(ms) if self.horizon else ms <= self.latest_ms
+
+    def _from_epoch_ms(self, ms: float) -> datetime:
+        try:
+            number = float(ms)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf if ms > 0 else -math.inf
+        else:
+            if not math.isfinite(number):
+                raise _timestamp_error("timestamp must be finite")
+        if not self._admits_ms(number):
+            unit = next(
+                (name for name, factor in _OTHER_UNITS if self._admits_ms(number * factor)), None
+            )
+            hint = f"; epoch numbers are milliseconds (this looks like {unit})" if unit else ""
+            early = number < self.earliest_ms
+            raise self._out_of_range(_describe_epoch_ms(number), early=early, hint=hint)
+        try:
+            return datetime.fromtimestamp(ms / 1000, tz=UTC)
+        except (OverflowError, OSError, ValueError):  # only unbounded (output) timestamps
+            raise _timestamp_error(
+                "{value} is beyond the years 1-9999", value=_describe_epoch_ms(number)
+            ) from None
+
+    def _out_of_range(self, when: str, *, early: bool, hint: str = "") -> PydanticCustomError:
+        if early:
+            bound = f"before {_rfc3339(self.earliest or _EPOCH)}"
+        elif self.horizon:
+            bound = f"after now + 1 day ({_rfc3339(EVENT_HORIZON.at.replace(microsecond=0))})"
+        else:
+            bound = f"after {_rfc3339(self.latest or _EPOCH)}"
+        return _timestamp_error("{when} is {bound}{hint}", when=when, bound=bound, hint=hint)
+
+
+def _describe_time(value: datetime) -> str:
+    try:
+        return format_timestamp(value)
+    except OverflowError:  # in year 1 or 9999 with an offset that leaves the years in UTC
+        return value.isoformat()
+
+
+def _describe_epoch_ms(ms: float) -> str:
+    if not math.isfinite(ms):
+        return "an epoch number beyond 1e308"
+    try:
+        return format_timestamp(_EPOCH + timedelta(milliseconds=ms))
+    except OverflowError:
+        return f"{ms:.0f} ms since 1970" if abs(ms) < 1e21 else f"{ms:g} ms since 1970"
+
+
+def _from_rfc3339(value: str) -> datetime:
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise _timestamp_error(
+            "not an RFC 3339 timestamp: {value}", value=_short_repr(value)
+        ) from None
+    if parsed.tzinfo is None:
+        raise _timestamp_error(
+            "timestamp needs a UTC offset or 'Z': {value}", value=_short_repr(value)
+        )
+    return parsed
+
+
+def _rfc3339(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _time_schema(earliest: datetime, latest: datetime | None) -> dict[str, Any]:
+    """An input timestamp in JSON Schema: an RFC 3339 string (bounds as ajv-formats'
+    ``formatMinimum`` / ``formatMaximum``) or epoch milliseconds. The event horizon moves with
+    the clock, so the description states it."""
+    text: dict[str, Any] = {
+        "type": "string",
+        "format": "date-time",
+        "formatMinimum": _rfc3339(earliest),
+    }
+    number: dict[str, Any] = {"type": "number", "minimum": int(_epoch_ms(earliest))}
+    if latest is not None:
+        text["formatMaximum"] = _rfc3339(latest)
+        number["maximum"] = int(_epoch_ms(latest))
+    until = _rfc3339(latest) if latest is not None else "the wall clock + 1 day"
+    return {
+        "anyOf": [text, number],
+        "description": (
+            f"RFC 3339 time (UTC offset or Z) or epoch milliseconds, "
+            f"from {_rfc3339(earliest)} to {until}"
+        ),
+    }
+
+
+_AS_WIRE_TEXT = PlainSerializer(format_timestamp, return_type=str, when_used="json")
+# Times the job writes (alerts, notifications, dead letters): made from bounded input times.
+Timestamp = Annotated[datetime, BeforeValidator(_TimeRange()), _AS_WIRE_TEXT]
+# When an event happened: the ``ts`` of ticks, prints, positions and feedback.
+EventTimestamp = Annotated[
     datetime,
-    BeforeValidator(_to_utc_datetime),
-    PlainSerializer(format_timestamp, return_type=str, when_used="json"),
+    BeforeValidator(_TimeRange(EARLIEST_TIMESTAMP, horizon=True)),
+    _AS_WIRE_TEXT,
+    WithJsonSchema(_time_schema(EARLIEST_TIMESTAMP, None), mode="validation"),
+]
+# Any other input time (a rule's expiry): far ahead is fine, beyond date arithmetic is not.
+BoundedTimestamp = Annotated[
+    datetime,
+    BeforeValidator(_TimeRange(EARLIEST_TIMESTAMP, LATEST_EXPIRY)),
+    _AS_WIRE_TEXT,
+    WithJsonSchema(_time_schema(EARLIEST_TIMESTAMP, LATEST_EXPIRY), mode="validation"),
 ]
 
 
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError("must be a finite number")
+def _calendar_date(value: str) -> str:
+    try:
+        date.fromisoformat(value)
+    except ValueError as exc:
+        raise PydanticCustomError(
+            "calendar_date",
+            "{value} is not a calendar date: {why}",
+            {"value": value, "why": str(exc)},
+        ) from None
     return value
 
 
-Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
-Symbol = Annotated[str, Field(min_length=1, max_length=32)]
+# "YYYY-MM-DD" on the wire, and a real date.
+CalendarDate = Annotated[
+    str,
+    Field(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", json_schema_extra={"format": "date"}),
+    AfterValidator(_calendar_date),
+]
+
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=NUL_FREE)]
+Symbol = Annotated[str, Field(min_length=1, max_length=32, pattern=NUL_FREE)]
 Text = Annotated[str, Field(max_length=MAX_TEXT_LENGTH)]
-Price = Annotated[float, AfterValidator(_finite), Field(gt=0)]
-NonNegative = Annotated[float, AfterValidator(_finite), Field(ge=0)]
-Finite = Annotated[float, AfterValidator(_finite)]
+Price = Annotated[float, Field(gt=0, le=MAX_MAGNITUDE), NUMBER]
+NonNegative = Annotated[float, Field(ge=0, le=MAX_MAGNITUDE), NUMBER]
+Finite = Annotated[float, Field(ge=-MAX_MAGNITUDE, le=MAX_MAGNITUDE), NUMBER]
 
 
 class Priority(StrEnum):
@@ -123,7 +328,7 @@ class Message(BaseModel):
 
 class Tick(Message):
     symbol: Symbol
-    ts: Timestamp
+    ts: EventTimestamp
     price: Price
     size: NonNegative | None = None
     bid: NonNegative | None = None
@@ -139,14 +344,14 @@ class Tick(Message):
 
 class OptionsFlow(Message):
     id: Id
-    ts: Timestamp
+    ts: EventTimestamp
     underlying: Symbol
     contract: Symbol
     right: Literal["C", "P"]
     strike: Price
-    expiry: Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+    expiry: CalendarDate
     price: Price
-    size: Annotated[int, Field(gt=0)]
+    size: Annotated[int, Field(gt=0, le=MAX_COUNT), NUMBER]
     premium: NonNegative | None = None
     side: Literal["ask", "bid", "mid", "above_ask", "below_bid"]
     trade_type: Literal["sweep", "block", "split", "single"]
@@ -165,18 +370,18 @@ class OptionsFlow(Message):
 
 class Rule(Message):
     id: Id
-    version: Annotated[int, Field(ge=1)] = 1
+    version: Annotated[int, Field(ge=1, le=MAX_INT32), NUMBER] = 1
     user_id: Id
-    name: Annotated[str, Field(min_length=1, max_length=255)]
+    name: Annotated[str, Field(min_length=1, max_length=255, pattern=NUL_FREE)]
     symbol: Symbol | None = None
     symbols: Annotated[list[Symbol], Field(min_length=1, max_length=1000)] | None = None
     priority: Priority = Priority.MEDIUM
     mode: Literal["once", "recurring"] = "recurring"
-    cooldown_seconds: Annotated[int, Field(ge=0, le=31 * 24 * 3600)] = 300
-    expires_at: Timestamp | None = None
+    cooldown_seconds: Annotated[int, Field(ge=0, le=31 * 24 * 3600), NUMBER] = 300
+    expires_at: BoundedTimestamp | None = None
     active: bool = True
     channels: list[Channel] | None = None
-    conditions: ConditionNode
+    conditions: ConditionTree
     # NYSE sessions the rule is evaluated in: "regular" (09:30-16:00 ET, 13:00 on half days),
     # "extended" (pre 04:00 ET to post 20:00 ET), "any" (always). See docs/rules.md. Left out
     # of the output when "any", so rules read the same to consumers that predate the field.
@@ -211,8 +416,8 @@ class Position(Message):
     underlying: Symbol | None = None
     quantity: Finite
     avg_price: NonNegative
-    multiplier: Annotated[float, Field(gt=0)] | None = None
-    ts: Timestamp
+    multiplier: Price | None = None
+    ts: EventTimestamp
 
 
 class FeedbackAction(StrEnum):
@@ -229,12 +434,12 @@ class Feedback(Message):
     user_id: Id
     alert_id: Id
     action: FeedbackAction
-    ts: Timestamp
+    ts: EventTimestamp
     symbol: Symbol | None = None
-    condition_type: Annotated[str, Field(max_length=64)] | None = None
+    condition_type: Annotated[str, Field(max_length=64, pattern=NUL_FREE)] | None = None
 
 
-ClockTime = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+ClockTime = Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
 
 
 class QuietHours(BaseModel):
@@ -245,16 +450,19 @@ class QuietHours(BaseModel):
 
 class WebhookDestination(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    url: Annotated[str, Field(max_length=2048, pattern=r"^https?://")]
-    secret_ref: Annotated[str, Field(min_length=1, max_length=256)]
+    url: Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\x00]*$")]
+    secret_ref: Annotated[str, Field(min_length=1, max_length=256, pattern=NUL_FREE)]
 
 
 class Destinations(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    email: Annotated[str, Field(max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
-    phone: Annotated[str, Field(pattern=r"^\+[1-9]\d{6,14}$")] | None = None
+    email: Annotated[str, Field(max_length=320, pattern=r"^[^@\s\x00]+@[^@\s\x00]+$")] | None = None
+    phone: Annotated[str, Field(pattern=r"^\+[1-9][0-9]{6,14}$")] | None = None
     push_tokens: (
-        Annotated[list[Annotated[str, Field(max_length=4096)]], Field(max_length=20)] | None
+        Annotated[
+            list[Annotated[str, Field(max_length=4096, pattern=NUL_FREE)]], Field(max_length=20)
+        ]
+        | None
     ) = None
     webhook: WebhookDestination | None = None
 
@@ -279,7 +487,9 @@ def _iana_timezone(name: str) -> str:
 
 
 # An IANA time zone name that zoneinfo knows ("America/New_York", "UTC").
-TimeZoneName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_iana_timezone)]
+TimeZoneName = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=NUL_FREE), AfterValidator(_iana_timezone)
+]
 
 
 def _voice_only_when_critical(
@@ -298,9 +508,9 @@ class Profile(Message):
         dict[Priority, list[Channel]], AfterValidator(_voice_only_when_critical)
     ] = Field(default_factory=_default_channels)
     quiet_hours: QuietHours | None = None
-    digest_seconds: Annotated[int, Field(gt=0, le=24 * 3600)] | None = None
-    max_per_hour: Annotated[int, Field(gt=0)] | None = None
-    min_relevance: Annotated[float, Field(ge=0, le=1)] | None = None
+    digest_seconds: Annotated[int, Field(gt=0, le=24 * 3600), NUMBER] | None = None
+    max_per_hour: Annotated[int, Field(gt=0, le=MAX_INT32), NUMBER] | None = None
+    min_relevance: Annotated[float, Field(ge=0, le=1), NUMBER] | None = None
     destinations: Destinations = Field(default_factory=Destinations)
     # Hold notifications below CRITICAL outside the NYSE regular session (pipeline.market_calendar).
     # Left out of the output when false, so profiles read the same to older consumers.
@@ -363,8 +573,15 @@ def describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors(include_url=False):
         where = ".".join(str(step) for step in _without_union_tags(error["loc"])) or "message"
-        parts.append(f"{where}: {error['msg']}")
+        parts.append(f"{where}: {_reason(error)}")
     return "; ".join(parts)
+
+
+def _reason(error: ErrorDetails) -> str:
+    # Every text pattern refuses NUL; say so rather than quote a regular expression.
+    if error["type"] == "string_pattern_mismatch" and "\x00" in error["input"]:
+        return NUL_MESSAGE
+    return error["msg"]
 
 
 def _without_union_tags(loc: tuple[int | str, ...]) -> list[int | str]:
@@ -389,28 +606,70 @@ def decode(model: type[M], raw: bytes | None) -> M:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        if not any(error["type"] in ("json_invalid", "model_type") for error in exc.errors()):
-            raise InvalidMessage(
-                f"invalid {model.__name__}: {describe_validation_error(exc)}"
-            ) from exc
-    raise InvalidMessage(_why_not_a_json_object(raw))
+        first = exc.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            raise InvalidMessage(_why_not_json(raw, model, first["ctx"]["error"])) from None
+        if first["type"] == "model_type" and not first["loc"]:
+            raise InvalidMessage(f"expected a JSON object, got {_json_kind(raw)}") from None
+        raise InvalidMessage(f"invalid {model.__name__}: {describe_validation_error(exc)}") from exc
 
 
-def _why_not_a_json_object(raw: bytes) -> str:
-    """The precise reason a value is not one JSON object (the slow path, for bad input only)."""
+def _why_not_json(raw: bytes, model: type[BaseModel], parser_error: str) -> str:
+    """The precise reason a value is not JSON (the slow path, for bad input only)."""
     try:
-        text = raw.decode("utf-8")
+        raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         return f"not UTF-8: {exc.reason} at byte {exc.start}"
-    try:
-        payload = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:
-        return f"not JSON: {exc}"
-    return f"expected a JSON object, got {type(payload).__name__}"
+    if parser_error.startswith("recursion limit exceeded"):
+        return _too_deep(raw, model)
+    return f"not JSON: {parser_error}"
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a valid JSON number")
+_JSON_KINDS = {ord("["): "an array", ord('"'): "a string", ord("t"): "true", ord("f"): "false"}
+
+
+def _json_kind(raw: bytes) -> str:
+    """What a valid JSON value that is not an object is, from its first character."""
+    first = raw.lstrip()[:1]
+    if first == b"n":
+        return "null"
+    return _JSON_KINDS.get(first[0], "a number") if first else "nothing"
+
+
+# Objects and arrays nested in one message: what pydantic's JSON parser reads (jiter's limit).
+JSON_DEPTH_LIMIT = 201
+# A string (group 1: its text; group 2: the colon that makes it a member name), or a bracket.
+_JSON_TOKEN = re.compile(rb'"([^"\\]*(?:\\.[^"\\]*)*)"(\s*:)?|[\[\]{}]')
+_GROUPS = (b"all", b"any")
+
+
+def _too_deep(raw: bytes, model: type[BaseModel]) -> str:
+    """Why a message nested past the parser's limit is refused: how deep, under which field, and
+    for a condition tree how many levels of all/any. The scan keeps its own stack of names, so
+    no nesting can exhaust Python's."""
+    names: list[bytes | None] = []  # per open object or array: the member being read in it
+    groups = 0  # how many of those members are all/any
+    deepest, field, deepest_groups = 0, None, 0
+    for token in _JSON_TOKEN.finditer(raw):
+        name = token.group(1)
+        if token.group(2) is not None:
+            if names:
+                groups += (name in _GROUPS) - (names[-1] in _GROUPS)
+                names[-1] = name
+        elif name is None:
+            if token.group() in (b"[", b"{"):
+                names.append(None)
+                if len(names) > deepest:
+                    deepest, field, deepest_groups = len(names), names[0], groups
+            elif names:
+                groups -= names.pop() in _GROUPS
+    where = f"{field[:64].decode('utf-8', 'replace')}: " if field else ""
+    in_tree = field == b"conditions" and "conditions" in model.model_fields
+    if in_tree and deepest_groups > MAX_CONDITION_DEPTH:
+        reason = CONDITION_DEPTH_MESSAGE.format(depth=deepest_groups, limit=MAX_CONDITION_DEPTH)
+    else:
+        reason = f"JSON nested {deepest} levels deep; at most {JSON_DEPTH_LIMIT} levels are read"
+    return f"invalid {model.__name__}: {where}{reason}"
 
 
 # ---------------------------------------------------------------- tombstones

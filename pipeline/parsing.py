@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pipeline.config import Topics
+from pipeline.fields import NUL_MESSAGE
 from pipeline.messages import (
     DeadLetter,
     Feedback,
@@ -79,13 +80,13 @@ def _parse(record: RawRecord, topics: Topics) -> ParsedItem:
         if tombstone:
             return RuleTombstone(_require_key(key, "rule id"))
         rule = decode(Rule, record.value)
-        _check_key(key, rule.id, "rule id")
+        _check_key(key, rule.id, "rules", "rule id")
         return rule
     if topic == topics.profiles:
         if tombstone:
             return ProfileReset(_require_key(key, "user id"))
         profile = decode(Profile, record.value)
-        _check_key(key, profile.user_id, "user id")
+        _check_key(key, profile.user_id, "profiles", "user id")
         return profile
     if topic == topics.positions:
         if tombstone:
@@ -94,7 +95,7 @@ def _parse(record: RawRecord, topics: Topics) -> ParsedItem:
                 raise InvalidMessage(f"position tombstone key must be 'user:symbol', got {key!r}")
             return PositionClosed(user_id, symbol)
         position = decode(Position, record.value)
-        _check_key(key, f"{position.user_id}:{position.symbol}", "user:symbol")
+        _check_key(key, f"{position.user_id}:{position.symbol}", "positions", "user:symbol")
         return position
     raise InvalidMessage(f"no parser for topic {topic!r}")
 
@@ -102,21 +103,22 @@ def _parse(record: RawRecord, topics: Topics) -> ParsedItem:
 def _require_key(key: str | None, what: str) -> str:
     if not key:
         raise InvalidMessage(f"tombstone without a key (expected the {what})")
+    if "\x00" in key:  # no id has one (pipeline/fields.py), and the history could not store it
+        raise InvalidMessage(f"tombstone key: {NUL_MESSAGE}")
     return key
 
 
-def _check_key(key: str | None, expected: str, what: str) -> None:
-    if key is not None and key != expected:
+def _check_key(key: str | None, expected: str, kind: str, what: str) -> None:
+    # Compaction keeps the last value per key: a keyless record would never be replaced or
+    # deleted, so it is refused like a key that disagrees with the body.
+    if not key:
+        raise InvalidMessage(f"a {kind} record needs its key: the {what}")
+    if key != expected:
         raise InvalidMessage(f"message key {key!r} does not match its {what} {expected!r}")
 
 
 def dead_letter(record: RawRecord, error: str) -> DeadLetter:
     """The record as a dead letter; its ts is the record's broker timestamp (deterministic)."""
-    ts = (
-        datetime.fromtimestamp(record.timestamp_ms / 1000, tz=UTC)
-        if record.timestamp_ms
-        else datetime.now(UTC)
-    )
     return DeadLetter(
         source_topic=record.topic,
         partition=record.partition,
@@ -124,8 +126,19 @@ def dead_letter(record: RawRecord, error: str) -> DeadLetter:
         key=_text(record.key),
         value=_text(record.value),
         error=error[:4096],
-        ts=ts,
+        ts=_broker_time(record.timestamp_ms),
     )
+
+
+def _broker_time(timestamp_ms: int | None) -> datetime:
+    """The record's timestamp, or now when it has none a datetime can hold: a producer sets
+    CreateTime, so it can be any 64-bit number."""
+    if timestamp_ms:
+        try:
+            return datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            pass
+    return datetime.now(UTC)
 
 
 def _text(raw: Any) -> str | None:
