@@ -431,7 +431,7 @@ class _ShardLogic(op.StatefulBatchLogic[object, object, EvaluateShard]):
         return self.shard.watermark_due(time.time()), RETAIN
 
     def on_eof(self) -> tuple[Iterable[object], bool]:
-        return (self.shard.close_all() if self.bounded else []), RETAIN
+        return (self.shard.close_all(time.time()) if self.bounded else []), RETAIN
 
     def notify_at(self) -> datetime | None:
         return _wall(self.shard.next_watermark_at())

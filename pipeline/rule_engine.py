@@ -697,9 +697,10 @@ class EvaluateShard:
         out.extend(self.watermark_due(now))
         return out
 
-    def watermark_due(self, now: float) -> list[Watermark]:
-        """This shard's watermark, when it changed and the last one left long enough ago."""
-        if not self.gate.is_open or now - self.sent_at < WATERMARK_INTERVAL_S:
+    def watermark_due(self, now: float, *, final: bool = False) -> list[Watermark]:
+        """This shard's watermark, when it changed and the last one left long enough ago (or
+        this is the ``final`` one, at the end of a bounded input)."""
+        if not self.gate.is_open or (not final and now - self.sent_at < WATERMARK_INTERVAL_S):
             return []
         current = Watermark(self.name, floor_second(self._cutoff()), self.clock.caught_up)
         if current == self.sent:
@@ -714,14 +715,17 @@ class EvaluateShard:
         current = Watermark(self.name, floor_second(self._cutoff()), self.clock.caught_up)
         return None if current == self.sent else self.sent_at + WATERMARK_INTERVAL_S
 
-    def close_all(self) -> list[EvaluateOutput]:
-        """End of a bounded input: every held event is evaluated and every open bar closes."""
+    def close_all(self, now: float) -> list[EvaluateOutput]:
+        """End of a bounded input: every held event is evaluated, every open bar closes, and
+        the last watermark goes out whatever the interval (so the run's end is the same
+        whenever it comes)."""
         out: list[EvaluateOutput] = []
         if self.held:
             self.gate.is_open = True
             events, self.held = sorted(self.held, key=lambda event: event.ts), []
             out.extend(self.net.run_each(events, self._event))
         out.extend(self.engine.close_bars())
+        out.extend(self.watermark_due(now, final=True))
         return out
 
     def _cutoff(self) -> datetime | None:
