@@ -258,10 +258,17 @@ def _stopping_failure(exc: BaseException) -> BaseException | None:
         KafkaDeliveryError,
         PeerLostError,
     )
+    return cause_in_chain(exc, known)
+
+
+def cause_in_chain(
+    exc: BaseException, kinds: tuple[type[BaseException], ...]
+) -> BaseException | None:
+    """The first exception of one of ``kinds`` in ``exc``'s chain of causes and contexts."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
-        if isinstance(current, known):
+        if isinstance(current, kinds):
             return current
         seen.add(id(current))
         current = current.__cause__ or current.__context__

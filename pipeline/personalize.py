@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from pipeline.consolidation import ClosedWindow, Consolidator, compose
 from pipeline.event_time import Progress, ReferenceGate, Watermark, WatermarkJoin
@@ -485,15 +487,7 @@ class DeskShard:
         came."""
         if not self.caught_up:
             return []
-        out: list[DeskOutput] = []
-        woken: set[str] = set()
-        while self.live_due and self.live_due[0][0] <= now:
-            _, user = heapq.heappop(self.live_due)
-            if user not in woken:
-                woken.add(user)
-                out.extend(self.net.run_for_user(user, lambda u: self.desks[u].close_due(now)))
-                self._schedule(user)
-        return out
+        return self._wake(self.live_due, now, lambda user: self.desks[user].close_due(now))
 
     def close_all(self) -> list[DeskOutput]:
         """End of a bounded input: everything held or waiting goes out now."""
@@ -520,13 +514,23 @@ class DeskShard:
         return []
 
     def _advance(self, watermark: datetime) -> list[DeskOutput]:
+        return self._wake(self.due, watermark, lambda user: self.desks[user].advance(watermark))
+
+    def _wake(
+        self,
+        heap: list[tuple[Any, str]],
+        until: Any,
+        work: Callable[[str], list[UserOutput]],
+    ) -> list[DeskOutput]:
+        """``work`` once for each desk with an entry in ``heap`` due by ``until``; then each is
+        scheduled again for what it still has to do."""
         out: list[DeskOutput] = []
         woken: set[str] = set()
-        while self.due and self.due[0][0] <= watermark:
-            _, user = heapq.heappop(self.due)
+        while heap and heap[0][0] <= until:
+            _, user = heapq.heappop(heap)
             if user not in woken:
                 woken.add(user)
-                out.extend(self.net.run_for_user(user, lambda u: self.desks[u].advance(watermark)))
+                out.extend(self.net.run_for_user(user, work))
         for user in woken:
             self._schedule(user)
         return out

@@ -8,14 +8,18 @@ for it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from connectors.embedded import StackUrls, stack_from_env_or_embedded
 from pipeline.config import Settings
+
+if TYPE_CHECKING:
+    from tests.fakes.webhook_receiver import WebhookReceiver
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +71,31 @@ PUSH_OLD_ALERTS = {
     f"stale_{priority}_seconds": 100 * 365 * 86400
     for priority in ("low", "medium", "high", "critical")
 }
+
+
+WEBHOOK_SECRET_REF = "VS9_TEST_WEBHOOK_SECRET"  # profiles name it; the job reads it from the env
+
+
+@pytest.fixture
+def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[WebhookReceiver]:
+    """A webhook receiver on 127.0.0.1 that verifies every signature; the secret it expects is
+    in the environment under WEBHOOK_SECRET_REF, where the job (and its child processes) find
+    it."""
+    from tests.fakes.webhook_receiver import WebhookReceiver, new_secret
+
+    secret = new_secret(b"tests")
+    monkeypatch.setenv(WEBHOOK_SECRET_REF, secret)
+    with WebhookReceiver([secret]) as server:
+        yield server
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 50 ms; fail naming ``what`` after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 def job_settings(stack: StackUrls, database_url: str, **sections: Any) -> Settings:

@@ -29,31 +29,17 @@ from connectors.embedded import StackUrls
 from connectors.mail_catcher import MailCatcher
 from pipeline.config import Settings
 from pipeline.dataflow import run
-from tests.conftest import PUSH_OLD_ALERTS, job_settings
-from tests.fakes.webhook_receiver import Reply, WebhookReceiver, new_secret
+from tests.conftest import PUSH_OLD_ALERTS, WEBHOOK_SECRET_REF, job_settings, wait_for
+from tests.fakes.webhook_receiver import Reply, WebhookReceiver
 from tests.integration.test_end_to_end import produce, rule, tick
 
 pytestmark = pytest.mark.integration
-
-SECRET_REF = "VS9_TEST_E2E_WEBHOOK_SECRET"
-SECRET = new_secret(b"end-to-end")
 
 
 @pytest.fixture
 def mailbox(tmp_path: Path) -> Iterator[MailCatcher]:
     with MailCatcher(tmp_path / "mail") as catcher:
         yield catcher
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver([SECRET]) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def webhook_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(SECRET_REF, SECRET)
 
 
 def delivery_settings(stack: StackUrls, database_url: str, **delivery: Any) -> Settings:
@@ -130,7 +116,7 @@ def test_the_job_delivers_email_and_signed_webhooks_once_across_replays(
                 ["in_app", "email", "webhook", "push"],
                 email="trader@example.org",
                 push_tokens=["device-token-1"],
-                webhook={"url": webhook_url, "secret_ref": SECRET_REF},
+                webhook={"url": webhook_url, "secret_ref": WEBHOOK_SECRET_REF},
             )
         ],
     )
@@ -186,14 +172,6 @@ def webhook_statuses(database_url: str, user: str) -> list[str]:
     return sorted(row[2] for row in deliveries(database_url, user) if row[0] == "webhook")
 
 
-def wait_for(condition: Any, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_a_job_killed_mid_delivery_delivers_each_webhook_after_restart(
     stack: StackUrls, database_url: str, receiver: WebhookReceiver
 ) -> None:
@@ -220,7 +198,11 @@ def test_a_job_killed_mid_delivery_delivers_each_webhook_after_restart(
     produce(
         settings,
         t.profiles,
-        [profile(user, ["webhook"], webhook={"url": receiver.url, "secret_ref": SECRET_REF})],
+        [
+            profile(
+                user, ["webhook"], webhook={"url": receiver.url, "secret_ref": WEBHOOK_SECRET_REF}
+            )
+        ],
     )
     prices = [99, 101, 99, 101, 99, 101]  # three crossings: three CRITICAL notifications
     produce(settings, t.ticks, [tick("NVDA", p, i) for i, p in enumerate(prices)])

@@ -36,7 +36,8 @@ from sinks.kafka import CheckedProducer, OutgoingRecord
 from sinks.migrations import migrate
 from sinks.postgres import WATCHDOG_MARGIN_S, DatabaseUnavailableError, HistoryWriter
 from sinks.redis_store import InAppFeed, RedisUnavailableError, RelevanceStore
-from tests.integration.test_shutdown import start_cli, wait_for
+from tests.conftest import wait_for
+from tests.integration.test_shutdown import start_cli
 
 pytestmark = pytest.mark.integration
 

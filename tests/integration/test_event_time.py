@@ -23,7 +23,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,28 +37,21 @@ from pipeline.config import Settings
 from pipeline.dataflow import run
 from sinks.kafka import CheckedProducer, OutgoingRecord
 from sinks.redis_store import InAppFeed
-from tests.conftest import PUSH_OLD_ALERTS, fresh_database, job_settings
-from tests.fakes.webhook_receiver import WebhookReceiver, new_secret
-from tests.integration.test_shutdown import start_cli, wait_for
+from tests.conftest import (
+    PUSH_OLD_ALERTS,
+    WEBHOOK_SECRET_REF,
+    fresh_database,
+    job_settings,
+    wait_for,
+)
+from tests.fakes.webhook_receiver import WebhookReceiver
+from tests.integration.test_shutdown import start_cli
 
 pytestmark = pytest.mark.integration
 
 T0 = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
 MINUTES = 40
 FAST, SLOW = ["AAA", "BBB"], ["CCC", "DDD", "EEE"]  # partition 0, partition 1
-SECRET_REF = "VS9_TEST_EVENT_TIME_SECRET"
-SECRET = new_secret(b"event-time")
-
-
-@pytest.fixture(autouse=True)
-def webhook_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(SECRET_REF, SECRET)
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver([SECRET]) as server:
-        yield server
 
 
 @dataclass(frozen=True)
@@ -118,7 +110,7 @@ def produce_workload(settings: Settings, receiver: WebhookReceiver) -> list[str]
             "user_id": user,
             "channels": {p: channels for p in ("LOW", "MEDIUM", "HIGH", "CRITICAL")},
             "destinations": {
-                "webhook": {"url": f"{receiver.url}/hooks/{user}", "secret_ref": SECRET_REF}
+                "webhook": {"url": f"{receiver.url}/hooks/{user}", "secret_ref": WEBHOOK_SECRET_REF}
             },
         }
         for user in users

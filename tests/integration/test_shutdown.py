@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,24 +27,10 @@ from pipeline import commands
 from pipeline.config import Settings
 from sinks.kafka import CheckedProducer, OutgoingRecord
 from sinks.redis_store import InAppFeed
-from tests.conftest import job_settings
-from tests.fakes.webhook_receiver import Reply, WebhookReceiver, new_secret
+from tests.conftest import WEBHOOK_SECRET_REF, job_settings, wait_for
+from tests.fakes.webhook_receiver import Reply, WebhookReceiver
 
 pytestmark = pytest.mark.integration
-
-SECRET_REF = "VS9_TEST_SHUTDOWN_SECRET"
-SECRET = new_secret(b"shutdown")
-
-
-@pytest.fixture(autouse=True)
-def webhook_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(SECRET_REF, SECRET)
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver([SECRET]) as server:
-        yield server
 
 
 def as_environment(settings: Settings) -> dict[str, str]:
@@ -74,14 +59,6 @@ def start_cli(settings: Settings) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def webhook_rows(database_url: str, user: str) -> list[str]:
@@ -132,7 +109,7 @@ def test_sigterm_and_ctrl_c_stop_cleanly_and_the_next_start_resumes_at_once(
     }  # fmt: skip
     profile = {
         "v": 1, "user_id": user, "channels": {"CRITICAL": ["in_app", "webhook"]},
-        "destinations": {"webhook": {"url": receiver.url, "secret_ref": SECRET_REF}},
+        "destinations": {"webhook": {"url": receiver.url, "secret_ref": WEBHOOK_SECRET_REF}},
     }  # fmt: skip
     produce(settings, t.rules, "r-cross", [rule])
     produce(settings, t.profiles, user, [profile])

@@ -21,30 +21,17 @@ import pytest
 from connectors.embedded import StackUrls
 from connectors.mail_catcher import MailCatcher
 from pipeline import commands
+from pipeline.cli import cause_in_chain
 from pipeline.config import Settings
 from pipeline.dataflow import run
 from pipeline.messages import Tick
 from pipeline.rule_engine import ShardEngine
 from sinks.kafka import CheckedProducer, OutgoingRecord
 from sinks.redis_store import InAppFeed
-from tests.conftest import job_settings
-from tests.fakes.webhook_receiver import WebhookReceiver, new_secret
+from tests.conftest import WEBHOOK_SECRET_REF, job_settings
+from tests.fakes.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.integration
-
-SECRET_REF = "VS9_TEST_STALE_SECRET"
-SECRET = new_secret(b"stale")
-
-
-@pytest.fixture(autouse=True)
-def webhook_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(SECRET_REF, SECRET)
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver([SECRET]) as server:
-        yield server
 
 
 @pytest.fixture
@@ -107,7 +94,7 @@ def test_a_replay_of_old_ticks_pushes_nothing_and_shows_everything_in_app(
         "v": 1, "user_id": user, "channels": {"HIGH": pushes, "CRITICAL": ["email", "webhook"]},
         "destinations": {
             "email": "trader@example.org",
-            "webhook": {"url": receiver.url, "secret_ref": SECRET_REF},
+            "webhook": {"url": receiver.url, "secret_ref": WEBHOOK_SECRET_REF},
         },
     })])  # fmt: skip
     january_2023 = datetime(2023, 1, 9, 15, 0, tzinfo=UTC)
@@ -181,15 +168,4 @@ def test_an_item_a_step_cannot_process_is_a_dead_letter_and_the_rest_flows(
     )
     with pytest.raises(BaseException) as raised:
         run(stopping, bounded=True)
-    assert _in_chain(raised.value, ZeroDivisionError)
-
-
-def _in_chain(exc: BaseException, kind: type[BaseException]) -> bool:
-    seen = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, kind):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
+    assert cause_in_chain(raised.value, (ZeroDivisionError,)) is not None
