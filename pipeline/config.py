@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from pipeline.messages import describe_validation_error
+from pipeline.messages import Priority, describe_validation_error
 
 
 class ConfigError(ValueError):
@@ -157,6 +158,15 @@ class Personalization(_Section):
     learning_alpha: float = Field(0.2, gt=0, le=1)
     learning_half_life_days: float = Field(14.0, gt=0)
     ignore_after_hours: float = Field(24.0, gt=0)
+
+    def stale_limits(self) -> dict[Priority, timedelta]:
+        """The age past which an alert of each priority is not pushed any more."""
+        return {
+            Priority.LOW: timedelta(seconds=self.stale_low_seconds),
+            Priority.MEDIUM: timedelta(seconds=self.stale_medium_seconds),
+            Priority.HIGH: timedelta(seconds=self.stale_high_seconds),
+            Priority.CRITICAL: timedelta(seconds=self.stale_critical_seconds),
+        }
 
 
 class Settings(BaseSettings):

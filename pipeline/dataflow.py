@@ -235,10 +235,17 @@ class KafkaInput(FixedPartitionedSource[object, int]):
 
 
 class ListReader:
-    """Records from an iterator, in order (a backtest's rows read as if from Kafka)."""
+    """Records from an iterator, in order (a backtest's rows read as if from Kafka); tells
+    ``progress`` how many it has read."""
 
-    def __init__(self, records: Iterator[SourceRecord], resume: int | None) -> None:
+    def __init__(
+        self,
+        records: Iterator[SourceRecord],
+        resume: int | None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         self._records = records
+        self._progress = progress
         self.next_offset = 0
         self.at_end = False
         for _ in range(resume or 0):
@@ -249,6 +256,8 @@ class ListReader:
         batch = list(itertools.islice(self._records, FILE_BATCH))
         self.next_offset += len(batch)
         self.at_end = len(batch) < FILE_BATCH
+        if self._progress is not None:
+            self._progress(self.next_offset)
         return batch
 
     def close(self) -> None:
@@ -279,9 +288,8 @@ class ListInput(FixedPartitionedSource[object, int]):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _IngestPartition:
         route, records = self._parts[for_part]
         settings = self._settings
-        reader = ListReader(records(), resume_state)
-        if self._progress is not None and for_part not in self._reference:
-            reader = _Reported(reader, self._progress)
+        progress = None if for_part in self._reference else self._progress
+        reader = ListReader(records(), resume_state, progress)
         ingest = PartitionIngest(for_part, route, settings.topics, partitioning(settings))
         return _IngestPartition(
             reader,
@@ -291,19 +299,6 @@ class ListInput(FixedPartitionedSource[object, int]):
             bounded=True,
             idle_after=settings.engine.idle_partition_seconds,
         )
-
-
-class _Reported(ListReader):
-    """A ListReader that reports how many records it has read (a backtest's progress bar)."""
-
-    def __init__(self, reader: ListReader, progress: Callable[[int], None]) -> None:
-        self.__dict__.update(reader.__dict__)
-        self._progress = progress
-
-    def next_batch(self) -> list[SourceRecord]:
-        batch = super().next_batch()
-        self._progress(self.next_offset)
-        return batch
 
 
 @dataclass(frozen=True)
@@ -684,10 +679,11 @@ def personalization_config(settings: Settings) -> PersonalizationConfig:
     return PersonalizationConfig(
         window=timedelta(seconds=engine.window_seconds),
         lateness=timedelta(seconds=engine.allowed_lateness_seconds),
+        # CRITICAL never waits in a window: its limit applies by the wall clock only.
         stale_after={
-            Priority.LOW: timedelta(seconds=p.stale_low_seconds),
-            Priority.MEDIUM: timedelta(seconds=p.stale_medium_seconds),
-            Priority.HIGH: timedelta(seconds=p.stale_high_seconds),
+            priority: limit
+            for priority, limit in p.stale_limits().items()
+            if priority is not Priority.CRITICAL
         },
         learning=LearningConfig(
             alpha=p.learning_alpha,
@@ -705,13 +701,6 @@ def writers_for(settings: Settings) -> Writers:
     maxlen = settings.in_app.stream_maxlen
     for sender in build_senders(settings.delivery).values():  # a ConfigError now, not per worker
         sender.close()
-    p = settings.personalization
-    push_age_limits = {
-        Priority.LOW: timedelta(seconds=p.stale_low_seconds),
-        Priority.MEDIUM: timedelta(seconds=p.stale_medium_seconds),
-        Priority.HIGH: timedelta(seconds=p.stale_high_seconds),
-        Priority.CRITICAL: timedelta(seconds=p.stale_critical_seconds),
-    }
     deps = settings.dependencies
     return Writers(
         records=lambda: CheckedProducer(bootstrap),
@@ -721,7 +710,7 @@ def writers_for(settings: Settings) -> Writers:
             InAppFeed(redis_url, maxlen=maxlen, dependencies=deps),
             build_delivery(settings.delivery, database_url, deps),
             publisher=MessagePublisher(bootstrap, settings.topics.notifications),
-            push_age_limits=push_age_limits,
+            push_age_limits=settings.personalization.stale_limits(),
             drain_on_close=lambda: not STOP.is_set(),
             close_grace=settings.engine.shutdown_grace_seconds,
         ),

@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
+from pipeline.config import Personalization
 from pipeline.consolidation import compose
 from pipeline.ids import follow_up_id, storage_uuid
 from pipeline.messages import Channel, Destinations, Notification, Priority
@@ -39,13 +40,6 @@ from sinks.postgres import HistoryWriter, Plan, PlannedDelivery
 from sinks.redis_store import InAppFeed
 
 log = logging.getLogger("smart_alerts.notify")
-
-DEFAULT_PUSH_AGE_LIMITS = {
-    Priority.LOW: timedelta(hours=1),
-    Priority.MEDIUM: timedelta(minutes=30),
-    Priority.HIGH: timedelta(minutes=10),
-    Priority.CRITICAL: timedelta(minutes=5),
-}
 
 
 def in_app_destination(user_id: str) -> str:
@@ -86,7 +80,7 @@ class NotificationSink:
         self._feed = feed
         self._delivery = delivery
         self._publisher = publisher
-        self._limits = push_age_limits or DEFAULT_PUSH_AGE_LIMITS
+        self._limits = push_age_limits or Personalization().stale_limits()
         self._clock = clock
         self._drain_on_close = drain_on_close
         self._close_grace = close_grace
