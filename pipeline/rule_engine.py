@@ -700,7 +700,9 @@ class EvaluateShard:
     def watermark_due(self, now: float, *, final: bool = False) -> list[Watermark]:
         """This shard's watermark, when it changed and the last one left long enough ago (or
         this is the ``final`` one, at the end of a bounded input)."""
-        if not self.gate.is_open or (not final and now - self.sent_at < WATERMARK_INTERVAL_S):
+        if not self.name or not self.gate.is_open:
+            return []  # no marker yet: nothing to say, and no name to say it under
+        if not final and now - self.sent_at < WATERMARK_INTERVAL_S:
             return []
         current = Watermark(self.name, floor_second(self._cutoff()), self.clock.caught_up)
         if current == self.sent:
@@ -710,7 +712,7 @@ class EvaluateShard:
 
     def next_watermark_at(self) -> float | None:
         """When a withheld watermark may go (wall-clock seconds), or None."""
-        if not self.gate.is_open:
+        if not self.name or not self.gate.is_open:
             return None
         current = Watermark(self.name, floor_second(self._cutoff()), self.clock.caught_up)
         return None if current == self.sent else self.sent_at + WATERMARK_INTERVAL_S
