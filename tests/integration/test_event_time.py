@@ -316,7 +316,10 @@ def test_kill_minus_nine_at_random_moments_with_recovery_changes_nothing(
             update={
                 "recovery": settings.recovery.model_copy(
                     update={"directory": tmp_path / "recovery", "snapshot_seconds": 0.3}
-                )
+                ),
+                # A kill -9 mid-call leaves its row SENDING until the lease lapses: short here,
+                # so that the last start resumes it (a stop releases it, test_shutdown.py).
+                "delivery": settings.delivery.model_copy(update={"lease_seconds": 1.0}),
             }
         )
         kills = 0
