@@ -19,9 +19,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.evaluate.engine import ShardEngine  # noqa: E402
 from pipeline.messages import Notification, Priority, Profile, Rule, Tick, TriggeredAlert  # noqa: E402
-from pipeline.personalize import AlertOutcome, UserDesk  # noqa: E402
-from pipeline.rule_engine import ShardEngine  # noqa: E402
+from pipeline.personalize.desk import AlertOutcome, UserDesk  # noqa: E402
 
 OPEN = datetime(2026, 1, 6, 14, 30, tzinfo=UTC)
 CLOSE = datetime(2026, 1, 6, 21, 0, tzinfo=UTC)

@@ -31,9 +31,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.evaluate.engine import ExhaustiveShardEngine, ShardEngine  # noqa: E402
+from pipeline.evaluate.routing import shard_of  # noqa: E402
 from pipeline.messages import OptionsFlow, Rule, Tick, decode  # noqa: E402
-from pipeline.routing import shard_of  # noqa: E402
-from pipeline.rule_engine import ExhaustiveShardEngine, ShardEngine  # noqa: E402
 
 SYMBOLS = [f"S{index:04d}" for index in range(1000)]
 SHARDS = 64

@@ -34,13 +34,15 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
+from bytewax.testing import run_main
 
 from connectors.kafka import PartitionReader, SourceRecord, list_partitions
 from pipeline import metrics
 from pipeline.config import Settings, Topics
+from pipeline.evaluate.engine import EvaluateShard
+from pipeline.evaluate.routing import RuleRouter, all_user_shards, user_shard_of
 from pipeline.event_time import Progress, ProgressReporter, Watermark
 from pipeline.ingest import Partitioning, PartitionIngest, Route, part_name, route_of
-from pipeline.learning import LearningConfig, RelevanceScore
 from pipeline.messages import (
     DeadLetter,
     Notification,
@@ -50,14 +52,13 @@ from pipeline.messages import (
     RuleTombstone,
     TriggeredAlert,
 )
-from pipeline.personalize import (
+from pipeline.personalize.desk import (
     AlertOutcome,
     DeskShard,
     Dispatch,
     PersonalizationConfig,
 )
-from pipeline.routing import RuleRouter, all_user_shards, user_shard_of
-from pipeline.rule_engine import EvaluateShard
+from pipeline.personalize.learning import LearningConfig, RelevanceScore
 from pipeline.safety import SafetyNet
 from sinks.channels.configure import build_delivery, build_senders
 from sinks.kafka import CheckedProducer, MessagePublisher, OutgoingRecord
@@ -757,6 +758,12 @@ def run(settings: Settings, *, bounded: bool = False) -> int:
         log.info("stopped on %s: input closed, state kept, deliveries drained", received[0].name)
         return 130 if received[0] is signal.SIGINT else 0
     return 0
+
+
+def run_in_this_thread(settings: Settings, writers: Writers, inputs: Inputs) -> None:
+    """A bounded run of the flow over ``inputs`` in one worker of this thread (a backtest's
+    files, written to ``writers``): no cluster, no recovery, no signal handling."""
+    run_main(build_flow(settings, writers, bounded=True, inputs=inputs))
 
 
 @contextmanager

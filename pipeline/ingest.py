@@ -24,6 +24,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from pipeline.config import Topics
+from pipeline.evaluate.routing import all_shards, all_user_shards, shard_of, user_shard_of
 from pipeline.event_time import Progress
 from pipeline.messages import (
     Feedback,
@@ -35,7 +36,6 @@ from pipeline.messages import (
     Tick,
 )
 from pipeline.parsing import ParsedItem, RawRecord, parse_record
-from pipeline.routing import all_shards, all_user_shards, shard_of, user_shard_of
 
 Keyed = tuple[str, object]
 

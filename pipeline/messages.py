@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from pipeline.condition_specs import (
+from pipeline.evaluate.specs import (
     CONDITION_DEPTH_MESSAGE,
     CONDITION_MODELS,
     MAX_CONDITION_DEPTH,

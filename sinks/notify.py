@@ -30,10 +30,10 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from pipeline.config import Personalization
-from pipeline.consolidation import compose
 from pipeline.ids import follow_up_id, storage_uuid
 from pipeline.messages import Channel, Destinations, Notification, Priority
-from pipeline.personalize import Dispatch
+from pipeline.personalize.consolidation import compose
+from pipeline.personalize.desk import Dispatch
 from sinks.delivery import DeliveryCore
 from sinks.kafka import MessagePublisher
 from sinks.postgres import HistoryWriter, Plan, PlannedDelivery

@@ -37,12 +37,12 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
-from pipeline.condition_specs import iter_conditions
 from pipeline.config import Dependencies
+from pipeline.evaluate.specs import iter_conditions
 from pipeline.ids import NAMESPACE, storage_uuid
-from pipeline.learning import RelevanceScore
 from pipeline.messages import Notification, Profile, Rule, TriggeredAlert
-from pipeline.personalize import AlertOutcome
+from pipeline.personalize.desk import AlertOutcome
+from pipeline.personalize.learning import RelevanceScore
 
 log = logging.getLogger("smart_alerts.postgres")
 

@@ -12,8 +12,8 @@ Key layout (a public contract: gateways and tools read these keys without this c
     The key follows the first colon verbatim (an OCC option symbol keeps its spaces). A score is
     its value as of ``updated_at``; it relaxes toward 0.5 afterwards, so a reader at time t
     computes ``0.5 + (score - 0.5) * 0.5 ** ((t - updated_at) / half_life)`` (half_life 14 days
-    by default; ``pipeline/learning.py``). Last write wins; the engine writes scores in the order
-    it computed them, so a replay ends in the same state.
+    by default; ``pipeline/personalize/learning.py``). Last write wins; the engine writes scores
+    in the order it computed them, so a replay ends in the same state.
 
 ``sa:inapp:{user_id}`` — stream, the user's in-app feed, oldest first
     One entry per notification with the fields ``notification_id``, ``title``, ``message``,
@@ -66,8 +66,8 @@ from redis.commands.core import Script
 from redis.retry import Retry
 
 from pipeline.config import Dependencies
-from pipeline.learning import RelevanceScore
 from pipeline.messages import Notification, format_timestamp
+from pipeline.personalize.learning import RelevanceScore
 
 __all__ = [
     "DEFAULT_FEED_MAXLEN",

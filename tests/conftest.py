@@ -103,7 +103,7 @@ def job_settings(stack: StackUrls, database_url: str, **sections: Any) -> Settin
     the module's database, the session's Redis; ``sections`` override config sections."""
     import uuid
 
-    from pipeline.commands import topics_create
+    from pipeline.cli.commands import topics_create
     from pipeline.config import Topics, load_settings
 
     prefix = f"t{uuid.uuid4().hex[:8]}"

@@ -10,8 +10,8 @@ import pytest
 
 from connectors.embedded import StackUrls
 from connectors.files import read_rows
-from pipeline import commands
-from pipeline.backtest import run_backtest
+from pipeline.cli import commands
+from pipeline.cli.backtest import run_backtest
 from pipeline.config import load_settings
 from pipeline.dataflow import run
 from pipeline.messages import Rule, Tick
@@ -20,7 +20,7 @@ from tests.conftest import job_settings
 
 pytestmark = pytest.mark.integration
 
-SAMPLES = Path(__file__).resolve().parents[2] / "pipeline" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "pipeline" / "cli" / "samples"
 
 
 def test_backtest_and_live_give_the_same_alert_ids(

@@ -12,8 +12,8 @@ import pytest
 
 from connectors.embedded import StackUrls
 from connectors.mail_catcher import MailCatcher
+from pipeline.cli.demo import SAMPLE_PUSH_AGE_LIMITS, run_demo_on, with_mail_catcher
 from pipeline.config import load_settings
-from pipeline.demo import SAMPLE_PUSH_AGE_LIMITS, run_demo_on, with_mail_catcher
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ def test_demo_summary_shows_alerts_notifications_deliveries_and_dead_letters(
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
+        [sys.executable, "-m", "pipeline.cli.main", *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},

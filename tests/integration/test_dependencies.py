@@ -29,9 +29,9 @@ from confluent_kafka import KafkaError, Message, Producer
 from connectors.embedded import EmbeddedStack, StackUrls, free_ports
 from connectors.kafka import LOST_AFTER_S, LostOffsetsError, PartitionReader, SourceRecord
 from connectors.topics import TopicSpec, create_topics
-from pipeline.commands import topics_create
+from pipeline.cli.commands import topics_create
 from pipeline.config import Dependencies, Settings, Topics, load_settings
-from pipeline.learning import RelevanceScore
+from pipeline.personalize.learning import RelevanceScore
 from sinks.kafka import CheckedProducer, OutgoingRecord
 from sinks.migrations import migrate
 from sinks.postgres import WATCHDOG_MARGIN_S, DatabaseUnavailableError, HistoryWriter

@@ -15,12 +15,12 @@ import psycopg
 import pytest
 
 from connectors.embedded import StackUrls
-from pipeline import commands
+from pipeline.cli import commands
 from pipeline.config import Settings
 from pipeline.dataflow import run
 from pipeline.ids import alert_id, notification_id, storage_uuid
-from pipeline.learning import DEFAULT_ALPHA, NEUTRAL_SCORE, REWARDS
 from pipeline.messages import FeedbackAction, message_key
+from pipeline.personalize.learning import DEFAULT_ALPHA, NEUTRAL_SCORE, REWARDS
 from sinks.kafka import CheckedProducer, OutgoingRecord
 from sinks.redis_store import InAppFeed, RelevanceStore
 from tests.conftest import job_settings
@@ -61,7 +61,7 @@ def produce_raw(settings: Settings, topic: str, key: bytes, value: bytes | None)
 
 
 def _key(topic: str, row: dict[str, Any], settings: Settings) -> str:
-    from pipeline.commands import INPUT_MODELS
+    from pipeline.cli.commands import INPUT_MODELS
 
     for name, model in INPUT_MODELS.items():
         if getattr(settings.topics, name) == topic:

@@ -32,7 +32,7 @@ import psycopg
 import pytest
 
 from connectors.embedded import StackUrls, free_ports
-from pipeline import commands
+from pipeline.cli import commands
 from pipeline.config import Settings
 from pipeline.dataflow import run
 from sinks.kafka import CheckedProducer, OutgoingRecord

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from connectors.embedded import StackUrls
-from pipeline import commands
-from pipeline.commands import INPUT_MODELS
+from pipeline.cli import commands
+from pipeline.cli.commands import INPUT_MODELS
 from pipeline.config import Settings, Topics
 from pipeline.dataflow import run
 from pipeline.ids import alert_id

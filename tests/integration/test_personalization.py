@@ -16,11 +16,11 @@ import psycopg
 import pytest
 
 from connectors.embedded import StackUrls
-from pipeline import commands
+from pipeline.cli import commands
 from pipeline.config import Settings
 from pipeline.dataflow import run
 from pipeline.ids import alert_id, follow_up_id, notification_id, storage_uuid
-from pipeline.learning import LearningConfig
+from pipeline.personalize.learning import LearningConfig
 from sinks.kafka import CheckedProducer, OutgoingRecord
 from sinks.redis_store import InAppFeed, RelevanceStore
 from tests.conftest import PUSH_OLD_ALERTS, job_settings

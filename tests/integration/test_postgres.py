@@ -15,8 +15,8 @@ from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from pipeline.ids import alert_id, notification_id, storage_uuid
-from pipeline.learning import RelevanceScore
 from pipeline.messages import Notification, Profile, Rule, TriggeredAlert
+from pipeline.personalize.learning import RelevanceScore
 from sinks.postgres import HistoryWriter, comparison_of, delivery_uuid
 
 pytestmark = pytest.mark.integration

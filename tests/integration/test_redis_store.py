@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from pipeline.config import Dependencies
-from pipeline.learning import RelevanceScore
 from pipeline.messages import Channel, Notification, Priority
+from pipeline.personalize.learning import RelevanceScore
 from sinks.redis_store import (
     InAppFeed,
     RedisUnavailableError,

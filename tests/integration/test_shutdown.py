@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from connectors.embedded import StackUrls, free_ports
-from pipeline import commands
+from pipeline.cli import commands
 from pipeline.config import Settings
 from sinks.kafka import CheckedProducer, OutgoingRecord
 from sinks.redis_store import InAppFeed
@@ -54,7 +54,7 @@ def as_environment(settings: Settings) -> dict[str, str]:
 
 def start_cli(settings: Settings) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run"],
+        [sys.executable, "-m", "pipeline.cli.main", "run"],
         env={**os.environ, "PYTHONPATH": os.getcwd(), **as_environment(settings)},
         stderr=subprocess.PIPE,
         text=True,

@@ -20,12 +20,12 @@ import pytest
 
 from connectors.embedded import StackUrls
 from connectors.mail_catcher import MailCatcher
-from pipeline import commands
-from pipeline.cli import cause_in_chain
+from pipeline.cli import commands
+from pipeline.cli.main import cause_in_chain
 from pipeline.config import Settings
 from pipeline.dataflow import run
+from pipeline.evaluate.engine import ShardEngine
 from pipeline.messages import Tick
-from pipeline.rule_engine import ShardEngine
 from sinks.kafka import CheckedProducer, OutgoingRecord
 from sinks.redis_store import InAppFeed
 from tests.conftest import WEBHOOK_SECRET_REF, job_settings

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from pipeline.config import Topics
+from pipeline.evaluate.engine import EvaluateShard
+from pipeline.evaluate.routing import RuleRouter, all_shards
 from pipeline.event_time import Progress, ProgressReporter, ReferenceGate, Watermark, WatermarkJoin
 from pipeline.messages import DeadLetter, Notification, Tick, TriggeredAlert
-from pipeline.personalize import DeskShard, Dispatch, PersonalizationConfig
-from pipeline.routing import RuleRouter, all_shards
-from pipeline.rule_engine import EvaluateShard
+from pipeline.personalize.desk import DeskShard, Dispatch, PersonalizationConfig
 from pipeline.safety import SafetyNet
 from tests.unit.helpers import T0, alert, at, rule, tick
 

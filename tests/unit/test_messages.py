@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from pipeline.condition_specs import iter_conditions
+from pipeline.evaluate.specs import iter_conditions
 from pipeline.messages import (
     InvalidMessage,
     Profile,

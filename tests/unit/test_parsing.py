@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.condition_specs import MAX_CONDITION_DEPTH, tree_depth
 from pipeline.config import Topics
+from pipeline.evaluate.specs import MAX_CONDITION_DEPTH, tree_depth
 from pipeline.messages import (
     JSON_DEPTH_LIMIT,
     PositionClosed,

@@ -20,6 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import Topics
+from pipeline.evaluate.engine import ShardEngine
+from pipeline.evaluate.routing import RuleRouter
 from pipeline.messages import (
     EARLIEST_TIMESTAMP,
     Feedback,
@@ -35,9 +37,7 @@ from pipeline.messages import (
     TriggeredAlert,
 )
 from pipeline.parsing import ParsedItem, parse_record
-from pipeline.personalize import UserDesk
-from pipeline.routing import RuleRouter
-from pipeline.rule_engine import ShardEngine
+from pipeline.personalize.desk import UserDesk
 
 TOPICS = Topics()
 INPUT_TOPICS = (

@@ -1,0 +1,179 @@
+"""``smart-alerts backtest``: the same dataflow over files, alerts to a file.
+
+Rules come from a JSON or YAML list; ticks, flow and positions from Parquet or CSV files with the
+message fields as columns. Market rows are merged in event-time order and fed to the very
+dataflow the live job runs (parsing, dead letters, evaluation, personalization), so a backtest's
+alert ids equal the live job's for the same input. Only the outputs differ: alerts are
+collected and written to OUT instead of Kafka and the stores.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from connectors.files import count_rows, merged_by_time
+from connectors.kafka import SourceRecord
+from pipeline.cli.commands import Echo, Summary, load_rules
+from pipeline.config import Settings
+from pipeline.messages import DeadLetter, Rule, TriggeredAlert
+from sinks.files import FORMATS, UnsupportedOutput, write_alerts
+from sinks.kafka import OutgoingRecord
+
+PROGRESS_WIDTH = 30
+
+
+@dataclass
+class BacktestResult:
+    alerts: list[TriggeredAlert]
+    dead_letters: list[DeadLetter]
+    rows: int
+    seconds: float
+
+
+@dataclass
+class _Collector:
+    """Stands where the Kafka producer stands in the live job, keeping alerts and dead letters."""
+
+    topics: tuple[str, str]
+    alerts: list[TriggeredAlert] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+    def write_batch(self, records: list[OutgoingRecord]) -> None:
+        triggered, dlq = self.topics
+        for record in records:
+            if record.topic == triggered and record.value:
+                self.alerts.append(TriggeredAlert.model_validate_json(record.value))
+            elif record.topic == dlq and record.value:
+                self.dead_letters.append(DeadLetter.model_validate_json(record.value))
+
+    def close(self) -> None:
+        pass
+
+
+class Progress:
+    """A one-line progress bar on stderr, redrawn at most every half second."""
+
+    def __init__(self, total: int | None, echo_stream: object = sys.stderr) -> None:
+        self.total = total
+        self.stream = echo_stream
+        self.started = time.monotonic()
+        self.shown_at = 0.0
+
+    def __call__(self, done: int, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.shown_at < 0.5:
+            return
+        self.shown_at = now
+        rate = done / max(now - self.started, 1e-9)
+        if self.total:
+            filled = int(PROGRESS_WIDTH * min(done / self.total, 1.0))
+            bar = "#" * filled + "-" * (PROGRESS_WIDTH - filled)
+            line = f"\r[{bar}] {done / self.total:4.0%} {done:,}/{self.total:,} rows {rate:,.0f}/s"
+        else:
+            line = f"\r{done:,} rows {rate:,.0f}/s"
+        print(line, end="\n" if final else "", file=self.stream, flush=True)  # type: ignore[call-overload]
+
+
+def run_backtest(
+    settings: Settings,
+    *,
+    rules: Path,
+    ticks: Path,
+    flow: Path | None = None,
+    positions: Path | None = None,
+    progress: bool = True,
+    user_id: str | None = None,
+) -> BacktestResult:
+    from pipeline.dataflow import Writers, file_inputs, run_in_this_thread
+
+    topics = settings.topics
+    rule_list = load_rules(rules, user_id=user_id)
+    sources = [
+        (topics.positions, positions, _position_key),
+        (topics.ticks, ticks, _field("symbol")),
+        (topics.options_flow, flow, _field("underlying")),
+    ]
+    present = [(topic, path, key) for topic, path, key in sources if path is not None]
+    counts = [count_rows(path) for _, path, _ in present]
+    total = sum(c for c in counts if c is not None) if all(c is not None for c in counts) else None
+    bar = Progress(total) if progress else None
+    collector = _Collector((topics.triggered, topics.dlq))
+
+    def reference() -> Iterator[SourceRecord]:
+        return iter(_rule_records(topics.rules, rule_list))
+
+    def market() -> Iterator[SourceRecord]:
+        return merged_by_time(present)
+
+    inputs = file_inputs(settings, reference, market, progress=bar)
+    started = time.monotonic()
+    run_in_this_thread(settings, Writers(records=lambda: collector), inputs)
+    seconds = time.monotonic() - started
+    rows = sum(c or 0 for c in counts)
+    if bar is not None:
+        bar(rows, final=True)
+    alerts = sorted(collector.alerts, key=lambda a: (a.triggered_at, a.alert_id))
+    return BacktestResult(alerts, collector.dead_letters, rows, seconds)
+
+
+def _rule_records(topic: str, rules: list[Rule]) -> list[SourceRecord]:
+    return [
+        SourceRecord(topic, 0, offset, rule.id.encode(), rule.model_dump_json().encode(), None)
+        for offset, rule in enumerate(rules)
+    ]
+
+
+def _field(name: str):  # type: ignore[no-untyped-def]
+    return lambda row: str(row[name]) if name in row else None
+
+
+def _position_key(row: dict[str, object]) -> str | None:
+    if "user_id" in row and "symbol" in row:
+        return f"{row['user_id']}:{row['symbol']}"
+    return None
+
+
+def summarize(result: BacktestResult, out: Path) -> Summary:
+    summary = Summary()
+    summary.add("rows read", f"{result.rows:,}", f"{result.seconds:.1f} s")
+    summary.add(
+        "rows rejected", len(result.dead_letters), "see below" if result.dead_letters else ""
+    )
+    for rule_id, count in sorted(Counter(a.rule_id for a in result.alerts).items()):
+        summary.add(f"alerts: {rule_id}", count, "")
+    for day, count in sorted(
+        Counter(a.triggered_at.date().isoformat() for a in result.alerts).items()
+    ):
+        summary.add(f"alerts on {day}", count, "")
+    summary.add("alerts", len(result.alerts), str(out))
+    return summary
+
+
+def backtest_command(
+    settings: Settings,
+    *,
+    rules: Path,
+    ticks: Path,
+    flow: Path | None,
+    positions: Path | None,
+    out: Path,
+    echo: Echo = print,
+    user_id: str | None = None,
+) -> BacktestResult:
+    if out.suffix.lower() not in FORMATS:
+        raise UnsupportedOutput(f"{out}: write .parquet, .csv or .jsonl")
+    result = run_backtest(
+        settings, rules=rules, ticks=ticks, flow=flow, positions=positions, user_id=user_id
+    )
+    write_alerts(result.alerts, out)
+    echo(summarize(result, out).render())
+    for letter in result.dead_letters[:5]:
+        echo(f"rejected {letter.source_topic} row {letter.offset}: {letter.error}")
+    if len(result.dead_letters) > 5:
+        echo(f"... and {len(result.dead_letters) - 5} more rejected rows")
+    return result

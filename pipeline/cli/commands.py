@@ -1,0 +1,329 @@
+"""What each CLI verb does; ``pipeline.cli.main`` only parses arguments and prints errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from connectors.files import count_rows, read_rows
+from connectors.kafka import PartitionReader, SourceRecord, list_partitions
+from connectors.topics import TopicSpec, create_topics
+from pipeline.config import Settings
+from pipeline.messages import (
+    Feedback,
+    OptionsFlow,
+    Position,
+    Profile,
+    Rule,
+    Tick,
+    describe_validation_error,
+    message_key,
+)
+from sinks.kafka import CheckedProducer, OutgoingRecord
+from sinks.migrations import migrate
+
+Echo = Callable[[str], None]
+
+# Input topics by their configuration name, with the model each carries.
+INPUT_MODELS: dict[str, type[BaseModel]] = {
+    "ticks": Tick,
+    "options_flow": OptionsFlow,
+    "rules": Rule,
+    "positions": Position,
+    "feedback": Feedback,
+    "profiles": Profile,
+}
+
+
+class CommandError(RuntimeError):
+    """A verb cannot go on; the message tells the operator what to fix."""
+
+
+def echo_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- topics, schema
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    t, p = settings.topics, settings.partitions
+    return [
+        TopicSpec(t.ticks, p.market),
+        TopicSpec(t.options_flow, p.market),
+        TopicSpec(t.rules, p.reference, compacted=True),
+        TopicSpec(t.positions, p.reference, compacted=True),
+        TopicSpec(t.profiles, p.reference, compacted=True),
+        TopicSpec(t.feedback, p.feedback),
+        TopicSpec(t.triggered, p.outputs),
+        TopicSpec(t.notifications, p.outputs),
+        TopicSpec(t.dlq, p.outputs),
+    ]
+
+
+def topics_create(settings: Settings, echo: Echo = print) -> list[str]:
+    bootstrap = settings.require_servers()[0]
+    specs = topic_specs(settings)
+    created = create_topics(bootstrap, specs)
+    for spec in specs:
+        state = "created" if spec.name in created else "exists"
+        policy = "compact" if spec.compacted else "delete"
+        echo(f"{spec.name:<24} {spec.partitions:>3} partitions  cleanup.policy={policy:<8} {state}")
+    return created
+
+
+def run_migrations(settings: Settings, echo: Echo = print) -> list[str]:
+    applied = migrate(settings.require_servers()[1], log=echo)
+    echo(f"{len(applied)} migration(s) applied" if applied else "schema is up to date")
+    return applied
+
+
+# ---------------------------------------------------------------- producing
+
+
+def topic_of(settings: Settings, name: str) -> tuple[str, type[BaseModel]]:
+    """A configured input topic by its configuration name or its topic name."""
+    for config_name, model in INPUT_MODELS.items():
+        topic = getattr(settings.topics, config_name)
+        if name in (config_name, topic):
+            return topic, model
+    known = ", ".join(f"{n} ({getattr(settings.topics, n)})" for n in INPUT_MODELS)
+    raise CommandError(f"unknown input topic {name!r}; use one of: {known}")
+
+
+def load_messages(path: Path, model: type[BaseModel]) -> Iterable[BaseModel]:
+    """Validate each row of a file as ``model``; the first bad row stops with its row number."""
+    for number, row in enumerate(read_rows(path), start=1):
+        row.setdefault("v", 1)
+        try:
+            yield model.model_validate(row)
+        except ValidationError as exc:
+            raise CommandError(
+                f"{path}: row {number} is not a valid {model.__name__}: "
+                f"{describe_validation_error(exc)}"
+            ) from exc
+
+
+def publish(
+    producer: CheckedProducer,
+    topic: str,
+    messages: Iterable[BaseModel],
+    *,
+    total: int | None = None,
+    echo: Echo = echo_stderr,
+    chunk: int = 5000,
+) -> int:
+    """Produce messages keyed per the topic contract; progress every chunk; returns the count."""
+    sent, started, batch = 0, time.monotonic(), []
+    for message in messages:
+        batch.append(
+            OutgoingRecord(topic, message_key(message).encode(), message.model_dump_json().encode())
+        )
+        if len(batch) >= chunk:
+            producer.write_batch(batch)
+            sent += len(batch)
+            batch = []
+            of = f"/{total}" if total else ""
+            echo(f"  {topic}: {sent}{of} messages ({sent / (time.monotonic() - started):,.0f}/s)")
+    if batch:
+        producer.write_batch(batch)
+        sent += len(batch)
+    return sent
+
+
+def replay(settings: Settings, path: Path, topic_name: str, echo: Echo = print) -> int:
+    topic, model = topic_of(settings, topic_name)
+    producer = CheckedProducer(settings.require_servers()[0])
+    try:
+        sent = publish(producer, topic, load_messages(path, model), total=count_rows(path))
+    finally:
+        producer.close()
+    echo(f"replayed {sent} messages from {path} to {topic}")
+    return sent
+
+
+def rules_apply(
+    settings: Settings, path: Path, echo: Echo = print, *, user_id: str | None = None
+) -> int:
+    rules = load_rules(path, user_id=user_id)
+    producer = CheckedProducer(settings.require_servers()[0])
+    try:
+        sent = publish(producer, settings.topics.rules, rules)
+    finally:
+        producer.close()
+    for rule in rules:
+        echo(f"applied {rule.id} v{rule.version} ({rule.name})")
+    return sent
+
+
+# ---------------------------------------------------------------- rule text, templates
+
+
+def load_rules(path: Path, *, user_id: str | None = None) -> list[Rule]:
+    """Rules from JSON/JSONL/CSV/Parquet, a YAML list (``.yaml``/``.yml``) or rule text (``.txt``).
+
+    A ``.txt`` file has one rule text per line (blank lines and ``#`` comments skipped); a YAML
+    list holds rule mappings or rule texts. ``user_id`` is the user of texts and YAML mappings
+    that name none (docs/rules.md).
+    """
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".txt"):
+        return [rule for rule in load_messages(path, Rule) if isinstance(rule, Rule)]
+    from pipeline.rules.text import RuleTextError, parse_rule
+
+    try:
+        content = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CommandError(f"{path}: cannot read: {exc}") from exc
+    rules: list[Rule] = []
+    if suffix == ".txt":
+        for number, line in enumerate(content.splitlines(), start=1):
+            if line.strip() and not line.strip().startswith("#"):
+                try:
+                    rules.append(parse_rule(line, user_id=user_id))
+                except RuleTextError as exc:
+                    raise CommandError(f"{path}:{number}: {exc}") from exc
+        return rules
+    import yaml
+
+    try:
+        items = yaml.safe_load(content)
+    except yaml.YAMLError as exc:
+        raise CommandError(f"{path}: not YAML: {exc}") from exc
+    if not isinstance(items, list):
+        raise CommandError(f"{path}: expected a YAML list of rules")
+    for number, item in enumerate(items, start=1):
+        try:
+            if isinstance(item, str):
+                rules.append(parse_rule(item, user_id=user_id))
+            elif isinstance(item, dict):
+                if user_id and item.setdefault("user_id", user_id) != user_id:
+                    raise CommandError(
+                        f"{path}: item {number} has user_id {item['user_id']!r}, not {user_id!r}"
+                    )
+                rules.append(Rule.model_validate({"v": 1, **item}))
+            else:
+                raise CommandError(f"{path}: item {number} is neither a rule nor a rule text")
+        except RuleTextError as exc:
+            raise CommandError(f"{path}: item {number}: {exc}") from exc
+        except ValidationError as exc:
+            raise CommandError(
+                f"{path}: item {number} is not a valid Rule: {describe_validation_error(exc)}"
+            ) from exc
+    return rules
+
+
+def rule_json(rule: Rule) -> str:
+    return json.dumps(rule.model_dump(mode="json", exclude_none=True), indent=2)
+
+
+def rules_parse(
+    text: str, *, user_id: str | None = None, rule_id: str | None = None, echo: Echo = print
+) -> Rule:
+    from pipeline.rules.text import parse_rule
+
+    rule = parse_rule(text, user_id=user_id, rule_id=rule_id)
+    echo(rule_json(rule))
+    return rule
+
+
+def rules_from_template(
+    settings: Settings | None,
+    name: str,
+    *,
+    symbol: str,
+    user_id: str,
+    params: list[str],
+    echo: Echo = print,
+) -> Rule:
+    """Print the rule of a template; with ``settings``, also publish it to the rules topic."""
+    from pipeline.rules.templates import instantiate
+
+    values: dict[str, str] = {}
+    for param in params:
+        key, sep, value = param.partition("=")
+        if not sep or not key.strip():
+            raise CommandError(f"--param {param!r}: write name=value")
+        values[key.strip()] = value
+    rule = instantiate(name, symbol=symbol, user_id=user_id, params=values)
+    echo(rule_json(rule))
+    if settings is not None:
+        producer = CheckedProducer(settings.require_servers()[0])
+        try:
+            publish(producer, settings.topics.rules, [rule])
+        finally:
+            producer.close()
+        echo_stderr(f"published {rule.id} v{rule.version} to {settings.topics.rules}")
+    return rule
+
+
+def templates_list(name: str | None = None, echo: Echo = print) -> None:
+    from pipeline.rules.templates import get_template, list_templates, render_table, render_template
+
+    echo(render_template(get_template(name)) if name else render_table(list_templates()))
+
+
+def produce_raw(settings: Settings, path: Path) -> int:
+    """Lines of ``{"topic": <config name>, "key": ..., "value": <raw text>}``, sent as they are."""
+    producer = CheckedProducer(settings.require_servers()[0])
+    records = []
+    for row in read_rows(path):
+        topic, _ = topic_of(settings, row["topic"])
+        key = row.get("key")
+        value = row.get("value")
+        records.append(
+            OutgoingRecord(
+                topic,
+                key.encode() if key is not None else None,
+                value.encode() if isinstance(value, str) else json.dumps(value).encode(),
+            )
+        )
+    try:
+        producer.write_batch(records)
+    finally:
+        producer.close()
+    return len(records)
+
+
+# ---------------------------------------------------------------- reading back
+
+
+def read_topic(bootstrap: str, topic: str) -> list[SourceRecord]:
+    """Every record currently in a topic (for summaries and tests; not for the job)."""
+    records: list[SourceRecord] = []
+    for name, partition in list_partitions(bootstrap, [topic]):
+        reader = PartitionReader(bootstrap, name, partition, None)
+        try:
+            while True:
+                batch = reader.next_batch()
+                records.extend(batch)
+                if reader.at_end and not batch:
+                    break
+        finally:
+            reader.close()
+    return records
+
+
+@dataclass
+class Summary:
+    rows: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def add(self, what: str, count: Any, where: str) -> None:
+        self.rows.append((what, str(count), where))
+
+    def render(self) -> str:
+        head = ("what", "count", "where")
+        width = [max(len(r[i]) for r in [*self.rows, head]) for i in range(3)]
+        line = "+-" + "-+-".join("-" * w for w in width) + "-+"
+
+        def fmt(r: tuple[str, str, str]) -> str:
+            return f"| {r[0]:<{width[0]}} | {r[1]:>{width[1]}} | {r[2]:<{width[2]}} |"
+
+        return "\n".join([line, fmt(head), line, *map(fmt, self.rows), line])

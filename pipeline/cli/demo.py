@@ -1,0 +1,169 @@
+"""``smart-alerts demo``: the real job on the embedded stack, over the bundled sample.
+
+Starts the broker, PostgreSQL and Redis (or uses the servers named in the environment), creates
+the topics, migrates, loads the example rules, profiles and feedback, replays an hour of market
+ticks plus a few malformed messages, runs the dataflow to the end of its input and prints what
+it did, read back from where it was written. Without an e-mail provider configured, e-mail is
+delivered over SMTP to a local mail catcher (the messages land in ``<state>/mail``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from connectors.embedded import stack_from_env_or_embedded
+from connectors.history import HistoryReader
+from connectors.mail_catcher import MailCatcher
+from pipeline import metrics
+from pipeline.cli import commands
+from pipeline.cli.commands import Echo, Summary, publish, read_topic
+from pipeline.config import Settings, load_settings
+from pipeline.messages import Feedback, Profile, Rule, Tick
+from pipeline.metrics import counter_value
+from sinks.kafka import CheckedProducer
+from sinks.redis_store import InAppFeed, RelevanceStore
+
+SAMPLES = Path(__file__).parent / "samples"
+DEMO_WINDOW_SECONDS = 300
+# The sample's ticks are from a past day; alerts about them are years old by the wall clock.
+SAMPLE_PUSH_AGE_LIMITS = {
+    f"stale_{priority}_seconds": 100 * 365 * 86400
+    for priority in ("low", "medium", "high", "critical")
+}
+
+
+def run_demo(state_dir: Path, echo: Echo = print, config: Path | None = None) -> Summary:
+    with stack_from_env_or_embedded(state_dir) as urls:
+        echo(f"stack: kafka {urls.kafka_bootstrap} | {urls.database_url} | {urls.redis_url}")
+        settings = load_settings(
+            config,
+            kafka_bootstrap_servers=urls.kafka_bootstrap,
+            database_url=urls.database_url,
+            redis_url=urls.redis_url,
+            engine={"window_seconds": DEMO_WINDOW_SECONDS},
+            personalization=SAMPLE_PUSH_AGE_LIMITS,
+        )
+        echo(
+            "the sample is from 2026-01-05: the push age limits are raised so that it is "
+            "pushed (a live job shows alerts that old in-app only, recorded STALE)"
+        )
+        if settings.delivery.email_provider is not None:
+            return run_demo_on(settings, echo)
+        with MailCatcher(state_dir / "mail") as catcher:
+            echo(f"e-mail: SMTP to a local mail catcher on 127.0.0.1:{catcher.port}")
+            return run_demo_on(with_mail_catcher(settings, catcher.port), echo, catcher)
+
+
+def with_mail_catcher(settings: Settings, port: int) -> Settings:
+    """The settings with e-mail going over plain SMTP to a MailCatcher on ``port``."""
+    delivery = settings.delivery.model_copy(
+        update={
+            "email_provider": "smtp",
+            "email_from": settings.delivery.email_from or "alerts@vs9-demo.invalid",
+            "smtp_host": "127.0.0.1",
+            "smtp_port": port,
+            "smtp_security": "none",
+            "smtp_username": None,
+        }
+    )
+    return settings.model_copy(update={"delivery": delivery})
+
+
+def run_demo_on(
+    settings: Settings, echo: Echo = print, catcher: MailCatcher | None = None
+) -> Summary:
+    from pipeline.dataflow import run
+
+    commands.topics_create(settings, echo)
+    commands.run_migrations(settings, echo)
+    load_sample(settings, echo)
+    echo("running the dataflow over the sample ...")
+    read_before = _reads(settings)
+    started = time.monotonic()
+    run(settings, bounded=True)
+    echo(f"dataflow finished in {time.monotonic() - started:.1f} s")
+    summary = summarize(settings, read_before)
+    if catcher is not None:
+        summary.add("e-mails caught", len(catcher.messages), str(catcher.directory))
+    echo(summary.render())
+    return summary
+
+
+def load_sample(settings: Settings, echo: Echo) -> Counter[str]:
+    topics = settings.topics
+    producer = CheckedProducer(settings.require_servers()[0])
+    produced: Counter[str] = Counter()
+    try:
+        for topic, model, name in (
+            (topics.rules, Rule, "rules.json"),
+            (topics.profiles, Profile, "profiles.json"),
+            (topics.feedback, Feedback, "feedback.jsonl"),
+            (topics.ticks, Tick, "ticks.csv"),
+        ):
+            messages = commands.load_messages(SAMPLES / name, model)
+            produced[topic] += publish(producer, topic, messages, echo=echo)
+    finally:
+        producer.close()
+    produced["malformed"] = commands.produce_raw(settings, SAMPLES / "bad_messages.jsonl")
+    echo("loaded sample: " + ", ".join(f"{n} {topic}" for topic, n in produced.items()))
+    return produced
+
+
+def _reads(settings: Settings) -> dict[tuple[str, str], float]:
+    """The job's input counters (process-wide, so the summary reports this run's increase)."""
+    return {
+        (topic, outcome): counter_value(metrics.EVENTS, topic=topic, outcome=outcome)
+        for topic in settings.topics.inputs()
+        for outcome in ("ok", "dead_letter")
+    }
+
+
+def summarize(settings: Settings, read_before: dict[tuple[str, str], float]) -> Summary:
+    bootstrap, database_url, redis_url = settings.require_servers()
+    topics = settings.topics
+    summary = Summary()
+    read_after = _reads(settings)
+    for topic in topics.inputs():
+        valid = read_after[(topic, "ok")] - read_before[(topic, "ok")]
+        invalid = read_after[(topic, "dead_letter")] - read_before[(topic, "dead_letter")]
+        rejected = f" + {invalid:.0f} invalid" if invalid else ""
+        summary.add(f"read from {topic}", f"{valid:.0f}{rejected}", f"kafka {topic}")
+
+    with HistoryReader(database_url) as history:
+        per_rule = history.alerts_per_rule()
+        for rule_id, count in per_rule:
+            summary.add(f"alerts: {rule_id}", count, "postgres triggered_alerts")
+        summary.add("alerts triggered", sum(c for _, c in per_rule), "postgres triggered_alerts")
+        summary.add("notifications", history.notification_count(), "postgres consolidated_alerts")
+        for channel, status, error, count in history.deliveries_by_outcome():
+            outcome = f"{status} ({error})" if status == "FAILED" and error else status
+            summary.add(f"deliveries {channel} {outcome}", count, "postgres delivery_logs")
+        users = history.user_ids_with_notifications()
+
+    summary.add("alerts on topic", len(read_topic(bootstrap, topics.triggered)), topics.triggered)
+    summary.add(
+        "notifications on topic",
+        len(read_topic(bootstrap, topics.notifications)),
+        topics.notifications,
+    )
+    summary.add("dead letters", len(read_topic(bootstrap, topics.dlq)), f"kafka {topics.dlq}")
+
+    feed = InAppFeed(redis_url)
+    relevance = RelevanceStore(redis_url)
+    try:
+        entries = sum(len(feed.entries(user)) for user in users)
+        summary.add("in-app feed entries", entries, "redis sa:inapp:{user}")
+        scores: dict[str, Any] = {}
+        for user in ("u-alice", "u-carol"):
+            for name, value in relevance.read(user).items():
+                if not name.startswith("updated_at"):
+                    scores[f"{user} {name}"] = round(value, 3)
+        for name, value in sorted(scores.items()):
+            summary.add(f"relevance {name}", value, "redis sa:relevance:{user}")
+    finally:
+        feed.close()
+        relevance.close()
+    return summary

@@ -1,0 +1,279 @@
+"""The ``smart-alerts`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from connectors.files import FileFormatError
+from pipeline.cli import commands
+from pipeline.config import ConfigError, Settings, load_settings
+from pipeline.rules.templates import TemplateError
+from pipeline.rules.text import RuleTextError
+from sinks.files import UnsupportedOutput
+
+DESCRIPTION = """\
+VS-9 Smart Alerts: a streaming alert engine for options trading.
+
+Servers come from the config file (--config or SMART_ALERTS_CONFIG) and the environment
+(KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, REDIS_URL; SMART_ALERTS_<SECTION>__<KEY> for the
+rest). `demo` needs none: it starts its own broker, PostgreSQL and Redis.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smart-alerts",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    run = verbs.add_parser(
+        "run",
+        help="run the dataflow against the configured Kafka, PostgreSQL and Redis",
+        description="Run the job until stopped (SIGINT/SIGTERM). With [recovery] directory "
+        "set, state and input offsets are snapshotted there and a restart resumes.",
+    )
+    run.add_argument(
+        "--bounded",
+        action="store_true",
+        help="read every input topic to its current end, then stop (replays, batch runs)",
+    )
+    run.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics")
+
+    for name in ("demo", "dev"):
+        demo = verbs.add_parser(
+            name,
+            help="run the job on an embedded broker, PostgreSQL and Redis over bundled sample data"
+            + (" (same as demo)" if name == "dev" else ""),
+            description="Start the embedded stack, create topics, migrate, load example rules, "
+            "profiles and feedback, replay an hour of ticks and a few malformed messages, run "
+            "the dataflow and print a summary read back from Kafka, PostgreSQL and Redis.",
+        )
+        demo.add_argument(
+            "--state-dir",
+            type=Path,
+            default=Path(".state/demo"),
+            help="where the embedded servers keep their data and logs (default: .state/demo)",
+        )
+
+    verbs.add_parser("migrate", help="apply the SQL migrations in sql/ that are not yet applied")
+
+    topics = verbs.add_parser("topics", help="manage Kafka topics")
+    topic_verbs = topics.add_subparsers(dest="topics_verb", required=True, metavar="ACTION")
+    topic_verbs.add_parser(
+        "create", help="create the input and output topics (partitions from [partitions])"
+    )
+
+    rules = verbs.add_parser("rules", help="manage alert rules")
+    rule_verbs = rules.add_subparsers(dest="rules_verb", required=True, metavar="ACTION")
+    apply = rule_verbs.add_parser(
+        "apply",
+        help="validate rules and publish them: JSON/JSONL, a YAML list, or .txt rule texts",
+    )
+    apply.add_argument("file", type=Path)
+    apply.add_argument("--user", help="user of rule texts and YAML rules that name none")
+    parse = rule_verbs.add_parser(
+        "parse", help="print the rule JSON of a rule text (docs/rules.md has the grammar)"
+    )
+    parse.add_argument("text", nargs="+", help="the rule text (quote it for the shell)")
+    parse.add_argument("--user", help="user id, unless the text says 'user U'")
+    parse.add_argument("--id", help="rule id (default: derived from the text and user)")
+    from_template = rule_verbs.add_parser(
+        "from-template", help="print (and with --publish, publish) a rule made from a template"
+    )
+    from_template.add_argument("name", help="template name (smart-alerts templates list)")
+    from_template.add_argument(
+        "--symbol", required=True, help="symbol, a watchlist A,B,C or * for every symbol"
+    )
+    from_template.add_argument("--user", required=True, help="the rule's user id")
+    from_template.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="a template parameter"
+    )
+    from_template.add_argument(
+        "--publish", action="store_true", help="also publish the rule to the rules topic"
+    )
+
+    templates = verbs.add_parser("templates", help="rule templates (pipeline/rules/templates/)")
+    template_verbs = templates.add_subparsers(
+        dest="templates_verb", required=True, metavar="ACTION"
+    )
+    template_verbs.add_parser("list", help="name, description and parameters of each template")
+    show = template_verbs.add_parser("show", help="one template's parameters in detail")
+    show.add_argument("name")
+
+    replay = verbs.add_parser(
+        "replay", help="publish a Parquet/CSV/JSON/JSONL file to an input topic, validated"
+    )
+    replay.add_argument("file", type=Path)
+    replay.add_argument(
+        "--topic",
+        required=True,
+        help="input topic, by name or config key: ticks, options_flow, rules, positions, "
+        "feedback, profiles",
+    )
+
+    backtest = verbs.add_parser(
+        "backtest",
+        help="run the dataflow over Parquet/CSV files and write its alerts to a file",
+        description="Rules from JSON/YAML/text; ticks, flow and positions from Parquet or CSV "
+        "with the message fields as columns (ts as a timestamp or text). Market rows are merged "
+        "in event-time order and run through the same dataflow as the live job, so the alerts "
+        "and their ids equal the live job's. OUT: .parquet, .csv or .jsonl.",
+    )
+    backtest.add_argument("--rules", type=Path, required=True)
+    backtest.add_argument("--ticks", type=Path, required=True)
+    backtest.add_argument("--flow", type=Path)
+    backtest.add_argument("--positions", type=Path)
+    backtest.add_argument("--out", type=Path, required=True)
+    backtest.add_argument("--user", help="user of rule texts that name none")
+
+    schemas = verbs.add_parser("schemas", help="JSON Schemas of the messages")
+    schema_verbs = schemas.add_subparsers(dest="schemas_verb", required=True, metavar="ACTION")
+    export = schema_verbs.add_parser("export", help="write docs/schemas/<topic>.schema.json")
+    export.add_argument("--dir", type=Path, default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return _dispatch(args)
+    except (
+        ConfigError,
+        commands.CommandError,
+        FileFormatError,
+        RuleTextError,
+        TemplateError,
+        UnsupportedOutput,
+    ) as exc:
+        print(f"smart-alerts: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("smart-alerts: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.verb in ("demo", "dev"):
+        from pipeline.cli.demo import run_demo
+
+        run_demo(args.state_dir, config=args.config)
+        return 0
+    if args.verb == "schemas":
+        from pipeline.schemas import SCHEMA_DIR, export
+
+        for path in export(args.dir or SCHEMA_DIR):
+            print(path)
+        return 0
+    if args.verb == "templates":
+        commands.templates_list(name=getattr(args, "name", None))
+        return 0
+    if args.verb == "rules" and args.rules_verb == "parse":
+        commands.rules_parse(" ".join(args.text), user_id=args.user, rule_id=args.id)
+        return 0
+    if args.verb == "rules" and args.rules_verb == "from-template":
+        commands.rules_from_template(
+            load_settings(args.config) if args.publish else None,
+            args.name,
+            symbol=args.symbol,
+            user_id=args.user,
+            params=args.param,
+        )
+        return 0
+    settings = load_settings(args.config)
+    if args.verb == "backtest":
+        from pipeline.cli.backtest import backtest_command
+
+        backtest_command(
+            settings,
+            rules=args.rules,
+            ticks=args.ticks,
+            flow=args.flow,
+            positions=args.positions,
+            out=args.out,
+            user_id=args.user,
+        )
+        return 0
+    if args.verb == "run":
+        return _run(settings, args)
+    if args.verb == "migrate":
+        commands.run_migrations(settings)
+    elif args.verb == "topics":
+        commands.topics_create(settings)
+    elif args.verb == "rules":
+        commands.rules_apply(settings, args.file, user_id=args.user)
+    elif args.verb == "replay":
+        commands.replay(settings, args.file, args.topic)
+    return 0
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.dataflow import run
+
+    settings.require_servers()
+    if not args.verbose:  # the one-line reason below says it; -v keeps Rust's backtraces
+        os.environ["RUST_BACKTRACE"] = "0"
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port)
+    try:
+        return run(settings, bounded=args.bounded)
+    except BaseException as exc:
+        reason = _stopping_failure(exc)
+        if reason is None:
+            raise
+        print(f"smart-alerts: stopped: {reason}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+
+
+EXIT_UNAVAILABLE = 3
+
+
+def _stopping_failure(exc: BaseException) -> BaseException | None:
+    """The failure, anywhere in the chain Bytewax wraps around it, that a restart may cure: a
+    dependency that stayed unreachable through its retries, or a lost peer process."""
+    from connectors.kafka import KafkaReadError
+    from pipeline.dataflow import PeerLostError
+    from sinks.kafka import KafkaDeliveryError
+    from sinks.postgres import DatabaseUnavailableError
+    from sinks.redis_store import RedisUnavailableError
+
+    known = (
+        DatabaseUnavailableError,
+        RedisUnavailableError,
+        KafkaReadError,
+        KafkaDeliveryError,
+        PeerLostError,
+    )
+    return cause_in_chain(exc, known)
+
+
+def cause_in_chain(
+    exc: BaseException, kinds: tuple[type[BaseException], ...]
+) -> BaseException | None:
+    """The first exception of one of ``kinds`` in ``exc``'s chain of causes and contexts."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kinds):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,744 @@
+"""EVALUATE: the rules of one shard against the market events of its symbols.
+
+One ShardEngine holds every rule routed to its shard (ARCHITECTURE.md §3) and the market state
+its rules need, per symbol. Semantics (ARCHITECTURE.md §5): a rule fires on the event where its
+condition tree goes from not satisfied to satisfied, then stays silent until
+``triggered_at + cooldown_seconds`` in event time; ``once`` rules retire after firing; expired
+or inactive rules are not evaluated; a new version replaces a rule and resets its state.
+
+How it scales: a rule's value can only change at an event where one of its leaves changes, so
+the engine tracks leaves, not rules. Per symbol, each distinct leaf is kept once with the rules
+that use it:
+- threshold leaves (price, IV, greeks, spread above/below, price crosses) sit in sorted
+  indexes; a tick moving the price from p0 to p1 finds the leaves it flipped by bisection
+  between p0 and p1, whatever the number of thresholds;
+- every other leaf is evaluated once per event of the kind it reads (ticks, flow prints, bar
+  closes of its timeframe), and only a leaf whose value changed (or a pulse that fired) wakes
+  its rules.
+Indicators and windows are computed once per symbol however many leaves read them
+(``SymbolState``) and dropped with the last one. A rule keeps little: its fields, its condition
+tree (shared leaves) or, for a one-leaf threshold rule, just (type, threshold).
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from bisect import bisect_left, bisect_right
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any, NamedTuple
+
+from pipeline.evaluate.conditions import (
+    BAR,
+    FLOW,
+    PULSES,
+    THRESHOLD_QUANTITY,
+    TICK,
+    EventContext,
+    LeafKey,
+    Observation,
+    evaluate_leaf,
+    evaluate_tree,
+    indicator_specs,
+    leaf_key,
+    leaf_kind,
+)
+from pipeline.evaluate.indicators import BarClose
+from pipeline.evaluate.market_state import SymbolState
+from pipeline.evaluate.specs import (
+    AllOf,
+    AnyOf,
+    ConditionNode,
+    LeafCondition,
+    iter_conditions,
+)
+from pipeline.event_time import Progress, ReferenceGate, Watermark, WatermarkJoin, floor_second
+from pipeline.ids import alert_id
+from pipeline.market_calendar import is_any_session, is_regular_session
+from pipeline.messages import (
+    DeadLetter,
+    OptionsFlow,
+    Position,
+    PositionClosed,
+    Priority,
+    Rule,
+    RuleTombstone,
+    Tick,
+    TriggeredAlert,
+)
+from pipeline.safety import SafetyNet
+
+MarketEvent = Tick | OptionsFlow
+ShardInput = Rule | RuleTombstone | Position | PositionClosed | MarketEvent
+
+END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class EdgeState:
+    """Edge and cooldown memory of one rule on one symbol."""
+
+    satisfied: bool = False
+    silent_until: datetime | None = None
+
+
+@cache
+def _shared_kinds(kinds: frozenset[str]) -> frozenset[str]:
+    return kinds
+
+
+@cache
+def _shared_cooldown(seconds: int) -> timedelta:
+    return timedelta(seconds=seconds)
+
+
+# Rule.sessions as CompiledRule keeps it: an index into _SESSION_CHECKS (0: any, no check).
+_SESSIONS = {"any": 0, "regular": 1, "extended": 2}
+_SESSION_CHECKS = (None, is_regular_session, is_any_session)
+
+
+@dataclass(slots=True)
+class CompiledRule:
+    """A rule as the engine keeps it: what evaluation needs, in little memory."""
+
+    id: str
+    version: int
+    digest: int
+    user_id: str
+    name: str
+    priority: Priority
+    once: bool
+    cooldown: timedelta
+    expires_at: datetime | None
+    active: bool
+    scope: tuple[str, ...] | None  # None: every symbol
+    tree: ConditionNode | ThresholdLeaf
+    kinds: frozenset[str]
+    sessions: int = 0  # _SESSIONS: evaluated only at events in these NYSE sessions
+    retired: bool = False
+    # Edge state: on the rule itself when it watches one symbol, else per symbol.
+    satisfied: bool = False
+    silent_until: datetime | None = None
+    edges: dict[str, EdgeState] | None = None
+
+    def edge(self, symbol: str) -> EdgeState | CompiledRule:
+        if self.scope is not None and len(self.scope) == 1:
+            return self
+        if self.edges is None:
+            self.edges = {}
+        state = self.edges.get(symbol)
+        if state is None:
+            state = self.edges[symbol] = EdgeState()
+        return state
+
+    def leaves(self) -> list[Any]:
+        return [self.tree] if isinstance(self.tree, ThresholdLeaf) else iter_conditions(self.tree)
+
+
+class ThresholdLeaf(NamedTuple):
+    """A one-leaf threshold rule's condition, as small as a tuple (most rules are these).
+
+    It reads like the leaf model (``.type``, ``.threshold``) and is its own leaf key.
+    """
+
+    type: str
+    threshold: float
+
+
+def compile_rule(rule: Rule) -> CompiledRule:
+    conditions = rule.conditions
+    tree: ConditionNode | ThresholdLeaf = conditions
+    if not isinstance(conditions, AllOf | AnyOf) and conditions.type in THRESHOLD_QUANTITY:
+        tree = ThresholdLeaf(conditions.type, float(conditions.threshold))
+    return CompiledRule(
+        id=rule.id,
+        version=rule.version,
+        digest=zlib.crc32(rule.model_dump_json().encode()),
+        user_id=sys.intern(rule.user_id),
+        name=rule.name,
+        priority=rule.priority,
+        once=rule.mode == "once",
+        cooldown=_shared_cooldown(rule.cooldown_seconds),
+        expires_at=rule.expires_at,
+        active=rule.active,
+        scope=None if rule.is_wildcard else tuple(rule.scope),
+        tree=tree,
+        kinds=_shared_kinds(frozenset(leaf_kind(leaf) for leaf in iter_conditions(conditions))),
+        sessions=_SESSIONS[rule.sessions],
+    )
+
+
+@dataclass(slots=True)
+class LeafSlot:
+    """One distinct leaf of a symbol, the rules that read it, and its value at the last event."""
+
+    leaf: LeafCondition | None  # None for threshold leaves (their key says it all)
+    owner: str = ""  # for position leaves: whose position
+    rule_ids: list[str] = field(default_factory=list)
+    value: bool = False
+
+
+@dataclass(slots=True)
+class SortedThresholds:
+    """Threshold leaves sorted by threshold, for range lookups by bisection."""
+
+    thresholds: list[float] = field(default_factory=list)
+    slots: list[LeafSlot] = field(default_factory=list)
+
+    def add(self, threshold: float, slot: LeafSlot) -> None:
+        index = bisect_right(self.thresholds, threshold)
+        self.thresholds.insert(index, threshold)
+        self.slots.insert(index, slot)
+
+    def remove(self, threshold: float, slot: LeafSlot) -> None:
+        low = bisect_left(self.thresholds, threshold)
+        high = bisect_right(self.thresholds, threshold)
+        for index in range(low, high):
+            if self.slots[index] is slot:
+                del self.thresholds[index]
+                del self.slots[index]
+                return
+
+    def between(
+        self, low: float, high: float, *, closed_low: bool, closed_high: bool
+    ) -> list[LeafSlot]:
+        start = (bisect_left if closed_low else bisect_right)(self.thresholds, low)
+        end = (bisect_right if closed_high else bisect_left)(self.thresholds, high)
+        return self.slots[start:end]
+
+
+@dataclass(slots=True)
+class SymbolRules:
+    leaves: dict[LeafKey, LeafSlot] = field(default_factory=dict)
+    indexes: dict[str, SortedThresholds] = field(default_factory=dict)  # by threshold leaf type
+    by_kind: dict[str, list[LeafSlot]] = field(default_factory=dict)  # other leaves, by event kind
+    fresh: set[str] = field(default_factory=set)  # rules not yet evaluated on this symbol
+
+    def attach(self, rule: CompiledRule) -> list[LeafCondition]:
+        """Register the rule's leaves; returns the leaves that are new to this symbol."""
+        new = []
+        for key, leaf in _leaf_entries(rule):
+            slot = self.leaves.get(key)
+            if slot is None:
+                threshold = _is_threshold_key(key)
+                owner = key[1] if isinstance(key, tuple) and not threshold else ""
+                slot = self.leaves[key] = LeafSlot(None if threshold else leaf, owner)
+                if threshold:
+                    self.indexes.setdefault(key[0], SortedThresholds()).add(key[1], slot)
+                else:
+                    self.by_kind.setdefault(leaf_kind(leaf), []).append(slot)
+                new.append(leaf)
+            slot.rule_ids.append(rule.id)
+        self.fresh.add(rule.id)
+        return new
+
+    def detach(self, rule: CompiledRule) -> list[LeafCondition]:
+        """Unregister the rule's leaves; returns the leaves no rule of this symbol reads now."""
+        gone = []
+        for key, leaf in _leaf_entries(rule):
+            slot = self.leaves.get(key)
+            if slot is None or rule.id not in slot.rule_ids:
+                continue
+            slot.rule_ids.remove(rule.id)
+            if slot.rule_ids:
+                continue
+            del self.leaves[key]
+            if _is_threshold_key(key):
+                self.indexes[key[0]].remove(key[1], slot)
+            else:
+                self.by_kind[leaf_kind(leaf)].remove(slot)
+            gone.append(leaf)
+        self.fresh.discard(rule.id)
+        return gone
+
+    def is_empty(self) -> bool:
+        return not self.leaves and not self.fresh
+
+
+def _is_threshold_key(key: LeafKey) -> bool:
+    return isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], float)
+
+
+def _leaf_entries(rule: CompiledRule) -> list[tuple[LeafKey, Any]]:
+    """(key, leaf) of each distinct leaf of the rule."""
+    if isinstance(rule.tree, ThresholdLeaf):  # its own (type, threshold) is the key
+        return [(rule.tree, rule.tree)]
+    entries: dict[LeafKey, Any] = {}
+    for leaf in rule.leaves():
+        entries.setdefault(leaf_key(leaf, rule.user_id), leaf)
+    return list(entries.items())
+
+
+@dataclass
+class ShardEngine:
+    rules: dict[str, CompiledRule] = field(default_factory=dict)
+    symbols: dict[str, SymbolRules] = field(default_factory=dict)
+    wildcard: set[str] = field(default_factory=set)
+    markets: dict[str, SymbolState] = field(default_factory=dict)
+    positions: dict[tuple[str, str], Position] = field(default_factory=dict)
+    # Equal leaves of different rules share one object: less memory, one evaluation per event.
+    leaf_pool: dict[LeafCondition, list[Any]] = field(default_factory=dict)
+
+    # ------------------------------------------------------------ input
+
+    def process(self, batch: Iterable[ShardInput]) -> list[TriggeredAlert]:
+        """Apply one batch: rule and position changes first, then market events in ts order.
+
+        Changes first makes the outcome independent of how a batch interleaved its sources;
+        the sort is stable, so events with equal ts keep their arrival order.
+        """
+        events: list[MarketEvent] = []
+        for item in batch:
+            if isinstance(item, Tick | OptionsFlow):
+                events.append(item)
+            elif isinstance(item, Rule):
+                self.upsert(item)
+            elif isinstance(item, RuleTombstone):
+                self.remove(item.rule_id)
+            elif isinstance(item, Position):
+                self.update_position(item)
+            else:
+                self.positions.pop((item.user_id, item.symbol), None)
+        events.sort(key=lambda event: event.ts)
+        alerts: list[TriggeredAlert] = []
+        for event in events:
+            if isinstance(event, Tick):
+                alerts.extend(self.on_tick(event))
+            else:
+                alerts.extend(self.on_flow(event))
+        return alerts
+
+    def upsert(self, rule: Rule) -> None:
+        current = self.rules.get(rule.id)
+        if current is not None and current.version > rule.version:
+            return  # a stale copy
+        compiled = compile_rule(rule)
+        if current is not None:
+            if current.version == rule.version and current.digest == compiled.digest:
+                return  # a replayed copy: keep the state it built
+            self._unregister(current)
+        if not isinstance(compiled.tree, ThresholdLeaf):
+            compiled.tree = self._pooled(compiled.tree)
+        self.rules[rule.id] = compiled
+        self._register(compiled)
+
+    def remove(self, rule_id: str) -> None:
+        compiled = self.rules.pop(rule_id, None)
+        if compiled is not None:
+            self._unregister(compiled)
+
+    def _pooled(self, node: ConditionNode) -> ConditionNode:
+        if isinstance(node, AllOf):
+            return AllOf.model_construct(all=[self._pooled(child) for child in node.all])
+        if isinstance(node, AnyOf):
+            return AnyOf.model_construct(any=[self._pooled(child) for child in node.any])
+        entry = self.leaf_pool.setdefault(node, [node, 0])
+        entry[1] += 1
+        pooled: ConditionNode = entry[0]
+        return pooled
+
+    def _unpool(self, rule: CompiledRule) -> None:
+        if isinstance(rule.tree, ThresholdLeaf):
+            return
+        for leaf in iter_conditions(rule.tree):
+            entry = self.leaf_pool.get(leaf)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del self.leaf_pool[leaf]
+
+    def update_position(self, position: Position) -> None:
+        key = (position.user_id, position.symbol)
+        current = self.positions.get(key)
+        if current is not None and current.ts > position.ts:
+            return
+        if position.quantity == 0:
+            self.positions.pop(key, None)
+        else:
+            self.positions[key] = position
+
+    # ------------------------------------------------------------ registration
+
+    def _register(self, rule: CompiledRule) -> None:
+        if rule.scope is None:
+            self.wildcard.add(rule.id)
+        for symbol in rule.scope if rule.scope is not None else list(self.markets):
+            self._attach(rule, symbol)
+
+    def _unregister(self, rule: CompiledRule) -> None:
+        self._unpool(rule)
+        self.wildcard.discard(rule.id)
+        for symbol in rule.scope if rule.scope is not None else list(self.markets):
+            rules = self.symbols.get(symbol)
+            if rules is None:
+                continue
+            for leaf in rules.detach(rule):
+                self._acquire(self.markets[symbol], leaf, -1)
+            if rules.is_empty():
+                del self.symbols[symbol]
+
+    def _attach(self, rule: CompiledRule, symbol: str) -> None:
+        market = self._market(symbol)
+        for leaf in self.symbols.setdefault(symbol, SymbolRules()).attach(rule):
+            self._acquire(market, leaf, +1)
+
+    def _market(self, symbol: str) -> SymbolState:
+        market = self.markets.get(symbol)
+        if market is None:
+            market = self.markets[symbol] = SymbolState(symbol)
+            for rule_id in sorted(self.wildcard):
+                self._attach(self.rules[rule_id], symbol)
+        return market
+
+    @staticmethod
+    def _acquire(market: SymbolState, leaf: Any, step: int) -> None:
+        """Take (+1) or give back (-1) the indicators and windows a leaf reads."""
+        take = step > 0
+        for spec in indicator_specs(leaf):
+            (market.indicators.acquire if take else market.indicators.release)(spec)
+        kind = leaf.type
+        if kind in ("percent_move_up", "percent_move_down"):
+            (market.acquire_extrema if take else market.release_extrema)(leaf.window_seconds)
+        elif kind == "iv_change_pct":
+            (market.acquire_iv_window if take else market.release_iv_window)(leaf.window_seconds)
+        elif kind == "iv_rank_above":
+            (market.acquire_iv_rank if take else market.release_iv_rank)(leaf.lookback_days)
+        elif kind in ("flow_repeated_hits", "put_call_premium_ratio"):
+            (market.acquire_flow_window if take else market.release_flow_window)(
+                leaf.window_seconds
+            )
+
+    # ------------------------------------------------------------ events
+
+    def on_tick(self, tick: Tick) -> list[TriggeredAlert]:
+        symbol = tick.symbol
+        market = self._market(symbol)
+        bars = market.indicators.on_event(tick.ts, tick.price, tick.size)
+        alerts = [alert for bar in bars for alert in self._on_bar(market, bar)] if bars else []
+        rules = self.symbols.get(symbol)
+        if rules is None:
+            market.on_tick(tick)
+            return alerts
+        quantities = {THRESHOLD_QUANTITY[kind] for kind in rules.indexes}
+        before = {name: _quantity(market, name) for name in quantities}
+        market.on_tick(tick)
+        flipped: list[LeafSlot] = []
+        for kind, index in rules.indexes.items():
+            name = THRESHOLD_QUANTITY[kind]
+            old, new = before[name], _quantity(market, name)
+            if new is not None and old != new:
+                flipped.extend(_flipped(kind, index, old, new))
+        if not flipped and not rules.fresh and TICK not in rules.by_kind:
+            return alerts
+        ctx = EventContext(symbol, tick.ts, TICK, market, self.positions)
+        return alerts + self._wake(rules, ctx, TICK, flipped)
+
+    def on_flow(self, print_: OptionsFlow) -> list[TriggeredAlert]:
+        symbol = print_.underlying
+        market = self._market(symbol)
+        market.on_flow(print_)
+        rules = self.symbols.get(symbol)
+        if rules is None:
+            return []
+        ctx = EventContext(symbol, print_.ts, FLOW, market, self.positions, flow=print_)
+        return self._wake(rules, ctx, FLOW, [])
+
+    def close_bars(self, until: datetime = END_OF_TIME) -> list[TriggeredAlert]:
+        """The watermark reached ``until``: close every open bar that ends by then (at the end
+        of a bounded input, every open bar)."""
+        alerts: list[TriggeredAlert] = []
+        for market in self.markets.values():
+            if market.indicators.series:
+                for bar in market.indicators.advance_to(until):
+                    alerts.extend(self._on_bar(market, bar))
+        return alerts
+
+    def _on_bar(self, market: SymbolState, bar: BarClose) -> list[TriggeredAlert]:
+        rules = self.symbols.get(market.symbol)
+        if rules is None:
+            return []
+        ctx = EventContext(market.symbol, bar.end, BAR, market, self.positions, bar=bar)
+        return self._wake(rules, ctx, f"{BAR}:{bar.timeframe}", [])
+
+    def _wake(
+        self, rules: SymbolRules, ctx: EventContext, kind: str, flipped: list[LeafSlot]
+    ) -> list[TriggeredAlert]:
+        """Evaluate the rules of the leaves that changed at this event (and fresh rules)."""
+        memo: dict[LeafKey, Observation | None] = {}
+        woken: set[str] = set(rules.fresh)
+        rules.fresh.clear()
+        for slot in flipped:
+            woken.update(slot.rule_ids)
+        for slot in rules.by_kind.get(kind, ()):
+            leaf = slot.leaf
+            assert leaf is not None
+            holds = evaluate_leaf(leaf, ctx, slot.owner, memo) is not None
+            if holds if leaf.type in PULSES else holds != slot.value:
+                woken.update(slot.rule_ids)
+            slot.value = holds
+        if not woken:
+            return []
+        alerts = []
+        for rule_id in sorted(woken):
+            alert = self._evaluate(self.rules[rule_id], ctx, memo)
+            if alert is not None:
+                alerts.append(alert)
+        return alerts
+
+    # ------------------------------------------------------------ one rule at one event
+
+    def _evaluate(
+        self, rule: CompiledRule, ctx: EventContext, memo: dict[LeafKey, Observation | None]
+    ) -> TriggeredAlert | None:
+        if rule.retired or not rule.active:
+            return None
+        if rule.expires_at is not None and ctx.ts >= rule.expires_at:
+            return None
+        if rule.sessions:
+            check = _SESSION_CHECKS[rule.sessions]
+            if check is not None and not check(ctx.ts):
+                # Outside the rule's sessions: not evaluated, its edge state stays as it was.
+                # Its leaves may not change again when the session opens, so look at the rule
+                # at the symbol's next event (the exhaustive engine evaluates it there anyway).
+                rules = self.symbols.get(ctx.symbol)
+                if rules is not None:
+                    rules.fresh.add(rule.id)
+                return None
+        tree = rule.tree
+        if isinstance(tree, ThresholdLeaf):  # the common one-leaf rule, without the tree walk
+            observation = evaluate_leaf(tree, ctx, "", memo)
+            observations = None if observation is None else [observation]
+            after = observation is not None and tree.type not in PULSES
+        else:
+            observations, after = evaluate_tree(tree, ctx, rule.user_id, memo)
+        state = rule.edge(ctx.symbol)
+        was_satisfied, state.satisfied = state.satisfied, after
+        if observations is None or was_satisfied:
+            return None
+        if state.silent_until is not None and ctx.ts < state.silent_until:
+            return None
+        state.silent_until = ctx.ts + rule.cooldown
+        if rule.once:
+            rule.retired = True
+        return build_alert(rule, ctx, observations)
+
+
+class ExhaustiveShardEngine(ShardEngine):
+    """Evaluates every rule of the symbol at every event: the reference the leaf tracking is
+    checked against in the tests and measured against in bench/evaluate.py."""
+
+    def _wake(
+        self, rules: SymbolRules, ctx: EventContext, kind: str, flipped: list[LeafSlot]
+    ) -> list[TriggeredAlert]:
+        memo: dict[LeafKey, Observation | None] = {}
+        rule_ids = {rule_id for slot in rules.leaves.values() for rule_id in slot.rule_ids}
+        rules.fresh.clear()
+        alerts = []
+        for rule_id in sorted(rule_ids):
+            alert = self._evaluate(self.rules[rule_id], ctx, memo)
+            if alert is not None:
+                alerts.append(alert)
+        return alerts
+
+
+def _quantity(market: SymbolState, name: str) -> float | None:
+    if name == "spread_pct":
+        bid, ask = market.bid, market.ask
+        if bid is None or ask is None or bid + ask <= 0:
+            return None
+        return (ask - bid) / ((ask + bid) / 2) * 100
+    if name == "price":
+        return market.last_price
+    value: float | None = getattr(market, name)
+    return value
+
+
+# How each threshold leaf's value depends on its quantity: a level above or below the
+# threshold, or a cross of it between the previous and the current value.
+_FLIP = {
+    kind: "cross_up"
+    if kind == "price_crosses_above"
+    else "cross_down"
+    if kind == "price_crosses_below"
+    else "above"
+    if kind.endswith("_above")
+    else "below"
+    for kind in THRESHOLD_QUANTITY
+}
+
+
+def _flipped(kind: str, index: SortedThresholds, old: float | None, new: float) -> list[LeafSlot]:
+    """The threshold leaves of ``kind`` whose value changed when the quantity went old -> new."""
+    flip = _FLIP[kind]
+    inf = float("inf")
+    if flip == "above":  # value: new > t; starts false before the first value
+        low, high = (-inf, new) if old is None else (min(old, new), max(old, new))
+        return index.between(low, high, closed_low=True, closed_high=False)
+    if flip == "below":  # value: new < t
+        low, high = (new, inf) if old is None else (min(old, new), max(old, new))
+        return index.between(low, high, closed_low=False, closed_high=True)
+    if old is None:
+        return []
+    if flip == "cross_up" and new > old:  # old <= t < new
+        return index.between(old, new, closed_low=True, closed_high=False)
+    if flip == "cross_down" and new < old:  # old >= t > new
+        return index.between(new, old, closed_low=False, closed_high=True)
+    return []
+
+
+def build_alert(
+    rule: CompiledRule, ctx: EventContext, observations: list[Observation]
+) -> TriggeredAlert:
+    values: dict[str, float | str | None] = {}
+    clashing: set[str] = set()
+    for observation in observations:
+        for name, value in observation.values.items():
+            if name in values and values[name] != value:
+                clashing.add(name)
+            values.setdefault(name, value)
+    type_counts = Counter(observation.condition_type for observation in observations)
+    seen: Counter[str] = Counter()
+    for observation in observations:
+        kind = observation.condition_type
+        seen[kind] += 1
+        prefix = kind if type_counts[kind] == 1 else f"{kind}[{seen[kind]}]"
+        for name in clashing & observation.values.keys():
+            values[f"{prefix}.{name}"] = observation.values[name]
+    for name in clashing:
+        del values[name]
+    types = list(dict.fromkeys(observation.condition_type for observation in observations))
+    # Built from values the engine made itself: construct without re-validating.
+    return TriggeredAlert.model_construct(
+        alert_id=alert_id(rule.id, rule.version, ctx.ts, ctx.symbol),
+        rule_id=rule.id,
+        rule_version=rule.version,
+        user_id=rule.user_id,
+        symbol=ctx.symbol,
+        priority=rule.priority,
+        title=f"{ctx.symbol}: {rule.name}"[:255],
+        message="; ".join(observation.description for observation in observations)[:4096],
+        triggered_at=ctx.ts,
+        condition_types=types,
+        values=values,
+    )
+
+
+# ---------------------------------------------------------------- the evaluate step's state
+
+EvaluateInput = ShardInput | Progress
+EvaluateOutput = TriggeredAlert | Watermark | DeadLetter
+WATERMARK_INTERVAL_S = 0.5  # a shard's watermark goes to every user shard at most this often
+
+
+@dataclass
+class EvaluateShard:
+    """Everything one evaluation key keeps: its ShardEngine, the progress of every input
+    partition, and the market events held until the reference topics are loaded.
+
+    Market events are held until every rules and positions partition reported being caught up
+    (``ReferenceGate``): a marker follows its partition's records, so by then every rule present
+    at start-up has reached this shard, in 1 process or N. After each batch the open bars that end
+    before the watermark minus the allowed lateness close, and the shard's ``Watermark`` follows
+    its alerts (pipeline/event_time.py).
+    """
+
+    market_parts: frozenset[str]
+    reference_parts: frozenset[str]
+    lateness: timedelta
+    net: SafetyNet
+    name: str = ""  # its key, learned from the first marker (markers are addressed)
+    engine: ShardEngine = field(default_factory=ShardEngine)
+    gate: ReferenceGate = field(init=False)
+    clock: WatermarkJoin = field(init=False)
+    held: list[MarketEvent] = field(default_factory=list)
+    bars_closed_to: datetime | None = None
+    sent: Watermark | None = None
+    sent_at: float = float("-inf")
+
+    def __post_init__(self) -> None:
+        self.gate = ReferenceGate(self.reference_parts)
+        self.clock = WatermarkJoin(self.market_parts)
+
+    def expect(self, market_parts: frozenset[str], reference_parts: frozenset[str]) -> None:
+        """After a restart: the partitions of this run (the gate, once open, stays open)."""
+        self.market_parts, self.reference_parts = market_parts, reference_parts
+        self.gate.expected = reference_parts
+        self.clock.expect(market_parts)
+
+    def process(self, batch: Iterable[EvaluateInput], now: float) -> list[EvaluateOutput]:
+        """Rule and position changes first, then market events in ts order, then the bars the
+        watermark closed; the watermark last (when due)."""
+        out: list[EvaluateOutput] = []
+        events: list[MarketEvent] = []
+        for item in batch:
+            if isinstance(item, Tick | OptionsFlow):
+                events.append(item)
+            elif isinstance(item, Progress):
+                self.name = item.to
+                self.gate.observe(item)
+                self.clock.observe(item.part, item.newest, caught_up=item.caught_up, idle=item.idle)
+            else:
+                out.extend(self.net.run(item, self._change))
+        if not self.gate.is_open:
+            self.held.extend(events)
+            return out
+        if self.held:
+            events, self.held = self.held + events, []
+        events.sort(key=lambda event: event.ts)
+        out.extend(self.net.run_each(events, self._event))
+        cutoff = self._cutoff()
+        if cutoff is not None and (self.bars_closed_to is None or cutoff > self.bars_closed_to):
+            self.bars_closed_to = cutoff
+            out.extend(self.engine.close_bars(cutoff))
+        out.extend(self.watermark_due(now))
+        return out
+
+    def watermark_due(self, now: float, *, final: bool = False) -> list[Watermark]:
+        """This shard's watermark, when it changed and the last one left long enough ago (or
+        this is the ``final`` one, at the end of a bounded input)."""
+        if not self.name or not self.gate.is_open:
+            return []  # no marker yet: nothing to say, and no name to say it under
+        if not final and now - self.sent_at < WATERMARK_INTERVAL_S:
+            return []
+        current = Watermark(self.name, floor_second(self._cutoff()), self.clock.caught_up)
+        if current == self.sent:
+            return []
+        self.sent, self.sent_at = current, now
+        return [current]
+
+    def next_watermark_at(self) -> float | None:
+        """When a withheld watermark may go (wall-clock seconds), or None."""
+        if not self.name or not self.gate.is_open:
+            return None
+        current = Watermark(self.name, floor_second(self._cutoff()), self.clock.caught_up)
+        return None if current == self.sent else self.sent_at + WATERMARK_INTERVAL_S
+
+    def close_all(self, now: float) -> list[EvaluateOutput]:
+        """End of a bounded input: every held event is evaluated, every open bar closes, and
+        the last watermark goes out whatever the interval (so the run's end is the same
+        whenever it comes)."""
+        out: list[EvaluateOutput] = []
+        if self.held:
+            self.gate.is_open = True
+            events, self.held = sorted(self.held, key=lambda event: event.ts), []
+            out.extend(self.net.run_each(events, self._event))
+        out.extend(self.engine.close_bars())
+        out.extend(self.watermark_due(now, final=True))
+        return out
+
+    def _cutoff(self) -> datetime | None:
+        watermark = self.clock.watermark
+        return None if watermark is None else watermark - self.lateness
+
+    def _change(self, item: ShardInput) -> list[TriggeredAlert]:
+        self.engine.process([item])
+        return []
+
+    def _event(self, event: MarketEvent) -> list[TriggeredAlert]:
+        if isinstance(event, Tick):
+            return self.engine.on_tick(event)
+        return self.engine.on_flow(event)
