@@ -20,8 +20,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.evaluate.engine import ShardEngine  # noqa: E402
-from pipeline.messages import Notification, Priority, Profile, Rule, Tick, TriggeredAlert  # noqa: E402
-from pipeline.personalize.desk import AlertOutcome, UserDesk  # noqa: E402
+from pipeline.messages import Priority, Profile, Rule, Tick, TriggeredAlert  # noqa: E402
+from pipeline.personalize.desk import (  # noqa: E402
+    AlertOutcome,
+    Dispatch,
+    PersonalizationConfig,
+    UserDesk,
+)
 
 OPEN = datetime(2026, 1, 6, 14, 30, tzinfo=UTC)
 CLOSE = datetime(2026, 1, 6, 21, 0, tzinfo=UTC)
@@ -118,14 +123,17 @@ def main() -> None:
     engine.process(rules())
     outputs: list[Any] = desk.process([Profile.model_validate(PROFILE)])
     alerts: list[TriggeredAlert] = []
+    lateness = PersonalizationConfig().lateness
     for tick in ticks():
         fired = engine.process([tick])
         alerts += fired
         outputs += desk.process(list(fired))
+        # One market partition: the watermark follows the ticks, less the allowed lateness.
+        outputs += desk.advance(tick.ts - lateness)
     alerts += engine.close_bars()
     outputs += desk.close_all()
 
-    notifications = [o for o in outputs if isinstance(o, Notification)]
+    notifications = [o.notification for o in outputs if isinstance(o, Dispatch)]
     outcomes: dict[str, AlertOutcome] = {}
     for item in outputs:
         if isinstance(item, AlertOutcome):
