@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/consolidation.py
 	$(BIN)/python bench/delivery.py
 	$(BIN)/python bench/evaluate.py
+	$(BIN)/python bench/rule_text.py
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

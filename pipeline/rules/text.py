@@ -5,81 +5,12 @@ Example::
     AAPL price crosses above 200 and (iv_rank > 80 or volume_spike 3x 20 bars 1m)
         cooldown 30m priority high user u-1
 
-A hand-written tokenizer and recursive-descent parser; every rule it builds is validated by
-the same pydantic models as a JSON rule (``pipeline/messages.py``, ``pipeline/evaluate/specs.py``).
-docs/rules.md documents the grammar with an example per condition type. In EBNF (keywords
-are case-insensitive; ``{x}`` repeats, ``[x]`` is optional)::
-
-    rule        = [scope] expr {option} ;
-    scope       = "*" | "any" ("symbol" | "symbols")
-                | ("watchlist" | "symbols") symbol {"," symbol}
-                | ["symbol"] symbol ;          (* a bare symbol must not be a keyword *)
-    symbol      = WORD | STRING ;
-    expr        = and_expr {"or" and_expr} ;   (* "and" binds tighter than "or" *)
-    and_expr    = primary {"and" primary} ;
-    primary     = "(" expr ")" | condition ;
-    condition   = TYPE "(" [NAME "=" value {"," NAME "=" value}] ")"   (* canonical *)
-                | price | indicator | option_leaf | flow | position ;
-    value       = NUMBER | WORD | STRING | "none" | "[" [value {"," value}] "]" ;
-
-    price       = "price" cmp money
-                | "price" cross ("above" | "below") (money | "sma" [args])
-                | ["price"] ("up" | "down") NUMBER ["%"] within duration ;
-    indicator   = "rsi" [args] cmp NUMBER
-                | "sma" [args] cross ("above" | "below") "sma" [args]
-                | ("golden" | "death") "cross" [args]
-                | ("close" | "price") (">" | "above") "upper" bollinger
-                | ("close" | "price") ("<" | "below") "lower" bollinger
-                | "new" ("high" | "low") [args]
-                | ("volume_spike" | "volume" "spike") [args] ;
-    bollinger   = ("bollinger" | "bb") [args] ;
-    args        = "(" [[NAME "="] value {"," [NAME "="] value}] ")"
-                | NUMBER ["bars"] {NUMBER ["bars"]} ;
-    option_leaf = ("iv" | "delta" | "gamma" | "theta" | "vega") cmp NUMBER
-                | ("iv_rank" | "iv" "rank") ["(" value ")"] above NUMBER ["%"]
-                  [("over" | "lookback") days]
-                | ("iv_change" | "iv" "change") NUMBER ["%"] within duration
-                | ("spread" | "spread_pct") above NUMBER "%" ;
-    flow        = {"call" | "calls" | "put" | "puts" | "otm" | "itm" | "atm"} flow_core
-                  {flow_filter} ;
-    flow_core   = ("sweep" | "sweeps" | "block" | "blocks")
-                  [("premium" (above | ">=") | "min" "premium") money]
-                | "premium" above money
-                | ("unusual" "volume" | "unusual_volume") [NUMBER]      (* 3 or 3x *)
-                | "repeated" ("hits" | "hit") [NUMBER] [within duration]
-                | "put/call" ["premium"] "ratio" cmp NUMBER [within duration] ;
-    flow_filter = "side" SIDE {"," SIDE} | "at" ("ask" | "bid" | "mid")
-                | "above" "ask" | "below" "bid"
-                | "dte" (">=" | ">" | "<=" | "<") NUMBER | "size" (">=" | ">") NUMBER
-                | "otm" | "itm" | "atm" | "atm" "band" NUMBER "%" ;
-    position    = ["position"] "pnl" cmp (NUMBER "%" | money)
-                | "expiry" ("today" | ("within" | "in") days) ;
-
-    option      = "cooldown" duration | "priority" ("low" | "medium" | "high" | "critical")
-                | "once" | "recurring" | "active" | "inactive" | "expires" DATETIME
-                | ("name" | "id" | "user") (WORD | STRING | NUMBER)
-                | "channels" CHANNEL {"," CHANNEL} | "version" NUMBER ;
-
-    cmp         = ">" | "above" | "over" | "<" | "below" | "under" ;
-    above       = ">" | "above" | "over" ;
-    cross       = "crosses" | "cross" | "crossed" ;
-    within      = "in" | "within" | "over" ;
-    duration    = NUMBER [UNIT_WORD] ;      (* 30m, 90s, 1h, 2d, 30 minutes; 0 *)
-    days        = NUMBER ["trading"] ["day" | "days"] ;                (* or 3d *)
-    money       = NUMBER ;                  (* 250, $250, 500k, 1.5m, 2b *)
-    SIDE        = "ask" | "bid" | "mid" | "above_ask" | "below_bid" ;
-    CHANNEL     = "push" | "email" | "sms" | "voice" | "webhook" | "in_app" ;
-    NUMBER      = ["+" | "-"] ["$"] DIGITS ["." DIGITS] [UNIT] ;  (* UNIT: letters or % *)
-    WORD        = LETTER {LETTER | DIGIT | "_" | "." | "/" | "@" | "-"} ;
-    STRING      = '"' {CHAR} '"' | "'" {CHAR} "'" ;               (* backslash escapes *)
-    DATETIME    = YYYY "-" MM "-" DD ["T" hh ":" mm [":" ss ["." FRACTION]] ("Z" | OFFSET)] ;
-
-Numbers carry their unit as a suffix, read by context: a *duration* (after ``in``,
-``within``, ``over``, ``cooldown``, and ``*_seconds`` / ``timeframe`` arguments) takes ``s``,
-``m``, ``h``, ``d`` (``m`` = minutes; a unit word ``30 minutes`` also works); a *money amount*
-(price, premium, pnl thresholds) takes ``k``, ``m``, ``b`` (``m`` = million) and an optional
-``$``; a percent takes ``%`` and a multiple ``x``. A bare duration needs a unit (only ``0``
-may go without). Text after ``#`` is a comment.
+The grammar is ``grammar.lark`` next to this module (docs/rules.md shows that file as it is),
+read by lark's LALR(1) parser. This module turns the tree into the dicts of a JSON rule,
+validated by the same pydantic models (``pipeline/messages.py``,
+``pipeline/evaluate/specs.py``); it reads each number's unit by where the number stands and
+explains a syntax error in the words of the text: the word at fault, its column, what was
+expected there and, for a misspelt word, the closest word that fits.
 
 ``parse_rule(format_rule(rule))`` gives back an equal rule for every rule this module parses.
 """
@@ -90,12 +21,18 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, NoReturn
+from functools import cache
+from pathlib import Path
+from typing import Any, NamedTuple, NoReturn, TypeGuard, cast
 
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedToken, VisitError
+from lark.grammar import Rule as Production
+from lark.lexer import PatternStr, TerminalDef
+from lark.tree import Meta
 from pydantic import BaseModel, ValidationError
 
 from pipeline.evaluate.specs import (
@@ -106,20 +43,28 @@ from pipeline.evaluate.specs import (
     ConditionNode,
     timeframe_seconds,
 )
-from pipeline.messages import Channel, Priority, Rule, describe_validation_error, format_timestamp
+from pipeline.messages import Priority, Rule, describe_validation_error, format_timestamp
 
 __all__ = [
+    "DOC_BEGIN",
+    "DOC_END",
     "RuleTextError",
     "format_condition",
     "format_duration",
     "format_money",
     "format_number",
     "format_rule",
+    "grammar_markdown",
     "parse_conditions",
     "parse_duration",
     "parse_money",
     "parse_rule",
+    "update_docs",
 ]
+
+_GRAMMAR = Path(__file__).with_name("grammar.lark")
+DOC_BEGIN = "<!-- grammar:begin (copied from pipeline/rules/grammar.lark, do not edit) -->"
+DOC_END = "<!-- grammar:end -->"
 
 
 class RuleTextError(ValueError):
@@ -145,98 +90,472 @@ class RuleTextError(ValueError):
         )
 
 
-# ---------------------------------------------------------------- tokens
+# ---------------------------------------------------------------- the grammar
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
-    kind: str  # word, number, string, op, datetime, end
-    text: str
-    start: int
-    end: int
-    value: str = ""  # string: the unescaped text; number: the digits with sign
-    unit: str = ""  # number: the suffix after the digits (%, x, k, m, s, ...), as written
-    dollar: bool = False
+class _Grammar:
+    """The parser of grammar.lark and the words its error messages draw on."""
+
+    def __init__(self) -> None:
+        source = _GRAMMAR.read_text(encoding="utf-8")
+        self.lark = Lark(
+            source,
+            parser="lalr",
+            lexer="basic",
+            start=["rule", "conditions", "money", "duration"],
+            propagate_positions=True,
+            maybe_placeholders=True,
+            edit_terminals=_read_as_word,
+        )
+        self.word = re.compile(self.lark.get_terminal("WORD").pattern.to_regexp())
+        self.text_of = {
+            terminal.name: terminal.pattern.value
+            for terminal in self.lark.terminals
+            if isinstance(terminal.pattern, PatternStr)
+        }
+        self.keyword_of = {
+            terminal.pattern.value: terminal.name
+            for terminal in self.lark.terminals
+            if _is_keyword(terminal)
+        }
+        self.productions: dict[str, list[Production]] = {}
+        for production in self.lark.rules:
+            self.productions.setdefault(production.origin.name, []).append(production)
+        # Where messages list what may come next, they list it as the grammar file does.
+        code = re.sub(r"//[^\n]*", "", source)
+        self.rank: dict[str, int] = {}
+        for literal in re.finditer(r'"((?:[^"\\]|\\.)*)"', code):
+            self.rank.setdefault(literal.group(1), len(self.rank))
+        self.condition_words = set(self.first("condition"))
+        self.scope_words = set(self.first("scope"))
+        self.option_words = self.first("option")
+        self.flow_words = set(self.first("flow_core"))
+        self.sides = self.first("side")
+        self.channels = self.first("channel")
+        # Not symbols either: a bare word there would read as an option or an operator.
+        self.reserved = {"and", "or", *self.option_words}
+        # What format_rule quotes: a bare symbol must not read as any of these.
+        self.symbol_keywords = self.condition_words | self.scope_words | self.reserved
+
+    def first(self, name: str) -> list[str]:
+        """The keywords that can start ``name``, in the order of its alternatives."""
+        found: dict[str, None] = {}
+        todo, seen = [name], set()
+        while todo:
+            current = todo.pop(0)
+            if current in seen:
+                continue
+            seen.add(current)
+            for production in self.productions[current]:
+                symbol = production.expansion[0]
+                if not symbol.is_term:
+                    todo.append(symbol.name)
+                elif self.text_of.get(symbol.name, "") in self.keyword_of:
+                    found.setdefault(self.text_of[symbol.name])
+        return list(found)
+
+
+def _is_keyword(terminal: TerminalDef) -> bool:
+    return isinstance(terminal.pattern, PatternStr) and terminal.pattern.value[:1].isalpha()
+
+
+def _read_as_word(terminal: TerminalDef) -> None:
+    """The lexer reads every word as a WORD; _parse makes it a keyword where one fits."""
+    if _is_keyword(terminal):
+        terminal.priority = -1
+
+
+@cache
+def _grammar() -> _Grammar:
+    return _Grammar()
+
+
+def _parse(text: str, start: str) -> tuple[Tree[Token], list[Token]]:
+    """The tree of ``text`` from rule ``start``, and its tokens; RuleTextError if it has none.
+
+    Keywords are contextual: a word is the keyword it spells (case aside) where the parser
+    takes that keyword, and a plain WORD elsewhere (``name price`` names a rule "price").
+    """
+    grammar = _grammar()
+    parser = grammar.lark.parse_interactive(text, start=start)
+    try:
+        # All tokens first: a stray character is reported wherever it is, before any syntax.
+        tokens = list(parser.lexer_thread.lex(parser.parser_state))
+    except UnexpectedCharacters as exc:
+        position = cast(int, exc.pos_in_stream)
+        if text[position] in "\"'":
+            reason = "unterminated string: no closing quote"
+        else:
+            reason = f"unexpected character {text[position]!r}"
+        raise RuleTextError(reason, text, position, position + 1) from None
+    index = 0
+    try:
+        for index, token in enumerate(tokens):
+            keyword = grammar.keyword_of.get(token.lower()) if token.type == "WORD" else None
+            if keyword is not None and keyword in parser.choices():
+                tokens[index] = token = token.update(keyword)
+            parser.feed_token(token)
+        index = len(tokens)
+        tree = parser.feed_eof(tokens[-1] if tokens else None)
+    except UnexpectedToken:
+        raise _Explanation(text, start, tokens, index, parser.parser_state).error() from None
+    return tree, tokens
+
+
+# ---------------------------------------------------------------- syntax errors, explained
+
+# What a number is where a rule wants one, by that rule (a template for greek: its name).
+_NUMBER_SLOTS = {
+    "money": "a number",
+    "percent": "a percent",
+    "duration": "a duration like 30m",
+    "days": "a number of days",
+    "dte": "a number of days",
+    "rsi": "an RSI level",
+    "greek": "a {} level",
+    "put_call_ratio": "a ratio",
+    "size": "a number of contracts",
+    "version": "a version number",
+}
+_IDENTS = {"name": "a name (in quotes if it has spaces)", "id": "a rule id", "user": "a user id"}
+_ONE_VALUE = {
+    "money": "expected one amount like 500k",
+    "duration": "expected one duration like 30m",
+}
+_MISSPELT_AFTER = (">", "<", ">=", "<=", "crosses", "cross", "above", "below")
+
+
+def _suggest(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word.lower(), sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _unknown_condition(word: str) -> str:
+    grammar = _grammar()
+    hint = _suggest(word, grammar.condition_words)
+    if not hint and word.lower() in grammar.option_words:
+        hint = f" ('{word.lower()}' is an option: options go after the conditions)"
+    return f"unknown condition '{word}'{hint}"
+
+
+class _Explanation:
+    """Why the parser stopped, in the words of the text.
+
+    The parser stops at the first token it cannot take, maybe inside something optional: in
+    ``rsi 14 x`` it was still hoping for ``bars`` after ``14``. Reducing what is complete, as
+    a fitting token would have, walks out of such places (on copies of the parser's stacks)
+    to the first construct that says what it wanted: there, a comparison after ``rsi 14``.
+    """
+
+    def __init__(self, text: str, start: str, tokens: list[Token], index: int, state: Any) -> None:
+        self.grammar = _grammar()
+        self.text = text
+        self.start = start
+        self.tokens = tokens
+        self.index = index
+        self.conf = state.parse_conf
+        self.stack: list[int] = list(state.state_stack)
+        self.values: list[Any] = list(state.value_stack)
+
+    def error(self) -> RuleTextError:
+        error = self.misread_symbol()
+        while error is None:
+            if self.backtrack():
+                continue
+            error = (
+                self.after_keyword()
+                or self.in_phrase()
+                or self.between_phrases()
+                or self.at_the_end()
+            )
+            if error is None and not self.reduce():
+                error = self.at(f"unexpected {self.found}{self.after}")
+        return self.earlier_value_error() or error
+
+    # ------------------------------------------------------------ where the parser is
 
     @property
-    def low(self) -> str:
-        return self.text.lower() if self.kind == "word" else ""
+    def token(self) -> Token | None:
+        """The token the parser could not take; None at the end of the text."""
+        return self.tokens[self.index] if self.index < len(self.tokens) else None
 
-    def is_op(self, *ops: str) -> bool:
-        return self.kind == "op" and self.text in ops
+    @property
+    def found(self) -> str:
+        return "the end of the text" if self.token is None else repr(self.token.value)
 
-    def describe(self) -> str:
-        return "the end of the text" if self.kind == "end" else repr(self.text)
+    @property
+    def after(self) -> str:
+        return f" after '{self.tokens[self.index - 1].value}'" if self.index else ""
 
+    @property
+    def word(self) -> str:
+        """The token in lower case if it is a word, else ''."""
+        text = self.token.value if self.token is not None else ""
+        return text.lower() if self.grammar.word.fullmatch(text) else ""
 
-_DATETIME = re.compile(
-    r"\d{4}-\d{2}-\d{2}(?:[Tt]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:[Zz]|[+-]\d{2}:?\d{2})?)?"
-    r"(?![\w.:-])"
-)
-_NUMBER = re.compile(r"([+-]?)(\$?)(\d+(?:\.\d*)?|\.\d+)([A-Za-z%]*)")
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_./@-]*")
-_OPS = (">=", "<=", ">", "<", "(", ")", ",", "=", "*", "[", "]")
+    @property
+    def last(self) -> Any:
+        return self.values[-1] if self.values else None
 
+    @property
+    def last_keyword(self) -> str | None:
+        last = self.last
+        return self.grammar.text_of.get(last.type) if isinstance(last, Token) else None
 
-def tokenize(text: str) -> list[Token]:
-    """The tokens of ``text``, ending with an ``end`` token; RuleTextError on a stray char."""
-    tokens: list[Token] = []
-    pos, size = 0, len(text)
-    while pos < size:
-        char = text[pos]
-        if char.isspace():
-            pos += 1
-            continue
-        if char == "#":
-            newline = text.find("\n", pos)
-            pos = size if newline == -1 else newline
-            continue
-        if char in "\"'":
-            tokens.append(_string_token(text, pos))
-            pos = tokens[-1].end
-            continue
-        if char.isdigit() and (match := _DATETIME.match(text, pos)):
-            tokens.append(Token("datetime", match.group(), pos, match.end()))
-            pos = match.end()
-            continue
-        match = _NUMBER.match(text, pos)
-        if match and (char.isdigit() or char in "+-$."):
-            sign, dollar, digits, unit = match.groups()
-            tokens.append(
-                Token("number", match.group(), pos, match.end(), sign + digits, unit, bool(dollar))
+    @property
+    def shifts(self) -> set[str]:
+        """What the parser can take here: keywords and operators as written, else names."""
+        text_of = self.grammar.text_of
+        return {
+            text_of.get(name, name)
+            for name, (_, target) in self.conf.states[self.stack[-1]].items()
+            if name.isupper() and not isinstance(target, Production)
+        }
+
+    @property
+    def optional_here(self) -> bool:
+        """Whether what is on the stack could be complete: then the shifts are optional."""
+        return _likely_reduction(self.conf.states[self.stack[-1]]) is not None
+
+    def at(self, reason: str, token: Token | None = None) -> RuleTextError:
+        token = token if token is not None else self.token
+        if token is None:
+            return RuleTextError(reason, self.text, len(self.text), len(self.text))
+        return RuleTextError(reason, self.text, *_span(token))
+
+    # ------------------------------------------------------------ moving
+
+    def backtrack(self) -> bool:
+        """``above`` without a side after it is no flow filter: explain it where it stands."""
+        shifts = self.shifts
+        if self.last_keyword not in ("at", "above", "below") or not shifts:
+            return False
+        if not shifts <= {"ask", "bid", "mid"}:
+            return False
+        self.stack.pop()
+        self.values.pop()
+        self.index -= 1
+        return True
+
+    def reduce(self) -> bool:
+        """Reduce what is complete on top of the stacks, as a fitting next token would."""
+        state = self.stack[-1]
+        production = _likely_reduction(self.conf.states[state])
+        if production is None or state == self.conf.end_state:
+            return False
+        keep = len(self.values) - len(production.expansion)
+        children = self.values[keep:]
+        del self.stack[keep + 1 :]
+        del self.values[keep:]
+        self.values.append(self.conf.callbacks[production](children))
+        self.stack.append(self.conf.states[self.stack[-1]][production.origin.name][1])
+        return True
+
+    # ------------------------------------------------------------ what was wanted
+
+    def misread_symbol(self) -> RuleTextError | None:
+        """A first word taken for the symbol that is rather a misspelt condition or keyword."""
+        tokens = self.tokens
+        if self.start != "rule" or not tokens or tokens[0].type != "WORD":
+            return None
+        first = tokens[0]
+        misspelt = first.lower() in self.grammar.reserved
+        following = tokens[1].lower() if len(tokens) > 1 else ""
+        if self.index == 1:  # prise > 200, not AAPL price > 200
+            misspelt = misspelt or following in _MISSPELT_AFTER
+        elif self.index == 2:  # prise(threshold=200), not AAPL (price > 200)
+            misspelt = misspelt or following == "("
+        return self.at(_unknown_condition(first), first) if misspelt else None
+
+    def after_keyword(self) -> RuleTextError | None:
+        """Right after a keyword that wants a particular word or value next."""
+        keyword, last, shifts = self.last_keyword, self.last, self.shifts
+        found, after, word = self.found, self.after, self.word
+        if keyword == "priority":
+            levels = ", ".join(level.value.lower() for level in Priority)
+            return self.at(f"expected a priority ({levels}){after}")
+        if keyword == "expires":
+            return self.at(f"expected a date or an RFC 3339 time like 2026-12-31T00:00:00Z{after}")
+        if keyword in _IDENTS and "WORD" in shifts:
+            return self.at(f"expected {_IDENTS[keyword]}{after}, found {found}")
+        if keyword == "dte" and ">=" in shifts:
+            return self.at(f"expected '>=' or '<=' after 'dte', found {found}")
+        if keyword == "size" and ">=" in shifts:
+            return self.at(f"expected '>=' after 'size', found {found}")
+        if keyword == "any" and "symbol" in shifts:  # any is no symbol: read as a condition
+            return self.at(_unknown_condition(last), last)
+        if shifts == {"("} and _is(last, "condition_type"):  # price_above > 5
+            return self.at(_unknown_condition(_keyword_in(last)), _keyword_in(last))
+        if shifts == {"WORD", "STRING"}:
+            return self.at(f"expected a symbol{after}, found {found}")
+        channels, sides = self.grammar.channels, self.grammar.sides
+        if channels[0] in shifts:
+            hint = _suggest(word, channels)
+            return self.at(f"unknown channel {found}{hint} (channels: {', '.join(channels)})")
+        if sides[-1] in shifts:
+            hint = _suggest(word, sides)
+            return self.at(f"unknown side {found}{hint} (sides: {', '.join(sides)})")
+        return None
+
+    def in_phrase(self) -> RuleTextError | None:
+        """Inside a condition, where a comparison, a number or a value is due."""
+        shifts, found, after = self.shifts, self.found, self.after
+        if "sweep" in shifts and "price" not in shifts:  # after call, put, otm, ...
+            hint = _suggest(self.word, self.grammar.flow_words)
+            return self.at(
+                "expected sweep, block, premium, unusual volume, repeated hits or put/call"
+                f"{after}, found {found}{hint}"
             )
-            pos = match.end()
-            continue
-        if match := _WORD.match(text, pos):
-            word = match.group().rstrip(".-/")
-            tokens.append(Token("word", word, pos, pos + len(word)))
-            pos += len(word)
-            continue
-        op = next((op for op in _OPS if text.startswith(op, pos)), None)
-        if op is None:
-            raise RuleTextError(f"unexpected character {char!r}", text, pos, pos + 1)
-        tokens.append(Token("op", op, pos, pos + len(op)))
-        pos += len(op)
-    tokens.append(Token("end", "", size, size))
-    return tokens
+        if (">" in shifts or "<" in shifts) and ">=" not in shifts:
+            text = self.token.value if self.token is not None else ""
+            if text in (">=", "<="):
+                return self.at(f"'{text}' is not supported here: conditions compare strictly")
+            words = [label for sign, label in _DIRECTIONS if sign in shifts]
+            return self.at(f"expected {' or '.join(words)}{after}, found {found}")
+        if {"WORD", "NUMBER", "STRING"} <= shifts:
+            return self.at(f"expected a value{after}, found {found}")
+        # a number that must come; not the optional 14 of sma 14 or the 3 of unusual volume 3
+        if "NUMBER" in shifts and "(" not in shifts and not self.optional_here:
+            if self.comparing_close():
+                return self.at(
+                    "'close' compares with a Bollinger band here: 'close above upper bollinger'"
+                )
+            return self.at(f"expected {self.number_slot()}{after}")
+        return None
+
+    def comparing_close(self) -> bool:
+        """``close > 5``: unlike price, close only compares with a Bollinger band."""
+        subject = self.values[-2] if len(self.values) > 1 else None
+        return (
+            _is(self.last, "comparison")
+            and _is(subject, "subject")
+            and _keyword_in(subject).lower() == "close"
+        )
+
+    def number_slot(self) -> str:
+        """What a number here would be: the first rule in _NUMBER_SLOTS it would complete."""
+        states = self.conf.states
+        stack = [*self.stack, states[self.stack[-1]]["NUMBER"][1]]
+        while (production := _likely_reduction(states[stack[-1]])) is not None:
+            name = production.alias or production.origin.name
+            if name == "greek":
+                greek = next(value for value in reversed(self.values) if _is(value, "greek_name"))
+                return _NUMBER_SLOTS[name].format(_keyword_in(greek).lower())
+            if name in _NUMBER_SLOTS:
+                return _NUMBER_SLOTS[name]
+            del stack[-len(production.expansion) :]
+            stack.append(states[stack[-1]][production.origin.name][1])
+        return "a number"
+
+    def between_phrases(self) -> RuleTextError | None:
+        """Where a condition starts or ends: and, or, parentheses, options."""
+        shifts, found, after = self.shifts, self.found, self.after
+        text = self.token.value if self.token is not None else ""
+        if "price" in shifts:  # where a condition may start
+            if text == ")":
+                return self.at("unbalanced parenthesis: ')' without a matching '('")
+            if self.token is None:
+                return self.at(f"expected a condition{after}")
+            if self.word:
+                return self.at(_unknown_condition(text))
+            return self.at(f"expected a condition{after}, found {found}")
+        if ")" in shifts and not shifts & {",", "WORD"}:  # (a or b
+            if self.token is None:
+                return self.at("unbalanced parenthesis: this '(' is never closed", self.opening())
+            return self.at(f"expected 'and', 'or' or ')', found {found}")
+        if {",", ")"} <= shifts:  # rsi(14, 5m
+            if self.token is None:
+                return self.at("unbalanced parenthesis: this '(' is never closed", self.opening())
+            return self.at(f"expected ','{after}, found {found}")
+        if {",", "]"} <= shifts:  # sides=[ask, bid
+            return self.at(f"expected ']'{after}, found {found}")
+        options = self.grammar.option_words
+        if options[0] in shifts:
+            if text == ")":
+                return self.at("unbalanced parenthesis: ')' without a matching '('")
+            hint = _suggest(self.word, options) if self.word else ""
+            listed = ", ".join(options)
+            return self.at(f"expected 'and', 'or' or an option ({listed}), found {found}{hint}")
+        wanted = sorted(shifts & self.grammar.keyword_of.keys(), key=self.grammar.rank.__getitem__)
+        if wanted and not self.optional_here:  # after sma: crosses, cross or crossed
+            listed = " or ".join(f"'{keyword}'" for keyword in wanted)
+            return self.at(f"expected {listed}{after}, found {found}")
+        return None
+
+    def at_the_end(self) -> RuleTextError | None:
+        """The text goes on after what can be all of it."""
+        production = _likely_reduction(self.conf.states[self.stack[-1]])
+        if production is None or production.origin.name != self.start:
+            return None
+        if self.start in _ONE_VALUE:
+            reason = _ONE_VALUE[self.start]
+        elif self.token is not None and self.token.value == ")":
+            reason = "unbalanced parenthesis: ')' without a matching '('"
+        else:
+            reason = f"expected 'and' or 'or', found {self.found}"
+        self.reduce()  # all of it on the stack, for earlier_value_error
+        return self.at(reason)
+
+    def opening(self) -> Token:
+        """The parenthesis that the end of the text leaves open."""
+        return next(v for v in reversed(self.values) if isinstance(v, Token) and v.value == "(")
+
+    def earlier_value_error(self) -> RuleTextError | None:
+        """A wrong value before the token the parser stopped at comes first, as the text reads."""
+        stop = (
+            _span(self.tokens[self.index])[0] if self.index < len(self.tokens) else len(self.text)
+        )
+        build = _Build(self.text, self.tokens)
+        options: list[_Option] = []
+        for part in _complete_parts(self.values):
+            try:
+                result = _transform(build, part)
+                if isinstance(result, _Option):
+                    options.append(result)
+                    build.collect_options(options)
+            except RuleTextError as exc:
+                return exc if exc.start < stop else None
+        return None
 
 
-def _string_token(text: str, start: int) -> Token:
-    quote, pos, out = text[start], start + 1, []
-    while pos < len(text):
-        char = text[pos]
-        if char == "\\" and pos + 1 < len(text):
-            out.append(text[pos + 1])
-            pos += 2
-            continue
-        if char == quote:
-            return Token("string", text[start : pos + 1], start, pos + 1, "".join(out))
-        out.append(char)
-        pos += 1
-    raise RuleTextError("unterminated string: no closing quote", text, start, start + 1)
+_DIRECTIONS = ((">", "'>' (above)"), ("<", "'<' (below)"))
 
 
-# ---------------------------------------------------------------- vocabulary
+def _likely_reduction(row: dict[str, tuple[Any, Any]]) -> Production | None:
+    """The reduction most next tokens would make here (LALR may offer several)."""
+    counts: dict[Production, int] = {}
+    for _, target in row.values():
+        if isinstance(target, Production):
+            counts[target] = counts.get(target, 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else None
+
+
+def _complete_parts(values: list[Any]) -> list[Tree[Token]]:
+    """The trees on a value stack, with lark's helper trees (``__rule_star_0``) opened."""
+    parts: list[Tree[Token]] = []
+    for value in values:
+        if isinstance(value, Tree) and value.data.startswith("_"):
+            parts += _complete_parts(value.children)
+        elif isinstance(value, Tree):
+            parts.append(value)
+    return parts
+
+
+def _span(token: Token) -> tuple[int, int]:
+    """Where a token is in the text (lark types the positions as optional; ours have them)."""
+    return cast(int, token.start_pos), cast(int, token.end_pos)
+
+
+def _keyword_in(tree: Tree[Token]) -> Token:
+    """The keyword of a rule that keeps its keywords (``!`` in the grammar): its first child."""
+    return cast(Token, tree.children[0])
+
+
+def _is(value: Any, rule: str) -> TypeGuard[Tree[Token]]:
+    return isinstance(value, Tree) and value.data == rule
+
+
+# ---------------------------------------------------------------- from the tree to the Rule
 
 _MONEY_UNITS = {"": Decimal(1), "k": Decimal(1000), "m": Decimal(10**6), "b": Decimal(10**9)}
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -246,70 +565,12 @@ _UNIT_WORDS = {
     **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), "h"),
     **dict.fromkeys(("d", "day", "days"), "d"),
 }
-_ABOVE = {">": "above", "above": "above", "over": "above", "<": "below", "below": "below"}
-_ABOVE |= {"under": "below"}
-_SIDES = ("ask", "bid", "mid", "above_ask", "below_bid")
+_DIRECTION = {">": "above", "above": "above", "over": "above", "<": "below", "below": "below"}
+_DIRECTION |= {"under": "below"}
 _GREEKS = ("iv", "delta", "gamma", "theta", "vega")
-_FLOW_PREFIX = {"call": "C", "calls": "C", "put": "P", "puts": "P"}
-_MONEYNESS = ("otm", "itm", "atm")
-_OPTION_WORDS = tuple(
-    [
-        "cooldown",
-        "priority",
-        "once",
-        "recurring",
-        "expires",
-        "name",
-        "id",
-        "user",
-        "channels",
-        "version",
-        "active",
-        "inactive",
-    ]
-)
-_PHRASE_WORDS = [
-    "price",
-    "close",
-    "rsi",
-    "sma",
-    "golden",
-    "death",
-    "new",
-    "volume_spike",
-    "volume",
-    "up",
-    "down",
-    "iv",
-    "iv_rank",
-    "iv_change",
-    "delta",
-    "gamma",
-    "theta",
-    "vega",
-    "spread",
-    "spread_pct",
-    "unusual",
-    "unusual_volume",
-    "premium",
-    "sweep",
-    "sweeps",
-    "block",
-    "blocks",
-    "repeated",
-    "put/call",
-    "pnl",
-    "position",
-    "expiry",
-]
-CONDITION_WORDS = frozenset([*_PHRASE_WORDS, *_FLOW_PREFIX, *_MONEYNESS, *CONDITION_MODELS])
-_SCOPE_WORDS = ("any", "watchlist", "symbols", "symbol")
-_KEYWORDS = CONDITION_WORDS | set(_SCOPE_WORDS) | set(_OPTION_WORDS) | {"and", "or"}
-
-
-def _suggest(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word.lower(), sorted(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+_RIGHTS = {"call": "C", "calls": "C", "put": "P", "puts": "P"}
+_NUMERAL = re.compile(r"([+-]?)(\$?)(\d+(?:\.\d*)?|\.\d+)([A-Za-z%]*)")
+_ESCAPE = re.compile(r"\\(.)", re.S)
 
 
 def _decimal_value(value: Decimal) -> int | float:
@@ -317,308 +578,286 @@ def _decimal_value(value: Decimal) -> int | float:
     return int(value) if value == value.to_integral_value() else float(value)
 
 
-# ---------------------------------------------------------------- the parser
+class _Numeral(NamedTuple):
+    """The parts of a number token."""
+
+    number: str  # the digits with their sign, as written
+    unit: str  # as written: %, x, k, m, s, ...
+    dollar: bool
+
+    @property
+    def value(self) -> Decimal:
+        return Decimal(self.number)
 
 
-@dataclass
-class _Arg:
-    name: Token | None
-    value: Token | list[Token]
-    start: Token
+def _numeral(token: Token) -> _Numeral:
+    sign, dollar, digits, unit = cast(re.Match[str], _NUMERAL.fullmatch(token)).groups()
+    return _Numeral(sign + digits, unit, bool(dollar))
 
 
-@dataclass
-class _Span:
+def _unquoted(token: Token) -> str:
+    """A word as written; a quoted string without its quotes and backslashes."""
+    if token.type == "STRING":
+        return _ESCAPE.sub(r"\1", token.value[1:-1])
+    return str(token.value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    fields: dict[str, Any]
     start: int
     end: int
 
 
-class _Parser:
-    def __init__(self, text: str) -> None:
+@dataclass(frozen=True, slots=True)
+class _Option:
+    field: str
+    value: Any
+    keyword: Token
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Arg:
+    name: Token | None
+    value: Token | list[Token]
+    start: Token  # the first token: the name, the value, or the [ of a list
+
+
+@dataclass(frozen=True, slots=True)
+class _Bare:
+    """Indicator arguments without parentheses: ``14 bars 5m``."""
+
+    numbers: list[Token]
+
+
+@dataclass(frozen=True, slots=True)
+class _Filter:
+    name: str
+    value: Any
+    token: Token
+
+
+@dataclass(frozen=True, slots=True)
+class _Lookback:
+    keyword: Token
+    days: int
+
+
+class _Build(Transformer[Token, Any]):
+    """The tree as the dicts of the Rule model, checking what the grammar leaves open.
+
+    Each method gets its rule's children (anonymous keywords dropped, except in the rules the
+    grammar marks ``!``) and raises RuleTextError at the token at fault.
+    """
+
+    def __init__(self, text: str, tokens: list[Token]) -> None:
+        super().__init__(visit_tokens=False)
         self.text = text
-        self.tokens = tokenize(text)
-        self.pos = 0
-        self.spans: dict[str, _Span] = {}
+        self.tokens = tokens
 
-    # ------------------------------------------------------------ token access
+    def fail(self, reason: str, token: Token) -> NoReturn:
+        raise RuleTextError(reason, self.text, *_span(token))
 
-    def peek(self, ahead: int = 0) -> Token:
-        return self.tokens[min(self.pos + ahead, len(self.tokens) - 1)]
+    def token_at(self, start: int) -> Token:
+        return next(token for token in self.tokens if token.start_pos == start)
 
-    def take(self) -> Token:
-        token = self.peek()
-        if token.kind != "end":
-            self.pos += 1
-        return token
-
-    @property
-    def previous(self) -> Token:
-        return self.tokens[self.pos - 1] if self.pos else self.peek()
-
-    def at(self, *words: str) -> bool:
-        return self.peek().low in words
-
-    def accept(self, *words: str) -> Token | None:
-        return self.take() if self.at(*words) else None
-
-    def accept_op(self, *ops: str) -> Token | None:
-        return self.take() if self.peek().is_op(*ops) else None
-
-    def fail(self, reason: str, token: Token | None = None, end: Token | None = None) -> NoReturn:
-        token = token or self.peek()
-        raise RuleTextError(reason, self.text, token.start, (end or token).end)
-
-    def after(self) -> str:
-        return f" after '{self.previous.text}'" if self.pos else ""
-
-    def expect(self, *words: str) -> Token:
-        if self.at(*words):
-            return self.take()
-        wanted = " or ".join(f"'{word}'" for word in words)
-        self.fail(f"expected {wanted}{self.after()}, found {self.peek().describe()}")
-
-    def expect_op(self, op: str) -> Token:
-        if self.peek().is_op(op):
-            return self.take()
-        self.fail(f"expected '{op}'{self.after()}, found {self.peek().describe()}")
+    def token_ending(self, end: int) -> Token:
+        return next(token for token in self.tokens if token.end_pos == end)
 
     # ------------------------------------------------------------ numbers by context
 
-    def number_token(self, what: str = "a number") -> Token:
-        token = self.peek()
-        if token.kind != "number":
-            self.fail(f"expected {what}{self.after()}")
-        return self.take()
-
-    def _amount(self, token: Token, units: dict[str, Decimal], what: str) -> int | float:
-        unit = token.unit.lower()
-        if unit not in units:
-            self.fail(f"{token.text!r} is not {what}", token)
-        return _decimal_value(Decimal(token.value) * units[unit])
-
-    def plain(self, what: str = "a number") -> int | float:
-        token = self.number_token(what)
-        if token.dollar:
+    def plain(self, token: Token, what: str) -> int | float:
+        number = _numeral(token)
+        if number.dollar:
             self.fail("'$' only goes before money amounts", token)
-        if token.unit:
-            self.fail(f"{token.text!r} is not {what} (no unit expected here)", token)
-        return _decimal_value(Decimal(token.value))
+        if number.unit:
+            self.fail(f"{token.value!r} is not {what} (no unit expected here)", token)
+        return _decimal_value(number.value)
 
-    def money(self) -> int | float:
-        token = self.number_token("a number")
-        return self._amount(token, _MONEY_UNITS, "an amount (use k, m or b: 500k, 1m)")
-
-    def percent(self, *, required: bool = False) -> int | float:
-        token = self.number_token("a percent")
-        if token.dollar:
-            self.fail("'$' only goes before money amounts", token)
-        if token.unit != "%" and (required or token.unit):
-            self.fail(f"expected a percent like 5%, found {token.text!r}", token)
-        return _decimal_value(Decimal(token.value))
-
-    def multiple(self) -> int | float:
-        token = self.number_token("a multiple like 3x")
-        if token.unit.lower() not in ("", "x") or token.dollar:
-            self.fail(f"expected a multiple like 3x, found {token.text!r}", token)
-        return _decimal_value(Decimal(token.value))
-
-    def integer(self, what: str = "a whole number") -> int:
-        token = self.peek()
-        value = self.plain(what)
+    def integer(self, token: Token, what: str) -> int:
+        value = self.plain(token, what)
         if not isinstance(value, int):
-            self.fail(f"expected {what}, found {token.text!r}", token)
+            self.fail(f"expected {what}, found {token.value!r}", token)
         return value
 
-    def duration(self) -> int:
-        """Seconds from ``30m``, ``90s``, ``1h``, ``2d``, ``30 minutes`` or ``0``."""
-        token = self.number_token("a duration like 30m")
-        unit = token.unit.lower()
-        if not unit and self.peek().low in _UNIT_WORDS:
-            unit = self.take().low
-        return self.seconds_of(token, unit)
+    def amount(self, token: Token, what: str) -> int | float:
+        number = _numeral(token)
+        unit = number.unit.lower()
+        if unit not in _MONEY_UNITS:
+            self.fail(f"{token.value!r} is not {what}", token)
+        return _decimal_value(number.value * _MONEY_UNITS[unit])
 
-    def seconds_of(self, token: Token, unit: str) -> int:
+    def to_money(self, token: Token) -> int | float:
+        return self.amount(token, "an amount (use k, m or b: 500k, 1m)")
+
+    def to_percent(self, token: Token, *, required: bool = False) -> int | float:
+        number = _numeral(token)
+        if number.dollar:
+            self.fail("'$' only goes before money amounts", token)
+        if number.unit != "%" and (required or number.unit):
+            self.fail(f"expected a percent like 5%, found {token.value!r}", token)
+        return _decimal_value(number.value)
+
+    def to_multiple(self, token: Token) -> int | float:
+        number = _numeral(token)
+        if number.unit.lower() not in ("", "x") or number.dollar:
+            self.fail(f"expected a multiple like 3x, found {token.value!r}", token)
+        return _decimal_value(number.value)
+
+    def seconds(self, token: Token, unit: str) -> int:
+        number = _numeral(token)
         unit = _UNIT_WORDS.get(unit, unit)
-        value = Decimal(token.value)
         if not unit:
-            if value == 0:
+            if number.value == 0:
                 return 0
-            self.fail(f"add a unit to {token.text!r}: s, m (minutes), h or d", token)
-        if unit not in _DURATION_UNITS or token.dollar:
-            self.fail(f"{token.text!r} is not a duration (use s, m, h or d: 30m)", token)
-        seconds = value * _DURATION_UNITS[unit]
+            self.fail(f"add a unit to {token.value!r}: s, m (minutes), h or d", token)
+        if unit not in _DURATION_UNITS or number.dollar:
+            self.fail(f"{token.value!r} is not a duration (use s, m, h or d: 30m)", token)
+        seconds = number.value * _DURATION_UNITS[unit]
         if seconds < 0 or seconds != seconds.to_integral_value():
-            self.fail(f"{token.text!r} is not a whole number of seconds", token)
+            self.fail(f"{token.value!r} is not a whole number of seconds", token)
         return int(seconds)
 
-    def timeframe_of(self, token: Token) -> str:
-        unit = token.unit.lower()
-        if unit not in _DURATION_UNITS or token.dollar or not token.value.isdigit():
-            self.fail(f"{token.text!r} is not a timeframe (use e.g. 1m, 5m, 1h, 1d)", token)
-        timeframe = f"{int(token.value)}{unit}"
+    def timeframe(self, token: Token) -> str:
+        number = _numeral(token)
+        unit = number.unit.lower()
+        if unit not in _DURATION_UNITS or number.dollar or not number.number.isdigit():
+            self.fail(f"{token.value!r} is not a timeframe (use e.g. 1m, 5m, 1h, 1d)", token)
+        timeframe = f"{int(number.number)}{unit}"
         try:
             timeframe_seconds(timeframe)
         except ValueError as exc:
             self.fail(str(exc), token)
         return timeframe
 
-    def days(self) -> int:
-        """``3 days``, ``3 trading days``, ``3d`` or ``3``."""
-        token = self.number_token("a number of days")
-        if token.unit.lower() not in ("", "d") or token.dollar or not token.value.isdigit():
-            self.fail(f"expected a number of days, found {token.text!r}", token)
-        if not token.unit:
-            self.accept("trading")
-            self.accept("day", "days")
-        return int(token.value)
+    def plain_of(self, token: Token) -> int | float:
+        number = _numeral(token)
+        if number.unit or number.dollar:
+            self.fail(f"{token.value!r} is not a plain number", token)
+        return _decimal_value(number.value)
 
-    def comparison(self, *, allowed: tuple[str, ...] = ("above", "below")) -> str:
-        token = self.peek()
-        direction = _ABOVE.get(token.text.lower()) if token.kind in ("op", "word") else None
-        if token.is_op(">=", "<="):
-            self.fail(f"'{token.text}' is not supported here: conditions compare strictly", token)
-        if direction is None or direction not in allowed:
-            words = " or ".join(
-                {"above": "'>' (above)", "below": "'<' (below)"}[d] for d in allowed
-            )
-            self.fail(f"expected {words}{self.after()}, found {token.describe()}")
-        self.take()
-        return direction
+    def duration(self, children: list[Any]) -> int:
+        number, *unit_word = children
+        unit = unit_word[0].lower() if unit_word else _numeral(number).unit.lower()
+        return self.seconds(number, unit)
 
-    def ident(self, what: str) -> str:
-        token = self.take()
-        if token.kind in ("word", "string", "number"):
-            return token.value if token.kind == "string" else token.text
-        self.fail(f"expected {what}{self.after()}, found {token.describe()}", token)
+    def days(self, children: list[Token]) -> int:
+        (token,) = children
+        number = _numeral(token)
+        if number.unit.lower() not in ("", "d") or number.dollar or not number.number.isdigit():
+            self.fail(f"expected a number of days, found {token.value!r}", token)
+        return int(number.number)
+
+    def unit_word(self, children: list[Token]) -> Token:
+        return children[0]
+
+    money = unit_word  # read by the condition: a pnl threshold may be a percent
+
+    # Where the unit alone is wrong, say so here, before a later syntax error is reported.
+    def percent(self, children: list[Token]) -> Token:
+        (token,) = children
+        if _numeral(token).unit:  # without a unit, the condition says more (spread > 5)
+            self.to_percent(token)
+        return token
+
+    def multiple(self, children: list[Token]) -> int | float:
+        return self.to_multiple(children[0])
+
+    def comparison(self, children: list[Token]) -> str:
+        return _DIRECTION[children[0].lower()]
+
+    above = comparison
+
+    def direction(self, children: list[Token]) -> str:
+        return children[0].lower()
+
+    subject = greek_name = condition_type = moneyness = flow_prefix = unit_word
 
     # ------------------------------------------------------------ the rule
 
-    def rule(self) -> dict[str, Any]:
+    def rule(self, children: list[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The Rule's fields, and where in the text each came from (for its errors)."""
         body: dict[str, Any] = {}
-        first = self.peek()
-        body.update(self.scope())
-        self.spans["symbol"] = self.spans["symbols"] = _Span(first.start, self.previous.end)
-        start = self.peek()
-        if start.kind == "end":
-            self.fail(f"expected a condition{self.after()}")
-        body["conditions"] = self.expression()
-        self.spans["conditions"] = _Span(start.start, self.previous.end)
-        body.update(self.options())
-        return body
+        spans: dict[str, tuple[int, int]] = {}
+        scope = next((child for child in children if isinstance(child, _Scope)), None)
+        if scope is not None:
+            body.update(scope.fields)
+            spans["symbol"] = spans["symbols"] = (scope.start, scope.end)
+        options = [child for child in children if isinstance(child, _Option)]
+        body["conditions"] = next(child for child in children if isinstance(child, dict))
+        # Between scope and options, with the parentheses the tree leaves out of (a or b).
+        begin = scope.end if scope is not None else 0
+        until = options[0].start if options else len(self.text)
+        inside = [_span(token) for token in self.tokens if begin <= _span(token)[0] < until]
+        spans["conditions"] = (inside[0][0], inside[-1][1])
+        fields, option_spans = self.collect_options(options)
+        return {**body, **fields}, {**spans, **option_spans}
 
-    def scope(self) -> dict[str, Any]:
-        token, following = self.peek(), self.peek(1)
-        if token.is_op("*"):
-            self.take()
-            return {}
-        if token.low == "any" and following.low in ("symbol", "symbols"):
-            self.pos += 2
-            return {}
-        if token.low in ("watchlist", "symbols"):
-            self.take()
-            symbols = [self.symbol()]
-            while self.accept_op(","):
-                symbols.append(self.symbol())
-            return {"symbols": symbols}
-        if token.low == "symbol":
-            self.take()
-            return {"symbol": self.symbol()}
-        if token.kind == "string":
-            return {"symbol": self.symbol()}
-        if token.kind != "word" or token.low in _KEYWORDS:
-            return {}
-        # A word that is no keyword: a symbol, unless it reads like a misspelt condition.
-        misspelt = following.is_op(">", "<", ">=", "<=") or following.low in (
-            "crosses",
-            "cross",
-            "above",
-            "below",
-        )
-        if following.is_op("("):  # AAPL (a or b), but not prise(threshold=1) or rsj(14) < 30
-            inner = self.peek(2)
-            misspelt = not (inner.is_op("(") or inner.low in CONDITION_WORDS)
-        if misspelt:
-            self.fail(f"unknown condition '{token.text}'{_suggest(token.text, CONDITION_WORDS)}")
-        return {"symbol": self.symbol()}
+    def collect_options(self, options: list[_Option]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The options' fields and spans; each option once."""
+        fields: dict[str, Any] = {}
+        spans: dict[str, tuple[int, int]] = {}
+        for option in options:
+            if option.field in fields:
+                self.fail(f"option '{option.keyword}' given twice", option.keyword)
+            fields[option.field] = option.value
+            spans[option.field] = (option.start, option.end)
+        return fields, spans
 
-    def symbol(self) -> str:
-        token = self.peek()
-        if token.kind == "string":
-            return self.take().value
-        if token.kind == "word":
-            return self.take().text
-        self.fail(f"expected a symbol{self.after()}, found {token.describe()}")
+    def conditions(self, children: list[dict[str, Any]]) -> dict[str, Any]:
+        return children[0]
 
-    def expression(self) -> dict[str, Any]:
-        children = [self.and_expression()]
-        while self.accept("or"):
-            children.append(self.and_expression())
+    @v_args(meta=True)
+    def every_symbol(self, meta: Meta, children: list[Token]) -> _Scope:
+        return _Scope({}, meta.start_pos, meta.end_pos)
+
+    @v_args(meta=True)
+    def watchlist(self, meta: Meta, children: list[Token]) -> _Scope:
+        return _Scope({"symbols": [_unquoted(c) for c in children]}, meta.start_pos, meta.end_pos)
+
+    @v_args(meta=True)
+    def one_symbol(self, meta: Meta, children: list[Token]) -> _Scope:
+        return _Scope({"symbol": _unquoted(children[0])}, meta.start_pos, meta.end_pos)
+
+    @v_args(meta=True)
+    def bare_symbol(self, meta: Meta, children: list[Token]) -> _Scope:
+        (word,) = children
+        if word.lower() in _grammar().reserved:
+            self.fail(_unknown_condition(word), word)
+        return _Scope({"symbol": str(word)}, meta.start_pos, meta.end_pos)
+
+    def expr(self, children: list[dict[str, Any]]) -> dict[str, Any]:
         return _group("any", children)
 
-    def and_expression(self) -> dict[str, Any]:
-        children = [self.primary()]
-        while self.accept("and"):
-            children.append(self.primary())
+    def and_expr(self, children: list[dict[str, Any]]) -> dict[str, Any]:
         return _group("all", children)
 
-    def primary(self) -> dict[str, Any]:
-        opening = self.accept_op("(")
-        if opening is not None:
-            node = self.expression()
-            if not self.peek().is_op(")"):
-                if self.peek().kind == "end":
-                    self.fail("unbalanced parenthesis: this '(' is never closed", opening)
-                self.fail(f"expected 'and', 'or' or ')', found {self.peek().describe()}")
-            self.take()
-            return node
-        token = self.peek()
-        if token.is_op(")"):
-            self.fail("unbalanced parenthesis: ')' without a matching '('")
-        if token.kind == "end":
-            self.fail(f"expected a condition{self.after()}")
-        if token.kind != "word":
-            self.fail(f"expected a condition{self.after()}, found {token.describe()}")
-        start = self.pos
-        kind, params = self.condition()
-        return self.leaf(kind, params, start)
-
-    def leaf(self, kind: str, params: dict[str, Any], start: int) -> dict[str, Any]:
-        model = CONDITION_MODELS[kind]
+    @v_args(meta=True)
+    def condition(self, meta: Meta, children: list[Any]) -> dict[str, Any]:
+        kind, params = children[0]
         try:
-            leaf = model.model_validate({"type": kind, **params})
+            leaf = CONDITION_MODELS[kind].model_validate({"type": kind, **params})
         except ValidationError as exc:
-            first, last = self.tokens[start], self.previous
-            raise RuleTextError(
-                f"{kind}: {_describe(exc)}", self.text, first.start, last.end
-            ) from None
+            reason = f"{kind}: {_describe(exc)}"
+            raise RuleTextError(reason, self.text, meta.start_pos, meta.end_pos) from None
         return leaf.model_dump(exclude_defaults=False)
 
-    # ------------------------------------------------------------ conditions
+    # ------------------------------------------------------------ canonical form
 
-    def condition(self) -> tuple[str, dict[str, Any]]:
-        token = self.peek()
-        word = token.low
-        if word in CONDITION_MODELS and self.peek(1).is_op("("):
-            return self.canonical()
-        handler = self._HANDLERS.get(word)
-        if handler is not None:
-            return handler(self)
-        if word in _FLOW_PREFIX or word in _MONEYNESS:
-            return self.flow()
-        hint = _suggest(word, CONDITION_WORDS)
-        if not hint and word in _OPTION_WORDS:
-            hint = f" ('{word}' is an option: options go after the conditions)"
-        self.fail(f"unknown condition '{token.text}'{hint}")
-
-    def canonical(self) -> tuple[str, dict[str, Any]]:
-        kind = self.take().low
-        model = CONDITION_MODELS[kind]
-        fields = [name for name in model.model_fields if name != "type"]
+    def canonical(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        token, args = children
+        kind = token.lower()
+        fields = [name for name in CONDITION_MODELS[kind].model_fields if name != "type"]
         params: dict[str, Any] = {}
-        for arg in self.arguments():
+        for arg in args:
             if arg.name is None:
-                self.fail(f"write {kind} arguments as name=value (parameters: {', '.join(fields)})")
-            name = arg.name.text
+                self.fail(
+                    f"write {kind} arguments as name=value (parameters: {', '.join(fields)})",
+                    arg.start,
+                )
+            name = str(arg.name)
             if name not in fields:
                 self.fail(
                     f"unknown parameter '{name}' for {kind}{_suggest(name, fields)} "
@@ -630,64 +869,42 @@ class _Parser:
             params[name] = self.canonical_value(name, arg.value)
         return kind, params
 
-    def arguments(self) -> list[_Arg]:
-        """``( [name=]value, ... )``; the opening parenthesis is next."""
-        opening = self.expect_op("(")
-        args: list[_Arg] = []
-        if self.accept_op(")"):
-            return args
-        while True:
-            start = self.peek()
-            name = None
-            if start.kind == "word" and self.peek(1).is_op("="):
-                name = self.take()
-                self.take()
-            value: Token | list[Token]
-            if self.accept_op("["):
-                value = []
-                while not self.peek().is_op("]"):
-                    value.append(self.value_token())
-                    if not self.accept_op(","):
-                        break
-                self.expect_op("]")
-            else:
-                value = self.value_token()
-            args.append(_Arg(name, value, start))
-            if self.accept_op(")"):
-                return args
-            if self.peek().kind == "end":
-                self.fail("unbalanced parenthesis: this '(' is never closed", opening)
-            self.expect_op(",")
+    def args(self, children: list[_Arg | None]) -> list[_Arg]:
+        return [child for child in children if child is not None]
 
-    def value_token(self) -> Token:
-        token = self.peek()
-        if token.kind in ("number", "word", "string"):
-            return self.take()
-        self.fail(f"expected a value{self.after()}, found {token.describe()}")
+    @v_args(meta=True)
+    def arg(self, meta: Meta, children: list[Any]) -> _Arg:
+        name, value = children
+        return _Arg(name, value, self.token_at(meta.start_pos))
+
+    def value_list(self, children: list[Token | None]) -> list[Token]:
+        return [child for child in children if child is not None]
 
     def canonical_value(self, name: str, value: Token | list[Token]) -> Any:
         if isinstance(value, list):
             return [self.canonical_value(name, item) for item in value]
-        if value.kind == "string":
-            return value.value
-        if value.kind == "word":
-            return None if value.low in ("none", "null") else value.text
+        if value.type == "STRING":
+            return _unquoted(value)
+        if value.type == "WORD":
+            return None if value.lower() in ("none", "null") else str(value)
         if name == "timeframe":
-            return self.timeframe_of(value)
-        unit = value.unit.lower()
+            return self.timeframe(value)
+        unit = _numeral(value).unit.lower()
         if name.endswith("_seconds"):
-            return self.plain_of(value) if not unit else self.seconds_of(value, unit)
+            return self.plain_of(value) if not unit else self.seconds(value, unit)
         if unit in ("%", "x"):
-            return _decimal_value(Decimal(value.value))
-        return self._amount(value, _MONEY_UNITS, "a number (k, m or b scale it: 500k)")
+            return _decimal_value(_numeral(value).value)
+        return self.amount(value, "a number (k, m or b scale it: 500k)")
 
-    def plain_of(self, token: Token) -> int | float:
-        if token.unit or token.dollar:
-            self.fail(f"{token.text!r} is not a plain number", token)
-        return _decimal_value(Decimal(token.value))
+    # ------------------------------------------------------------ indicator arguments
 
-    def indicator_args(self, names: tuple[str, ...]) -> dict[str, Any]:
-        """Indicator parameters as ``(14, 5m)``, ``(period=14)`` or bare ``14 bars 5m``.
+    def bare_args(self, children: list[Token]) -> _Bare:
+        return _Bare(children)
+
+    bare_arg = unit_word
+
+    def indicator(self, names: tuple[str, ...], given: Any) -> dict[str, Any]:
+        """Indicator parameters from ``(14, 5m)``, ``(period=14)`` or bare ``14 bars 5m``.
 
         A number with a time unit is the timeframe, one with ``x`` the multiple; plain numbers
         fill the other parameters in order.
@@ -701,88 +918,76 @@ class _Parser:
             params[name] = value
 
         def place(token: Token) -> None:
-            unit = token.unit.lower()
+            unit = _numeral(token).unit.lower()
             if unit in _DURATION_UNITS and "timeframe" in names:
-                assign("timeframe", token, self.timeframe_of(token))
+                assign("timeframe", token, self.timeframe(token))
             elif unit == "x" and "multiple" in names:
-                assign("multiple", token, _decimal_value(Decimal(token.value)))
+                assign("multiple", token, _decimal_value(_numeral(token).value))
             elif unit and "timeframe" in names and unit not in ("x", "%"):
-                self.timeframe_of(token)  # not a time unit: says what a timeframe looks like
+                self.timeframe(token)  # not a time unit: says what a timeframe looks like
             else:
                 free = [name for name in positional if name not in params]
                 if not free:
                     self.fail(f"too many numbers: parameters are {', '.join(names)}", token)
                 assign(free[0], token, self.plain_of(token))
 
-        if self.peek().is_op("("):
-            for arg in self.arguments():
-                if isinstance(arg.value, list):
-                    self.fail("expected a number, not a list", arg.start)
-                if arg.name is None:
-                    if arg.value.kind != "number":
-                        self.fail(f"expected a number, found {arg.value.describe()}", arg.value)
-                    place(arg.value)
-                    continue
-                name = arg.name.text.lower()
-                if name not in names:
-                    self.fail(
-                        f"unknown parameter '{arg.name.text}' (parameters: {', '.join(names)})",
-                        arg.name,
-                    )
-                assign(name, arg.name, self.canonical_value(name, arg.value))
-            return params
-        while self.peek().kind == "number":
-            token = self.take()
-            place(token)
-            if not token.unit:
-                self.accept("bars", "bar")
+        if isinstance(given, _Bare):
+            for token in given.numbers:
+                place(token)
+        for arg in given if isinstance(given, list) else []:
+            if isinstance(arg.value, list):
+                self.fail("expected a number, not a list", arg.start)
+            if arg.name is None:
+                if arg.value.type not in ("NUMBER", "QUANTITY"):
+                    self.fail(f"expected a number, found {arg.value.value!r}", arg.value)
+                place(arg.value)
+                continue
+            name = arg.name.lower()
+            if name not in names:
+                self.fail(
+                    f"unknown parameter '{arg.name}' (parameters: {', '.join(names)})", arg.name
+                )
+            assign(name, arg.name, self.canonical_value(name, arg.value))
         return params
 
-    # natural phrases, one method per leading word
+    # ------------------------------------------------------------ price and indicators
 
-    def price(self) -> tuple[str, dict[str, Any]]:
-        subject = self.take()
-        if self.accept("crosses", "cross", "crossed"):
-            direction = self.expect("above", "below").low
-            if self.at("sma"):
-                self.take()
-                return f"price_crosses_{direction}_sma", self.indicator_args(
-                    ("period", "timeframe")
-                )
-            return f"price_crosses_{direction}", {"threshold": self.money()}
-        if self.at("up", "down"):
-            return self.percent_move()
-        direction = self.comparison()
-        if self.at("upper", "lower"):
-            band = self.take()
-            if (band.low == "upper") != (direction == "above"):
-                self.fail("say 'above upper' or 'below lower' band", band)
-            self.expect("bollinger", "bb")
-            args = self.indicator_args(("period", "stddev", "timeframe"))
-            return f"bollinger_break_{band.low}", args
-        if subject.low == "close":
-            self.fail("'close' compares with a Bollinger band here: 'close above upper bollinger'")
-        return f"price_{direction}", {"threshold": self.money()}
+    def price_crosses(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        _, direction, money = children
+        return f"price_crosses_{direction}", {"threshold": self.to_money(money)}
 
-    def percent_move(self) -> tuple[str, dict[str, Any]]:
-        direction = self.take().low
-        percent = self.percent()
-        self.expect("in", "within", "over")
-        return f"percent_move_{direction}", {"percent": percent, "window_seconds": self.duration()}
+    def price_crosses_sma(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        _, direction, *args = children
+        params = self.indicator(("period", "timeframe"), args[0] if args else None)
+        return f"price_crosses_{direction}_sma", params
 
-    def rsi(self) -> tuple[str, dict[str, Any]]:
-        self.take()
-        params = self.indicator_args(("period", "timeframe"))
-        direction = self.comparison()
-        return f"rsi_{direction}", {"threshold": self.plain("an RSI level"), **params}
+    def price_compare(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        subject, direction, money = children
+        if subject.lower() == "close":
+            self.fail(
+                "'close' compares with a Bollinger band here: 'close above upper bollinger'",
+                money,
+            )
+        return f"price_{direction}", {"threshold": self.to_money(money)}
 
-    def sma(self) -> tuple[str, dict[str, Any]]:
-        self.take()
-        fast = self.indicator_args(("period", "timeframe"))
-        self.expect("crosses", "cross", "crossed")
-        direction = self.expect("above", "below").low
-        self.expect("sma")
-        slow = self.indicator_args(("period", "timeframe"))
+    def percent_move(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        *_, way, percent, seconds = children
+        return f"percent_move_{way.lower()}", {
+            "percent": self.to_percent(percent),
+            "window_seconds": seconds,
+        }
+
+    def rsi(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        *args, direction, level = children
+        params = self.indicator(("period", "timeframe"), args[0] if args else None)
+        return f"rsi_{direction}", {"threshold": self.plain(level, "an RSI level"), **params}
+
+    @v_args(meta=True)
+    def sma_cross(self, meta: Meta, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        split = next(i for i, child in enumerate(children) if isinstance(child, str))
+        fast = self.indicator(("period", "timeframe"), children[0] if split else None)
+        after = children[split + 1 :]
+        slow = self.indicator(("period", "timeframe"), after[0] if after else None)
         params: dict[str, Any] = {}
         if "period" in fast:
             params["fast"] = fast["period"]
@@ -790,322 +995,239 @@ class _Parser:
             params["slow"] = slow["period"]
         timeframes = {fast.get("timeframe"), slow.get("timeframe")} - {None}
         if len(timeframes) > 1:
-            self.fail("the two SMAs must share one timeframe", self.previous)
+            self.fail("the two SMAs must share one timeframe", self.token_ending(meta.end_pos))
         if timeframes:
             params["timeframe"] = timeframes.pop()
-        return ("sma_cross_up" if direction == "above" else "sma_cross_down"), params
+        kind = "sma_cross_up" if children[split] == "above" else "sma_cross_down"
+        return kind, params
 
-    def golden_death(self) -> tuple[str, dict[str, Any]]:
-        kind = "sma_cross_up" if self.take().low == "golden" else "sma_cross_down"
-        self.expect("cross")
-        return kind, self.indicator_args(("fast", "slow", "timeframe"))
+    def golden_cross(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        which, _, *args = children
+        kind = "sma_cross_up" if which.lower() == "golden" else "sma_cross_down"
+        return kind, self.indicator(("fast", "slow", "timeframe"), args[0] if args else None)
 
-    def new_extreme(self) -> tuple[str, dict[str, Any]]:
-        self.take()
-        which = self.expect("high", "low").low
-        return f"new_{which}", self.indicator_args(("period", "timeframe"))
+    def bollinger(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        _, direction, band, _, *args = children
+        if (band.lower() == "upper") != (direction == "above"):
+            self.fail("say 'above upper' or 'below lower' band", band)
+        params = self.indicator(("period", "stddev", "timeframe"), args[0] if args else None)
+        return f"bollinger_break_{band.lower()}", params
 
-    def volume(self) -> tuple[str, dict[str, Any]]:
-        if self.take().low == "volume":
-            self.expect("spike")
-        return "volume_spike", self.indicator_args(("multiple", "period", "timeframe"))
+    def new_extreme(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        _, which, *args = children
+        params = self.indicator(("period", "timeframe"), args[0] if args else None)
+        return f"new_{which.lower()}", params
 
-    def greek(self) -> tuple[str, dict[str, Any]]:
-        name = self.take().low
-        if name == "iv" and self.at("rank"):
-            return self.iv_rank()
-        if name == "iv" and self.at("change"):
-            return self.iv_change()
-        direction = self.comparison()
-        token = self.peek()
-        if name == "iv" and token.kind == "number" and token.unit == "%":
-            self.fail("write IV in the unit of the feed's iv field, without '%' (iv > 60)", token)
-        return f"{name}_{direction}", {"threshold": self.plain(f"a {name} level")}
+    def volume_spike(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        names = ("multiple", "period", "timeframe")
+        return "volume_spike", self.indicator(names, children[0] if children else None)
 
-    def iv_rank(self) -> tuple[str, dict[str, Any]]:
-        self.take()
+    # ------------------------------------------------------------ options data
+
+    def greek(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        name, direction, level = children
+        name = name.lower()
+        if name == "iv" and _numeral(level).unit == "%":
+            self.fail("write IV in the unit of the feed's iv field, without '%' (iv > 60)", level)
+        return f"{name}_{direction}", {"threshold": self.plain(level, f"a {name} level")}
+
+    def iv_rank(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        args = children[0] if isinstance(children[0], list) else None
+        _, threshold, *lookback = children[1:] if args is not None else children
         params: dict[str, Any] = {}
-        if self.peek().is_op("("):
-            for arg in self.arguments():
-                if (
-                    isinstance(arg.value, list)
-                    or arg.value.kind != "number"
-                    or (arg.name is not None and arg.name.low != "lookback_days")
-                ):
-                    self.fail("iv_rank takes one argument, the lookback in days", arg.start)
-                params["lookback_days"] = self.plain_of(arg.value)
-        self.comparison(allowed=("above",))
-        params["threshold"] = self.percent()
-        if self.accept("over", "lookback"):
+        for arg in args or []:
+            if (
+                isinstance(arg.value, list)
+                or arg.value.type not in ("NUMBER", "QUANTITY")
+                or (arg.name is not None and arg.name.lower() != "lookback_days")
+            ):
+                self.fail("iv_rank takes one argument, the lookback in days", arg.start)
+            params["lookback_days"] = self.plain_of(arg.value)
+        params["threshold"] = self.to_percent(threshold)
+        if lookback:
             if "lookback_days" in params:
-                self.fail("lookback given twice", self.previous)
-            params["lookback_days"] = self.days()
+                self.fail("lookback given twice", lookback[0].keyword)
+            params["lookback_days"] = lookback[0].days
         return "iv_rank_above", params
 
-    def iv_change(self) -> tuple[str, dict[str, Any]]:
-        self.take()
-        percent = self.percent()
-        self.expect("in", "within", "over")
-        return "iv_change_pct", {"percent": percent, "window_seconds": self.duration()}
+    def lookback(self, children: list[Any]) -> _Lookback:
+        return _Lookback(*children)
 
-    def spread(self) -> tuple[str, dict[str, Any]]:
-        self.take()
-        self.comparison(allowed=("above",))
-        token = self.peek()
-        if token.kind == "number" and not token.unit:
-            self.fail(f"the spread is a percent of the mid: write {token.text}%", token)
-        return "spread_pct_above", {"threshold": self.percent(required=True)}
+    def iv_change(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        percent, seconds = children
+        return "iv_change_pct", {"percent": self.to_percent(percent), "window_seconds": seconds}
 
-    def pnl(self) -> tuple[str, dict[str, Any]]:
-        if self.take().low == "position":
-            self.expect("pnl")
-        direction = self.comparison()
-        token = self.peek()
-        if token.kind == "number" and token.unit == "%" and not token.dollar:
-            self.take()
-            return f"position_pnl_pct_{direction}", {
-                "threshold": _decimal_value(Decimal(token.value))
-            }
-        return f"position_pnl_{direction}", {"threshold": self.money()}
+    def spread(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        _, percent = children
+        if not _numeral(percent).unit:
+            self.fail(f"the spread is a percent of the mid: write {percent}%", percent)
+        return "spread_pct_above", {"threshold": self.to_percent(percent, required=True)}
 
-    def expiry(self) -> tuple[str, dict[str, Any]]:
-        self.take()
-        if self.accept("today"):
-            return "expiry_within_days", {"days": 0}
-        self.expect("within", "in")
-        return "expiry_within_days", {"days": self.days()}
+    # ------------------------------------------------------------ options flow
 
-    def flow(self) -> tuple[str, dict[str, Any]]:
+    def flow(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
         filters: dict[str, Any] = {}
-        spans: dict[str, Token] = {}
+        sides: list[str] = []
 
         def put(name: str, value: Any, token: Token) -> None:
             if name in filters and filters[name] != value:
                 self.fail(f"{name.replace('_', ' ')} given twice", token)
             filters[name] = value
-            spans[name] = token
 
-        while self.at(*_FLOW_PREFIX, *_MONEYNESS):
-            token = self.take()
-            if token.low in _MONEYNESS:
-                put("moneyness", token.low, token)
+        kind, params = next(child for child in children if isinstance(child, tuple))
+        for child in children:
+            if isinstance(child, tuple):
+                continue
+            if isinstance(child, Token) and child.lower() in _RIGHTS:
+                put("right", _RIGHTS[child.lower()], child)
+            elif isinstance(child, Token):
+                put("moneyness", child.lower(), child)
+            elif isinstance(child, _Filter):
+                put(child.name, child.value, child.token)
             else:
-                put("right", _FLOW_PREFIX[token.low], token)
-        token = self.peek()
-        word = token.low
-        params: dict[str, Any]
-        if word in ("sweep", "sweeps", "block", "blocks"):
-            self.take()
-            kind = "flow_sweep" if word.startswith("sweep") else "flow_block"
-            params = {}
-            if self.at("premium", "min"):
-                if self.take().low == "min":
-                    self.expect("premium")
-                elif not self.accept_op(">=", ">"):
-                    self.expect("above", "over")
-                params["min_premium"] = self.money()
-        elif word == "premium":
-            self.take()
-            self.comparison(allowed=("above",))
-            kind, params = "flow_premium_above", {"threshold": self.money()}
-        elif word in ("unusual", "unusual_volume"):
-            self.take()
-            if word == "unusual":
-                self.expect("volume")
-            kind, params = "unusual_volume", {}
-            if self.peek().kind == "number":
-                params["ratio"] = self.multiple()
-        elif word == "repeated":
-            self.take()
-            self.expect("hits", "hit")
-            kind, params = "flow_repeated_hits", {}
-            if self.peek().kind == "number":
-                params["count"] = self.integer("a number of prints")
-            if self.accept("in", "within", "over"):
-                params["window_seconds"] = self.duration()
-        elif word == "put/call":
-            self.take()
-            self.accept("premium")
-            self.expect("ratio")
-            comparison = self.comparison()
-            kind = "put_call_premium_ratio"
-            params = {"threshold": self.plain("a ratio"), "comparison": comparison}
-            if self.accept("in", "within", "over"):
-                params["window_seconds"] = self.duration()
-        else:
-            cores = ("sweep", "block", "premium", "unusual", "repeated", "put/call")
-            self.fail(
-                f"expected sweep, block, premium, unusual volume, repeated hits or put/call"
-                f"{self.after()}, found {token.describe()}{_suggest(word, cores)}"
-            )
-        self.flow_filters(put)
+                sides.extend(child)
+        if sides:
+            order = _grammar().sides
+            filters["sides"] = sorted(set(sides), key=order.index)
         return kind, {**params, **filters}
 
-    def flow_filters(self, put: Callable[[str, Any, Token], None]) -> None:
-        sides: list[str] = []
-        while True:
-            token = self.peek()
-            word = token.low
-            if word == "side":
-                self.take()
-                sides.append(self.side())
-                while self.accept_op(","):
-                    sides.append(self.side())
-            elif word in ("at", "above", "below") and self.peek(1).low in ("ask", "bid", "mid"):
-                self.take()
-                side = self.take().low
-                name = side if word == "at" else f"{word}_{side}"
-                if name not in _SIDES:
-                    self.fail(f"no side '{word} {side}' (sides: {', '.join(_SIDES)})", token)
-                sides.append(name)
-            elif word == "dte":
-                self.take()
-                op = self.peek()
-                if not op.is_op(">=", ">", "<=", "<"):
-                    self.fail(f"expected '>=' or '<=' after 'dte', found {op.describe()}")
-                self.take()
-                days = self.integer("a number of days")
-                if op.text.startswith(">"):
-                    put("min_days_to_expiry", days + (op.text == ">"), token)
-                else:
-                    put("max_days_to_expiry", days - (op.text == "<"), token)
-            elif word == "size":
-                self.take()
-                op = self.peek()
-                if not op.is_op(">=", ">"):
-                    self.fail(f"expected '>=' after 'size', found {op.describe()}")
-                self.take()
-                put("min_size", self.integer("a number of contracts") + (op.text == ">"), token)
-            elif word == "atm" and self.peek(1).low == "band":
-                self.pos += 2
-                put("atm_band_pct", self.percent(), token)
-            elif word in _MONEYNESS:
-                put("moneyness", self.take().low, token)
+    def sweep(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        kind = "flow_sweep" if children[0].lower().startswith("sweep") else "flow_block"
+        return kind, {"min_premium": self.to_money(children[1])} if len(children) > 1 else {}
+
+    def min_premium(self, children: list[Any]) -> Token:
+        return children[-1]  # the amount, after premium > or min premium
+
+    def premium(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        _, money = children
+        return "flow_premium_above", {"threshold": self.to_money(money)}
+
+    def unusual_volume(self, children: list[Token]) -> tuple[str, dict[str, Any]]:
+        return "unusual_volume", {"ratio": children[0]} if children else {}
+
+    def repeated_hits(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        params: dict[str, Any] = {}
+        for child in children:
+            if isinstance(child, Token):
+                params["count"] = self.integer(child, "a number of prints")
             else:
-                break
-        if sides:
-            put("sides", sorted(set(sides), key=_SIDES.index), self.previous)
+                params["window_seconds"] = child
+        return "flow_repeated_hits", params
 
-    def side(self) -> str:
-        token = self.take()
-        if token.low not in _SIDES:
-            self.fail(
-                f"unknown side {token.describe()}{_suggest(token.low, _SIDES)} "
-                f"(sides: {', '.join(_SIDES)})",
-                token,
-            )
-        return token.low
+    def put_call_ratio(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        direction, ratio, *window = children
+        params = {"threshold": self.plain(ratio, "a ratio"), "comparison": direction}
+        if window:
+            params["window_seconds"] = window[0]
+        return "put_call_premium_ratio", params
 
-    _HANDLERS: dict[str, Callable[[_Parser], tuple[str, dict[str, Any]]]] = {
-        "price": price,
-        "close": price,
-        "up": percent_move,
-        "down": percent_move,
-        "rsi": rsi,
-        "sma": sma,
-        "golden": golden_death,
-        "death": golden_death,
-        "new": new_extreme,
-        "volume": volume,
-        "volume_spike": volume,
-        **dict.fromkeys(_GREEKS, greek),
-        "iv_rank": iv_rank,
-        "iv_change": iv_change,
-        "spread": spread,
-        "spread_pct": spread,
-        "pnl": pnl,
-        "position": pnl,
-        "expiry": expiry,
-        **dict.fromkeys(
-            ("sweep", "sweeps", "block", "blocks", "premium", "unusual", "unusual_volume"), flow
-        ),
-        "repeated": flow,
-        "put/call": flow,
-    }
+    def sides(self, children: list[Any]) -> list[str]:
+        return [child for child in children[1:] if not isinstance(child, Token)]
+
+    side = direction
+
+    def side_at(self, children: list[Token]) -> list[str]:
+        where, side = (child.lower() for child in children)
+        name = side if where == "at" else f"{where}_{side}"
+        sides = _grammar().sides
+        if name not in sides:
+            self.fail(f"no side '{where} {side}' (sides: {', '.join(sides)})", children[0])
+        return [name]
+
+    def dte(self, children: list[Token]) -> _Filter:
+        keyword, sign, number = children
+        days = self.integer(number, "a number of days")
+        if sign.startswith(">"):
+            return _Filter("min_days_to_expiry", days + (sign == ">"), keyword)
+        return _Filter("max_days_to_expiry", days - (sign == "<"), keyword)
+
+    def size(self, children: list[Token]) -> _Filter:
+        keyword, sign, number = children
+        contracts = self.integer(number, "a number of contracts") + (sign == ">")
+        return _Filter("min_size", contracts, keyword)
+
+    def atm_band(self, children: list[Token]) -> _Filter:
+        return _Filter("atm_band_pct", self.to_percent(children[2]), children[0])
+
+    # ------------------------------------------------------------ positions
+
+    def pnl(self, children: list[Any]) -> tuple[str, dict[str, Any]]:
+        direction, amount = children
+        number = _numeral(amount)
+        if number.unit == "%" and not number.dollar:
+            return f"position_pnl_pct_{direction}", {"threshold": _decimal_value(number.value)}
+        return f"position_pnl_{direction}", {"threshold": self.to_money(amount)}
+
+    def expiry(self, children: list[int]) -> tuple[str, dict[str, Any]]:
+        return "expiry_within_days", {"days": children[0] if children else 0}
 
     # ------------------------------------------------------------ options
 
-    def options(self) -> dict[str, Any]:
-        fields: dict[str, Any] = {}
+    def option_at(self, meta: Meta, field: str, value: Any, keyword: Token) -> _Option:
+        return _Option(field, value, keyword, meta.start_pos, meta.end_pos)
 
-        def put(field: str, value: Any, token: Token) -> None:
-            if field in fields:
-                self.fail(f"option '{token.text}' given twice", token)
-            fields[field] = value
-            self.spans[field] = _Span(token.start, self.previous.end)
+    @v_args(meta=True)
+    def cooldown(self, meta: Meta, children: list[Any]) -> _Option:
+        keyword, seconds = children
+        return self.option_at(meta, "cooldown_seconds", seconds, keyword)
 
-        while self.peek().kind != "end":
-            token = self.peek()
-            word = token.low
-            if word not in _OPTION_WORDS:
-                if token.is_op(")"):
-                    self.fail("unbalanced parenthesis: ')' without a matching '('")
-                hint = _suggest(word, _OPTION_WORDS) if word else ""
-                self.fail(
-                    f"expected 'and', 'or' or an option ({', '.join(_OPTION_WORDS)}), "
-                    f"found {token.describe()}{hint}"
-                )
-            self.take()
-            if word == "cooldown":
-                value: Any = self.duration()
-                put("cooldown_seconds", value, token)
-            elif word == "priority":
-                level = self.peek()
-                names = [p.value.lower() for p in Priority]
-                if level.low not in names:
-                    self.fail(f"expected a priority ({', '.join(names)}){self.after()}")
-                self.take()
-                put("priority", level.low.upper(), token)
-            elif word in ("once", "recurring"):
-                put("mode", word, token)
-            elif word in ("active", "inactive"):
-                put("active", word == "active", token)
-            elif word == "expires":
-                put("expires_at", self.timestamp(), token)
-            elif word == "name":
-                put("name", self.ident("a name (in quotes if it has spaces)"), token)
-            elif word == "id":
-                put("id", self.ident("a rule id"), token)
-            elif word == "user":
-                put("user_id", self.ident("a user id"), token)
-            elif word == "version":
-                put("version", self.integer("a version number"), token)
-            elif word == "channels":
-                channels = [self.channel()]
-                while self.accept_op(","):
-                    channels.append(self.channel())
-                put("channels", channels, token)
-        return fields
+    @v_args(meta=True)
+    def priority(self, meta: Meta, children: list[Token]) -> _Option:
+        keyword, level = children
+        return self.option_at(meta, "priority", level.upper(), keyword)
 
-    def channel(self) -> str:
-        token = self.take()
-        names = [c.value for c in Channel]
-        if token.low not in names:
-            self.fail(
-                f"unknown channel {token.describe()}{_suggest(token.low, names)} "
-                f"(channels: {', '.join(names)})",
-                token,
-            )
-        return token.low
+    @v_args(meta=True)
+    def mode(self, meta: Meta, children: list[Token]) -> _Option:
+        return self.option_at(meta, "mode", children[0].lower(), children[0])
 
-    def timestamp(self) -> datetime:
-        token = self.take()
-        if token.kind != "datetime":
-            self.fail(
-                f"expected a date or an RFC 3339 time like 2026-12-31T00:00:00Z{self.after()}",
-                token,
-            )
-        text = token.text
+    @v_args(meta=True)
+    def activity(self, meta: Meta, children: list[Token]) -> _Option:
+        return self.option_at(meta, "active", children[0].lower() == "active", children[0])
+
+    @v_args(meta=True)
+    def expires(self, meta: Meta, children: list[Token]) -> _Option:
+        keyword, token = children
+        return self.option_at(meta, "expires_at", self.timestamp(token), keyword)
+
+    @v_args(meta=True)
+    def ident(self, meta: Meta, children: list[Token]) -> _Option:
+        keyword, value = children
+        field = {"name": "name", "id": "id", "user": "user_id"}[keyword.lower()]
+        return self.option_at(meta, field, _unquoted(value), keyword)
+
+    @v_args(meta=True)
+    def channels(self, meta: Meta, children: list[Any]) -> _Option:
+        names = [child for child in children[1:] if not isinstance(child, Token)]
+        return self.option_at(meta, "channels", names, children[0])
+
+    channel = direction
+
+    @v_args(meta=True)
+    def version(self, meta: Meta, children: list[Token]) -> _Option:
+        keyword, number = children
+        return self.option_at(meta, "version", self.integer(number, "a version number"), keyword)
+
+    def timestamp(self, token: Token) -> datetime:
+        text = str(token)
         if len(text) == 10:
             text += "T00:00:00Z"
         text = text[:-1] + "+00:00" if text[-1] in "Zz" else text
         try:
             value = datetime.fromisoformat(text)
         except ValueError:
-            self.fail(f"{token.text!r} is not a valid time", token)
+            self.fail(f"{token.value!r} is not a valid time", token)
         if value.tzinfo is None:
             self.fail("add 'Z' (UTC) or an offset like +02:00 to the time", token)
         return value.astimezone(UTC)
+
+
+def _transform(build: _Build, tree: Tree[Token]) -> Any:
+    try:
+        return build.transform(tree)
+    except VisitError as exc:
+        if isinstance(exc.orig_exc, RuleTextError):
+            raise exc.orig_exc from None
+        raise
 
 
 def _describe(exc: ValidationError) -> str:
@@ -1128,16 +1250,10 @@ def _group(operator: str, children: list[dict[str, Any]]) -> dict[str, Any]:
 
 def parse_conditions(text: str) -> ConditionNode:
     """A condition tree from text without scope or options (``rsi < 30 and iv > 50``)."""
-    parser = _Parser(text)
-    if parser.peek().kind == "end":
-        parser.fail("expected a condition")
-    tree = parser.expression()
-    if parser.peek().kind != "end":
-        if parser.peek().is_op(")"):
-            parser.fail("unbalanced parenthesis: ')' without a matching '('")
-        parser.fail(f"expected 'and' or 'or', found {parser.peek().describe()}")
+    tree, tokens = _parse(text, "conditions")
+    conditions = _transform(_Build(text, tokens), tree)
     return Rule.model_validate(
-        {"id": "x", "user_id": "x", "name": "x", "conditions": tree}
+        {"id": "x", "user_id": "x", "name": "x", "conditions": conditions}
     ).conditions
 
 
@@ -1150,26 +1266,23 @@ def parse_rule(text: str, *, user_id: str | None = None, rule_id: str | None = N
     the same text of the same user always names the same rule. Without a name, the name is
     the text itself (whitespace collapsed, at most 255 characters).
     """
-    parser = _Parser(text)
-    body = parser.rule()
-    end = parser.peek()
-    normalized = " ".join(token.text for token in parser.tokens if token.kind != "end")
+    tree, tokens = _parse(text, "rule")
+    body, spans = _transform(_Build(text, tokens), tree)
+    normalized = " ".join(token.value for token in tokens)
     for field, given in (("user_id", user_id), ("id", rule_id)):
         if given is None:
             continue
         if field in body and body[field] != given:
-            span = parser.spans[field]
             option = "user" if field == "user_id" else field
             raise RuleTextError(
                 f"the text says {option} {body[field]!r} but {given!r} was given",
                 text,
-                span.start,
-                span.end,
+                *spans[field],
             )
         body[field] = given
     if "user_id" not in body:
         raise RuleTextError(
-            "no user: add 'user <id>' to the text (or pass a user id)", text, end.start, end.end
+            "no user: add 'user <id>' to the text (or pass a user id)", text, len(text), len(text)
         )
     if "id" not in body:
         digest = hashlib.sha256(f"{body['user_id']}\n{normalized}".encode()).hexdigest()
@@ -1180,8 +1293,7 @@ def parse_rule(text: str, *, user_id: str | None = None, rule_id: str | None = N
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
         field = str(error["loc"][0]) if error["loc"] else ""
-        span = parser.spans.get(field, _Span(0, len(text)))
-        raise RuleTextError(_describe(exc), text, span.start, span.end) from None
+        raise RuleTextError(_describe(exc), text, *spans.get(field, (0, len(text)))) from None
 
 
 # ---------------------------------------------------------------- rendering
@@ -1215,7 +1327,8 @@ def format_duration(seconds: int) -> str:
 
 
 def _word_or_string(value: str) -> str:
-    if _WORD.fullmatch(value) and value.lower() not in _KEYWORDS and value[-1] not in ".-/":
+    grammar = _grammar()
+    if grammar.word.fullmatch(value) and value.lower() not in grammar.symbol_keywords:
         return value
     return json.dumps(value)
 
@@ -1374,17 +1487,39 @@ def format_rule(rule: Rule, *, canonical: bool = False) -> str:
 
 def parse_money(text: str) -> float:
     """``500k`` -> 500000.0, ``$1.5m`` -> 1500000.0, ``250`` -> 250.0 (``m`` = million)."""
-    parser = _Parser(text.strip())
-    value = parser.money()
-    if parser.peek().kind != "end":
-        parser.fail("expected one amount like 500k")
-    return float(value)
+    text = text.strip()
+    tree, tokens = _parse(text, "money")
+    build = _Build(text, tokens)
+    return float(build.to_money(_transform(build, tree)))
 
 
 def parse_duration(text: str) -> int:
     """``30m`` -> 1800, ``1h`` -> 3600, ``90s`` -> 90, ``0`` -> 0 (``m`` = minutes)."""
-    parser = _Parser(text.strip())
-    value = parser.duration()
-    if parser.peek().kind != "end":
-        parser.fail("expected one duration like 30m")
-    return value
+    text = text.strip()
+    tree, tokens = _parse(text, "duration")
+    seconds: int = _transform(_Build(text, tokens), tree)
+    return seconds
+
+
+# ---------------------------------------------------------------- the grammar in docs/rules.md
+
+
+def grammar_markdown() -> str:
+    """The grammar section of docs/rules.md, between DOC_BEGIN and DOC_END: the file itself."""
+    grammar = _GRAMMAR.read_text(encoding="utf-8").rstrip("\n")
+    return f"{DOC_BEGIN}\n\n```lark\n{grammar}\n```\n\n{DOC_END}"
+
+
+def update_docs(path: Path) -> bool:
+    """Rewrite the grammar section of ``path``; True when it changed."""
+    text = path.read_text(encoding="utf-8")
+    start, end = text.index(DOC_BEGIN), text.index(DOC_END) + len(DOC_END)
+    updated = text[:start] + grammar_markdown() + text[end:]
+    if updated != text:
+        path.write_text(updated, encoding="utf-8")
+    return updated != text
+
+
+if __name__ == "__main__":  # python -m pipeline.rules.text: refresh docs/rules.md
+    docs = Path(__file__).resolve().parents[2] / "docs" / "rules.md"
+    print(f"{docs}: {'updated' if update_docs(docs) else 'up to date'}")

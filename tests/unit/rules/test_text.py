@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
 import types
 import typing
 from pathlib import Path
@@ -744,14 +743,6 @@ def test_docs_flow_filter_table() -> None:
         + field_rows(FlowFilters, list(FlowFilters.model_fields))
     )
     assert table in DOCS.read_text(encoding="utf-8")
-
-
-def test_docs_grammar_matches_the_module() -> None:
-    doc = rule_text.__doc__ or ""
-    found = re.search(r"::\n\n(.*?)\n\nNumbers carry", doc, re.S)
-    assert found is not None
-    grammar = textwrap.dedent(found.group(1)).strip()
-    assert f"```ebnf\n{grammar}\n```" in DOCS.read_text(encoding="utf-8")
 
 
 def test_docs_rule_examples_parse() -> None:
