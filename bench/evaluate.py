@@ -2,6 +2,7 @@
 
     python bench/evaluate.py                      # 1k, 10k, 100k, 1M rules
     python bench/evaluate.py --rules 1000 10000   # some sizes only
+    python bench/evaluate.py --flow               # windowed flow rules on one underlying
 
 Each size runs in its own process (clean memory numbers) and measures, on the same events:
 - baseline (a) parse: the events' JSON bytes validated into messages, no evaluation;
@@ -12,6 +13,11 @@ Each size runs in its own process (clean memory numbers) and measures, on the sa
 Rules are a realistic mix: single price levels and crosses (the bulk), indicator conditions on
 1m/5m bars, percent moves, IV and spread levels, flow scanners, and nested all/any trees.
 Memory: resident set growth while loading the rules, per rule, and the process's peak RSS.
+
+``--flow`` measures the windowed flow conditions instead: 100 ``put_call_premium_ratio`` and
+``flow_repeated_hits`` rules (windows 1m to 1h, every kind of flow filter) on one underlying,
+prints every 100 ms over 80 contracts with a tick of the underlying every 20th event, through
+one ShardEngine, beside the parse baseline of the same prints.
 """
 
 from __future__ import annotations
@@ -225,16 +231,134 @@ def child(n_rules: int, n_events: int) -> dict[str, Any]:
     }
 
 
+FLOW_SYMBOL = "SPX"
+FLOW_WINDOWS = [60, 300, 900, 1800, 3600]
+FLOW_FILTERS: list[dict[str, Any]] = [
+    {},
+    {"right": "C"},
+    {"right": "P"},
+    {"sides": ["ask", "above_ask"]},
+    {"sides": ["bid", "below_bid"]},
+    {"min_size": 50},
+    {"min_days_to_expiry": 1, "max_days_to_expiry": 30},
+    {"moneyness": "otm"},
+    {"moneyness": "atm", "atm_band_pct": 0.5},
+    {"moneyness": "itm", "right": "P", "min_size": 10},
+]
+
+
+def flow_rules(rng: random.Random) -> list[Rule]:
+    rules = []
+    for index in range(100):
+        window, filters = rng.choice(FLOW_WINDOWS), rng.choice(FLOW_FILTERS)
+        if index % 2:
+            conditions: dict[str, Any] = {
+                "type": "flow_repeated_hits",
+                "count": rng.choice([10, 25, 50]),
+                "window_seconds": window,
+            }
+        else:
+            conditions = {
+                "type": "put_call_premium_ratio",
+                "threshold": rng.choice([0.5, 2]),
+                "comparison": rng.choice(["above", "below"]),
+                "window_seconds": window,
+            }
+        body = {
+            "id": f"flow-{index}",
+            "user_id": f"u-{index}",
+            "name": f"flow rule {index}",
+            "symbol": FLOW_SYMBOL,
+            "cooldown_seconds": rng.choice([300, 900]),
+            "conditions": conditions | filters,
+        }
+        rules.append(Rule.model_validate(body))
+    return rules
+
+
+def flow_events(count: int, rng: random.Random) -> list[tuple[str, bytes]]:
+    """JSON bytes of SPX prints every 100 ms (1 event in 20 a tick of the index)."""
+    spot = 5000.0
+    contracts = [
+        (right, strike, expiry)
+        for right in "CP"
+        for strike in range(4900, 5100, 10)
+        for expiry in ("2026-01-05", "2026-01-16")
+    ]
+    events = []
+    for index in range(count):
+        ts = (T0 + timedelta(milliseconds=100 * index)).isoformat().replace("+00:00", "Z")
+        if index % 20 == 19:
+            spot = round(spot * (1 + rng.gauss(0, 0.0005)), 2)
+            body: dict[str, Any] = {"symbol": FLOW_SYMBOL, "ts": ts, "price": spot}
+            events.append(("tick", json.dumps(body).encode()))
+            continue
+        right, strike, expiry = rng.choice(contracts)
+        price = round(rng.uniform(0.5, 40), 2)
+        size = rng.choice([1, 1, 2, 5, 10, 25, 100, 500])
+        body = {
+            "id": f"p{index}",
+            "ts": ts,
+            "underlying": FLOW_SYMBOL,
+            "contract": f"SPXW  {expiry[2:4]}{expiry[5:7]}{expiry[8:]}{right}0{strike}000",
+            "right": right,
+            "strike": float(strike),
+            "expiry": expiry,
+            "price": price,
+            "size": size,
+            "side": rng.choice(["ask", "bid", "mid", "above_ask", "below_bid"]),
+            "trade_type": rng.choice(["sweep", "block", "split", "single"]),
+        }
+        if rng.random() < 0.8:  # the rest rely on the last tick for their moneyness
+            body["underlying_price"] = spot
+        events.append(("flow", json.dumps(body).encode()))
+    return events
+
+
+def flow_child(n_events: int) -> dict[str, Any]:
+    rng = random.Random(0)
+    events = flow_events(n_events, rng)
+    engine = ShardEngine()
+    for rule in flow_rules(rng):
+        engine.upsert(rule)
+    parsed = parse(events)
+    parse_seconds, _ = timed(parse, events)
+    cpu = time.process_time()  # beside the wall clock: shared machines slow it down
+    eval_seconds, alerts = timed(lambda: sum(len(engine.process([e])) for e in parsed))
+    cpu = time.process_time() - cpu
+    prints = sum(1 for kind, _ in events if kind == "flow")
+    return {
+        "events": len(events),
+        "prints": prints,
+        "parse_pps": prints / parse_seconds,
+        "evaluate_pps": prints / (parse_seconds + eval_seconds),
+        "engine_cpu_pps": prints / cpu,
+        "alerts": alerts,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rules", type=int, nargs="*", default=[1_000, 10_000, 100_000, 1_000_000])
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--flow", action="store_true", help="windowed flow rules instead")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.events)))
+        return
+    if args.flow:
+        r = flow_child(args.events)
+        print(
+            f"{'prints':>9} | {'parse (a) prints/s':>18} | {'EVALUATE prints/s':>17} | "
+            f"{'engine only, CPU prints/s':>25} | alerts"
+        )
+        print(
+            f"{r['prints']:>9,} | {r['parse_pps']:>18,.0f} | {r['evaluate_pps']:>17,.0f} | "
+            f"{r['engine_cpu_pps']:>25,.0f} | {r['alerts']:,}"
+        )
         return
     header = (
         f"{'rules':>9} | {'parse (a) ev/s':>14} | {'EVALUATE ev/s':>13} | {'naive (b) ev/s':>14} | "

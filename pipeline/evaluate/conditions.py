@@ -24,7 +24,7 @@ from typing import Any
 
 from pipeline.evaluate import specs as c
 from pipeline.evaluate.indicators import BarClose, IndicatorSpec
-from pipeline.evaluate.market_state import SymbolState
+from pipeline.evaluate.market_state import SymbolState, passes_filters
 from pipeline.evaluate.specs import AllOf, AnyOf, ConditionNode
 from pipeline.market_calendar import parse_occ, trading_days_until
 from pipeline.messages import OptionsFlow, Position
@@ -463,39 +463,6 @@ def _spread(leaf: c.SpreadPctAbove, ctx: EventContext, owner: str) -> Observatio
 # ---------------------------------------------------------------- options flow, per print
 
 
-def passes_filters(
-    leaf: c.FlowFilters, print_: OptionsFlow, underlying_price: float | None
-) -> bool:
-    if leaf.right is not None and print_.right != leaf.right:
-        return False
-    if leaf.sides is not None and print_.side not in leaf.sides:
-        return False
-    if leaf.min_size is not None and print_.size < leaf.min_size:
-        return False
-    if leaf.min_days_to_expiry is not None or leaf.max_days_to_expiry is not None:
-        days = (datetime.fromisoformat(print_.expiry).date() - print_.ts.date()).days
-        if leaf.min_days_to_expiry is not None and days < leaf.min_days_to_expiry:
-            return False
-        if leaf.max_days_to_expiry is not None and days > leaf.max_days_to_expiry:
-            return False
-    if leaf.moneyness is not None:
-        spot = print_.underlying_price or underlying_price
-        if (
-            spot is None
-            or moneyness(print_.right, print_.strike, spot, leaf.atm_band_pct) != leaf.moneyness
-        ):
-            return False
-    return True
-
-
-def moneyness(right: str, strike: float, spot: float, atm_band_pct: float) -> str:
-    """``atm`` within ``atm_band_pct`` of spot; else a call is ``itm`` below spot, a put above."""
-    if abs(strike / spot - 1) * 100 <= atm_band_pct:
-        return "atm"
-    in_the_money = strike < spot if right == "C" else strike > spot
-    return "itm" if in_the_money else "otm"
-
-
 def _print_values(print_: OptionsFlow) -> dict[str, float | str | None]:
     return {
         "contract": print_.contract,
@@ -571,15 +538,7 @@ def _repeated_hits(leaf: c.FlowRepeatedHits, ctx: EventContext, owner: str) -> O
     print_ = _current_print(leaf, ctx)
     if print_ is None:
         return None
-    cutoff = print_.ts - timedelta(seconds=leaf.window_seconds)
-    spot = ctx.state.last_price
-    hits = sum(
-        1
-        for earlier in ctx.state.flow
-        if earlier.contract == print_.contract
-        and earlier.ts >= cutoff
-        and passes_filters(leaf, earlier, spot)
-    )
+    hits = ctx.state.flow_hits(leaf.window_seconds, leaf, print_)
     if hits < leaf.count:
         return None
     values = _print_values(print_) | {"hits": float(hits)}
@@ -592,15 +551,7 @@ def _repeated_hits(leaf: c.FlowRepeatedHits, ctx: EventContext, owner: str) -> O
 
 @_evaluator("put_call_premium_ratio", sensitive_to=FLOW)
 def _put_call(leaf: c.PutCallPremiumRatio, ctx: EventContext, owner: str) -> Observation | None:
-    cutoff = ctx.ts - timedelta(seconds=leaf.window_seconds)
-    spot = ctx.state.last_price
-    puts = calls = 0.0
-    for print_ in ctx.state.flow:
-        if print_.ts >= cutoff and print_.ts <= ctx.ts and passes_filters(leaf, print_, spot):
-            if print_.right == "P":
-                puts += print_.effective_premium
-            else:
-                calls += print_.effective_premium
+    puts, calls = ctx.state.flow_premiums(leaf.window_seconds, leaf, ctx.ts)
     if calls <= 0:
         return None
     ratio = puts / calls
@@ -611,9 +562,16 @@ def _put_call(leaf: c.PutCallPremiumRatio, ctx: EventContext, owner: str) -> Obs
     return Observation(
         leaf.type,
         {"ratio": ratio, "put_premium": puts, "call_premium": calls, "threshold": leaf.threshold},
-        f"put/call premium {ratio:.2f} over {_duration(leaf.window_seconds)} is {leaf.comparison} "
-        f"{leaf.threshold:g}",
+        f"put/call premium {ratio:.2f}"
+        + _ratio_wording(leaf.window_seconds, leaf.comparison, leaf.threshold),
     )
+
+
+@cache
+def _ratio_wording(window_seconds: int, comparison: str, threshold: float) -> str:
+    """The fixed end of a ratio's description, formatted once: a ratio that holds is described
+    again at every print."""
+    return f" over {_duration(window_seconds)} is {comparison} {threshold:g}"
 
 
 # ---------------------------------------------------------------- positions

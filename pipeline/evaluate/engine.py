@@ -409,7 +409,7 @@ class ShardEngine:
             (market.acquire_iv_rank if take else market.release_iv_rank)(leaf.lookback_days)
         elif kind in ("flow_repeated_hits", "put_call_premium_ratio"):
             (market.acquire_flow_window if take else market.release_flow_window)(
-                leaf.window_seconds
+                leaf.window_seconds, leaf
             )
 
     # ------------------------------------------------------------ events
