@@ -738,6 +738,8 @@ def evaluate_tree(
             child_observed, child_after = evaluate_tree(child, ctx, owner, memo)
             after = after and child_after
             if child_observed is None:
+                if not after:  # (None, False) whatever the other children give: skip them
+                    return None, False
                 observed = None
             elif observed is not None:
                 observed.extend(child_observed)

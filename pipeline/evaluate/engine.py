@@ -203,18 +203,14 @@ class SortedThresholds:
                 del self.slots[index]
                 return
 
-    def between(
-        self, low: float, high: float, *, closed_low: bool, closed_high: bool
-    ) -> list[LeafSlot]:
-        start = (bisect_left if closed_low else bisect_right)(self.thresholds, low)
-        end = (bisect_right if closed_high else bisect_left)(self.thresholds, high)
-        return self.slots[start:end]
-
 
 @dataclass(slots=True)
 class SymbolRules:
     leaves: dict[LeafKey, LeafSlot] = field(default_factory=dict)
     indexes: dict[str, SortedThresholds] = field(default_factory=dict)  # by threshold leaf type
+    # The indexes by the quantity they read, each with how its leaves flip: a tick reads each
+    # quantity once before and once after, however many leaf types read it.
+    quantities: dict[str, list[tuple[str, SortedThresholds]]] = field(default_factory=dict)
     by_kind: dict[str, list[LeafSlot]] = field(default_factory=dict)  # other leaves, by event kind
     fresh: set[str] = field(default_factory=set)  # rules not yet evaluated on this symbol
 
@@ -228,7 +224,13 @@ class SymbolRules:
                 owner = key[1] if isinstance(key, tuple) and not threshold else ""
                 slot = self.leaves[key] = LeafSlot(None if threshold else leaf, owner)
                 if threshold:
-                    self.indexes.setdefault(key[0], SortedThresholds()).add(key[1], slot)
+                    index = self.indexes.get(key[0])
+                    if index is None:
+                        index = self.indexes[key[0]] = SortedThresholds()
+                        self.quantities.setdefault(THRESHOLD_QUANTITY[key[0]], []).append(
+                            (_FLIP[key[0]], index)
+                        )
+                    index.add(key[1], slot)
                 else:
                     self.by_kind.setdefault(leaf_kind(leaf), []).append(slot)
                 new.append(leaf)
@@ -423,15 +425,15 @@ class ShardEngine:
         if rules is None:
             market.on_tick(tick)
             return alerts
-        quantities = {THRESHOLD_QUANTITY[kind] for kind in rules.indexes}
-        before = {name: _quantity(market, name) for name in quantities}
+        quantities = rules.quantities
+        before = [_quantity(market, name) for name in quantities]
         market.on_tick(tick)
         flipped: list[LeafSlot] = []
-        for kind, index in rules.indexes.items():
-            name = THRESHOLD_QUANTITY[kind]
-            old, new = before[name], _quantity(market, name)
+        for (name, indexes), old in zip(quantities.items(), before, strict=True):
+            new = _quantity(market, name)
             if new is not None and old != new:
-                flipped.extend(_flipped(kind, index, old, new))
+                for flip, index in indexes:
+                    flipped += _flipped(flip, index, old, new)
         if not flipped and not rules.fresh and TICK not in rules.by_kind:
             return alerts
         ctx = EventContext(symbol, tick.ts, TICK, market, self.positions)
@@ -469,22 +471,27 @@ class ShardEngine:
     ) -> list[TriggeredAlert]:
         """Evaluate the rules of the leaves that changed at this event (and fresh rules)."""
         memo: dict[LeafKey, Observation | None] = {}
-        woken: set[str] = set(rules.fresh)
-        rules.fresh.clear()
+        woken: set[str] = set()
+        if rules.fresh:
+            woken.update(rules.fresh)
+            rules.fresh.clear()
         for slot in flipped:
             woken.update(slot.rule_ids)
-        for slot in rules.by_kind.get(kind, ()):
-            leaf = slot.leaf
-            assert leaf is not None
-            holds = evaluate_leaf(leaf, ctx, slot.owner, memo) is not None
-            if holds if leaf.type in PULSES else holds != slot.value:
-                woken.update(slot.rule_ids)
-            slot.value = holds
+        slots = rules.by_kind.get(kind)
+        if slots:
+            for slot in slots:
+                leaf = slot.leaf
+                assert leaf is not None
+                holds = evaluate_leaf(leaf, ctx, slot.owner, memo) is not None
+                if holds if leaf.type in PULSES else holds != slot.value:
+                    woken.update(slot.rule_ids)
+                slot.value = holds
         if not woken:
             return []
         alerts = []
+        compiled, evaluate = self.rules, self._evaluate
         for rule_id in sorted(woken):
-            alert = self._evaluate(self.rules[rule_id], ctx, memo)
+            alert = evaluate(compiled[rule_id], ctx, memo)
             if alert is not None:
                 alerts.append(alert)
         return alerts
@@ -510,7 +517,9 @@ class ShardEngine:
                 return None
         tree = rule.tree
         if isinstance(tree, ThresholdLeaf):  # the common one-leaf rule, without the tree walk
-            observation = evaluate_leaf(tree, ctx, "", memo)
+            # The leaf is the memo key evaluate_leaf gives it, (type, threshold): most woken
+            # rules share their leaf's observation with the other rules of the event.
+            observation = memo[tree] if tree in memo else evaluate_leaf(tree, ctx, "", memo)
             observations = None if observation is None else [observation]
             after = observation is not None and tree.type not in PULSES
         else:
@@ -571,28 +580,61 @@ _FLIP = {
 }
 
 
-def _flipped(kind: str, index: SortedThresholds, old: float | None, new: float) -> list[LeafSlot]:
-    """The threshold leaves of ``kind`` whose value changed when the quantity went old -> new."""
-    flip = _FLIP[kind]
-    inf = float("inf")
+def _flipped(flip: str, index: SortedThresholds, old: float | None, new: float) -> list[LeafSlot]:
+    """The threshold leaves of one ``_FLIP`` kind whose value changed when the quantity went
+    old -> new: the slots between two bisections of the sorted thresholds."""
+    thresholds = index.thresholds
     if flip == "above":  # value: new > t; starts false before the first value
-        low, high = (-inf, new) if old is None else (min(old, new), max(old, new))
-        return index.between(low, high, closed_low=True, closed_high=False)
+        if old is None:  # t < new
+            return index.slots[: bisect_left(thresholds, new)]
+        low, high = (old, new) if old < new else (new, old)  # low <= t < high
+        return index.slots[bisect_left(thresholds, low) : bisect_left(thresholds, high)]
     if flip == "below":  # value: new < t
-        low, high = (new, inf) if old is None else (min(old, new), max(old, new))
-        return index.between(low, high, closed_low=False, closed_high=True)
+        if old is None:  # new < t
+            return index.slots[bisect_right(thresholds, new) :]
+        low, high = (old, new) if old < new else (new, old)  # low < t <= high
+        return index.slots[bisect_right(thresholds, low) : bisect_right(thresholds, high)]
     if old is None:
         return []
     if flip == "cross_up" and new > old:  # old <= t < new
-        return index.between(old, new, closed_low=True, closed_high=False)
+        return index.slots[bisect_left(thresholds, old) : bisect_left(thresholds, new)]
     if flip == "cross_down" and new < old:  # old >= t > new
-        return index.between(new, old, closed_low=False, closed_high=True)
+        return index.slots[bisect_right(thresholds, new) : bisect_right(thresholds, old)]
     return []
 
 
 def build_alert(
     rule: CompiledRule, ctx: EventContext, observations: list[Observation]
 ) -> TriggeredAlert:
+    if len(observations) == 1:  # most alerts: what the merge below gives for one observation
+        observation = observations[0]
+        values = dict(observation.values)
+        types = [observation.condition_type]
+        message = observation.description[:4096]
+    else:
+        values = _merged_values(observations)
+        types = list(dict.fromkeys(observation.condition_type for observation in observations))
+        message = "; ".join(observation.description for observation in observations)[:4096]
+    # Built from values the engine made itself: construct without re-validating.
+    return TriggeredAlert.trusted(
+        alert_id=alert_id(rule.id, rule.version, ctx.ts, ctx.symbol),
+        rule_id=rule.id,
+        rule_version=rule.version,
+        user_id=rule.user_id,
+        symbol=ctx.symbol,
+        priority=rule.priority,
+        title=f"{ctx.symbol}: {rule.name}"[:255],
+        message=message,
+        triggered_at=ctx.ts,
+        condition_types=types,
+        values=values,
+    )
+
+
+def _merged_values(observations: list[Observation]) -> dict[str, float | str | None]:
+    """The observations' values in one dict; a name two observations saw with different values
+    is kept once per observation, prefixed with its condition type (and its rank among equal
+    types)."""
     values: dict[str, float | str | None] = {}
     clashing: set[str] = set()
     for observation in observations:
@@ -600,6 +642,8 @@ def build_alert(
             if name in values and values[name] != value:
                 clashing.add(name)
             values.setdefault(name, value)
+    if not clashing:
+        return values
     type_counts = Counter(observation.condition_type for observation in observations)
     seen: Counter[str] = Counter()
     for observation in observations:
@@ -610,21 +654,7 @@ def build_alert(
             values[f"{prefix}.{name}"] = observation.values[name]
     for name in clashing:
         del values[name]
-    types = list(dict.fromkeys(observation.condition_type for observation in observations))
-    # Built from values the engine made itself: construct without re-validating.
-    return TriggeredAlert.model_construct(
-        alert_id=alert_id(rule.id, rule.version, ctx.ts, ctx.symbol),
-        rule_id=rule.id,
-        rule_version=rule.version,
-        user_id=rule.user_id,
-        symbol=ctx.symbol,
-        priority=rule.priority,
-        title=f"{ctx.symbol}: {rule.name}"[:255],
-        message="; ".join(observation.description for observation in observations)[:4096],
-        triggered_at=ctx.ts,
-        condition_types=types,
-        values=values,
-    )
+    return values
 
 
 # ---------------------------------------------------------------- the evaluate step's state

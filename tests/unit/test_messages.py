@@ -1,11 +1,14 @@
 import json
 import math
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from pipeline.evaluate.specs import iter_conditions
 from pipeline.messages import (
     InvalidMessage,
+    Priority,
     Profile,
     Rule,
     Tick,
@@ -153,3 +156,28 @@ def test_triggered_alert_serializes_per_contract() -> None:
         "condition_types": ["price_above"],
         "values": {"price": 1.5},
     }
+
+
+def test_a_trusted_alert_is_what_model_construct_builds() -> None:
+    fields: dict[str, Any] = {
+        "alert_id": "a",
+        "rule_id": "r",
+        "rule_version": 2,
+        "user_id": "u",
+        "symbol": "AAPL",
+        "priority": Priority.HIGH,
+        "title": "AAPL: r",
+        "message": "m",
+        "triggered_at": datetime(2026, 1, 5, 14, 30, tzinfo=UTC),
+        "condition_types": ["price_above"],
+        "values": {"price": 1.5, "threshold": 1.0},
+    }
+    trusted = TriggeredAlert.trusted(**fields)
+    constructed = TriggeredAlert.model_construct(**fields)
+    assert trusted == constructed
+    assert trusted.__dict__ == constructed.__dict__
+    assert list(trusted.__dict__) == list(constructed.__dict__)
+    assert trusted.model_fields_set == constructed.model_fields_set
+    assert trusted.__pydantic_extra__ is None and trusted.__pydantic_private__ is None
+    assert trusted.to_json() == constructed.to_json()
+    assert trusted.model_fields_set is not TriggeredAlert.trusted(**fields).model_fields_set
