@@ -31,7 +31,12 @@ from typing import Any, Generic, Protocol, TypeVar
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 from bytewax.testing import run_main
@@ -60,6 +65,7 @@ from pipeline.personalize.desk import (
 )
 from pipeline.personalize.learning import LearningConfig, RelevanceScore
 from pipeline.safety import SafetyNet
+from sinks.background import BackgroundWriter
 from sinks.channels.configure import build_delivery, build_senders
 from sinks.kafka import CheckedProducer, MessagePublisher, OutgoingRecord
 from sinks.notify import NotificationSink
@@ -75,6 +81,30 @@ T = TypeVar("T")
 # steps keep their state (a live run's windows stay open for the next start) and the sinks
 # drain and close. See ``run``.
 STOP = threading.Event()
+
+
+class _WriteFailures:
+    """The background writers of this process that failed. Their threads cannot stop the
+    worker, so every source partition raises the first failure at its next read."""
+
+    def __init__(self) -> None:
+        self._failed: list[BackgroundWriter[Any]] = []
+        self._lock = threading.Lock()
+
+    def report(self, writer: BackgroundWriter[Any]) -> None:
+        with self._lock:
+            self._failed.append(writer)
+
+    def raise_first(self) -> None:
+        if self._failed:
+            self._failed[0].raise_error()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._failed.clear()
+
+
+WRITE_FAILURES = _WriteFailures()
 
 
 class PeerLostError(RuntimeError):
@@ -150,6 +180,7 @@ class _IngestPartition(StatefulSourcePartition[object, int]):
             gate.register(ingest.part)
 
     def next_batch(self) -> list[object]:
+        WRITE_FAILURES.raise_first()
         if STOP.is_set():
             raise StopIteration
         if not self._reference and not self._gate.open:
@@ -220,6 +251,9 @@ class KafkaInput(FixedPartitionedSource[object, int]):
             partition,
             resume_state,
             batch_size=settings.engine.batch_size,
+            # Never wait in the poll: the worker reads every partition in turn, so a wait on an
+            # idle one delays the busy ones; next_awake paces an idle partition instead.
+            poll_timeout_s=0.0,
             on_lost_offsets=settings.recovery.on_lost_offsets,
         )
         ingest = PartitionIngest(
@@ -385,6 +419,78 @@ class WriterSink(DynamicSink[T], Generic[W, T]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _WriterPartition[W, T]:
         return _WriterPartition(self._build(), self._write)
+
+
+class _BackgroundPartition(StatefulSinkPartition[T, None], Generic[W, T]):
+    def __init__(
+        self, writer: W, write: Callable[[W, list[T]], None], name: str, *, durable_epochs: bool
+    ) -> None:
+        self._writer = writer
+        self._durable_epochs = durable_epochs
+        self._background: BackgroundWriter[T] = BackgroundWriter(
+            lambda items: write(writer, items), name=name, on_error=WRITE_FAILURES.report
+        )
+
+    def write_batch(self, items: list[T]) -> None:
+        self._background.submit(items)
+
+    def snapshot(self) -> None:
+        # Called as the epoch ends, before its snapshot is committed: a restart from that
+        # snapshot must find everything of the epoch written. Without recovery nothing
+        # restarts from it, and waiting would only stall the worker.
+        if self._durable_epochs:
+            self._background.flush()
+
+    def close(self) -> None:
+        try:
+            self._background.close()
+        finally:
+            self._writer.close()
+
+
+class BackgroundSink(FixedPartitionedSink[T, None], Generic[W, T]):
+    """Adapts a plain writer to a Bytewax sink that writes on a thread of its own, one writer
+    per process (its partition; ``sinks/background.py``). With ``durable_epochs`` (recovery
+    on) the end of every epoch waits until the epoch's items are written.
+
+    Items come keyed by ``local_part``, the partition of the process that made them.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], W],
+        write: Callable[[W, list[T]], None],
+        local_part: str,
+        *,
+        durable_epochs: bool,
+    ) -> None:
+        self._build = build
+        self._write = write
+        self._durable_epochs = durable_epochs
+        self.local_part = local_part
+
+    def list_parts(self) -> list[str]:
+        return [self.local_part]
+
+    def part_fn(self, item_key: str) -> int:
+        return _process_of_part(item_key)
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: None
+    ) -> _BackgroundPartition[W, T]:
+        name = f"{step_id}-{for_part}"
+        return _BackgroundPartition(
+            self._build(), self._write, name, durable_epochs=self._durable_epochs
+        )
+
+
+def _process_part(process_id: int) -> str:
+    # Zero-padded: Bytewax indexes part_fn into the sorted names of every process's part.
+    return f"process-{process_id:05d}"
+
+
+def _process_of_part(part: str) -> int:
+    return int(part.rpartition("-")[2])
 
 
 # ---------------------------------------------------------------- stateful steps
@@ -575,12 +681,18 @@ def build_flow(
     kafka_streams = [alerts, dead]
     if writers.notifications is None:  # else the notification sink publishes what it sent
         kafka_streams.append(op.map("notifications", dispatches, lambda d: d.notification))
+    # The Kafka and history writers work on threads of their own (the worker does not wait for
+    # the broker's or the database's answer), and every epoch's end waits for them.
+    local_part = _process_part(engine.process_id or 0)
+    durable = settings.recovery.directory is not None
     op.output(
         "kafka_out",
         op.map(
-            "to_records", op.merge("kafka_items", *kafka_streams), lambda i: _to_record(i, topics)
+            "to_records",
+            op.merge("kafka_items", *kafka_streams),
+            lambda item: (local_part, _to_record(item, topics)),
         ),
-        WriterSink(writers.records, _write_records),
+        BackgroundSink(writers.records, _write_records, local_part, durable_epochs=durable),
     )
     if writers.history is not None:
         history_items = op.merge(
@@ -591,7 +703,11 @@ def build_flow(
             scores,
             outcomes,
         )
-        op.output("history", history_items, WriterSink(writers.history, _write_history))
+        op.output(
+            "history",
+            op.map("history_keyed", history_items, lambda item: (local_part, item)),
+            BackgroundSink(writers.history, _write_history, local_part, durable_epochs=durable),
+        )
     if writers.notifications is not None:
         op.output(
             "notify", dispatches, WriterSink(writers.notifications, NotificationSink.write_batch)
@@ -736,6 +852,7 @@ def run(settings: Settings, *, bounded: bool = False) -> int:
             recovery.directory, timedelta(seconds=recovery.backup_seconds)
         )
         epoch = timedelta(seconds=recovery.snapshot_seconds)
+    WRITE_FAILURES.clear()
     with _stop_on_signals() as received:
         try:
             cli_main(
@@ -763,6 +880,7 @@ def run(settings: Settings, *, bounded: bool = False) -> int:
 def run_in_this_thread(settings: Settings, writers: Writers, inputs: Inputs) -> None:
     """A bounded run of the flow over ``inputs`` in one worker of this thread (a backtest's
     files, written to ``writers``): no cluster, no recovery, no signal handling."""
+    WRITE_FAILURES.clear()
     run_main(build_flow(settings, writers, bounded=True, inputs=inputs))
 
 
