@@ -24,9 +24,10 @@ sends ticks with ``ts`` = now: a warm-up at the lowest rate, then each rate of `
 ``--duration`` seconds, with a recovery phase at the lowest rate between steps (until the job's
 lag is under half a second of ticks, at most 30 s; not measured). The warm-up lasts
 ``--warmup`` seconds and until the first consolidation window (60 s, aligned to the minute) has
-closed and the lag drained: the first tick of each symbol makes the level rules that hold fire
-at once (about 1,600 alerts for 10,000 rules), and closing the window that holds them stops
-the job for seconds; the minute boundaries after that are part of what the steps measure.
+closed (its first notification read, then 3 s) and the lag drained: the first tick of each
+symbol makes the level rules that hold fire at once (about 1,600 alerts for 10,000 rules), and
+closing the window that holds them stops the job for seconds; the minute boundaries after
+that are part of what the steps measure.
 ``--probe-share`` (1 %) of the ticks go to the probe symbols in turn and alternate 99.5 /
 100.5, so every probe tick after a symbol's first triggers exactly one probe rule; the other
 ticks random-walk from prices of 20 to 500. For every probe tick the send time (wall clock
@@ -455,6 +456,8 @@ class OutputReader(threading.Thread):
         self.topics = topics
         self.probe_alerts = 0  # records of probe rules (with repeats): the tail waits for them
         self._probe = f'"rule_id":"{probe_prefix}'.encode()
+        # Consolidation windows seen closed: window end (epoch s) -> monotonic time first seen.
+        self.windows: dict[float, float] = {}
         self.records: dict[str, list[tuple[float, int, bytes]]] = {
             topics.triggered: [],
             topics.notifications: [],
@@ -474,6 +477,17 @@ class OutputReader(threading.Thread):
         parts = list_partitions(bootstrap, [topics.triggered, topics.notifications])
         self._consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t, p in parts])
 
+    def _window(self, value: bytes) -> None:
+        if b'"highest_priority":"CRITICAL"' in value:
+            return
+        end = iso_ms(json.loads(value)["window_end"]) / 1000
+        self.windows.setdefault(end, time.monotonic())
+
+    def window_closed(self, end: float) -> float | None:
+        """When a notification of a window ending at ``end`` or later was first read."""
+        seen = [at for window_end, at in list(self.windows.items()) if window_end >= end]
+        return min(seen) if seen else None
+
     def run(self) -> None:
         try:
             while not self.stopping.is_set():
@@ -489,6 +503,8 @@ class OutputReader(threading.Thread):
                     )
                     if self._probe in value:
                         self.probe_alerts += 1
+                    elif message.topic() == self.topics.notifications:
+                        self._window(value)
         finally:
             self._consumer.close()
 
@@ -528,6 +544,7 @@ class Sender:
     phases: list[Phase]
     probe_share: float
     lag: Callable[[], float | None]
+    window_closed: Callable[[float], float | None]
     sent: int = 0
     acked: int = 0
     probes: dict[tuple[str, int], ProbeTick] = field(default_factory=dict)
@@ -563,9 +580,10 @@ class Sender:
         for index, phase in enumerate(self.phases):
             self.phase_index = index
             phase.start, phase.sent_at_start = time.monotonic(), self.sent
-            not_before = 0.0  # wall
-            if phase.window:  # that window's end plus the allowed lateness, and a second
-                not_before = (CLOCK.wall() // phase.window + 1) * phase.window + LATENESS_S + 1
+            window_end = not_before = 0.0  # wall
+            if phase.window:  # the window of the first ticks: its end plus the allowed lateness
+                window_end = (CLOCK.wall() // phase.window + 1) * phase.window
+                not_before = window_end + LATENESS_S
             settled_since: float | None = None
             sent_here = 0
             while True:
@@ -579,10 +597,13 @@ class Sender:
                     if elapsed >= phase.seconds:
                         break
                 elif elapsed >= phase.seconds and CLOCK.wall() >= not_before:
-                    # Then until the job's lag is under half a second of ticks, at most 30 s.
+                    # Then (the warm-up: 3 s after the window's first notification was read)
+                    # until the job's lag is under half a second of ticks; at most 30 s.
                     settled_since = settled_since or now
+                    closed = self.window_closed(window_end) if phase.window else phase.start
                     lag = self.lag()
-                    if lag is not None and lag <= phase.rate / 2:
+                    settled = closed is not None and now - closed >= 3
+                    if settled and lag is not None and lag <= phase.rate / 2:
                         break
                     if now - settled_since >= RECOVER_MAX_S:
                         break
@@ -694,7 +715,7 @@ def run_live(
         topics = settings.topics
         bootstrap = urls.kafka_bootstrap
 
-        # Rules: the probes, then make_rule's mix on the other symbols.
+        # Rules: the probes, then make_rule's mix over all the symbols.
         prices = base_prices(random.Random(0))
         prices.update(dict.fromkeys(SYMBOLS[:PROBE_SYMBOLS], PROBE_LEVEL))
         probe_rules, profiles = [], []
@@ -765,7 +786,9 @@ def run_live(
         def current_lag() -> float | None:
             return samples[-1].sent - sum(samples[-1].ticks) if samples else None
 
-        sender = Sender(bootstrap, topics.ticks, phases, args.probe_share, current_lag)
+        sender = Sender(
+            bootstrap, topics.ticks, phases, args.probe_share, current_lag, reader.window_closed
+        )
         thread = threading.Thread(target=sender.run, daemon=True)
         thread.start()
         last_print = 0.0
