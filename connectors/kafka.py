@@ -36,8 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -125,9 +124,10 @@ class LostOffsetsError(KafkaReadError):
     the topic was recreated) and ``on_lost_offsets`` is "stop"."""
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRecord:
-    """One input record: read from Kafka, or a file row read as if it were (backtests)."""
+class SourceRecord(NamedTuple):
+    """One input record: read from Kafka, or a file row read as if it were (backtests).
+
+    A named tuple: one is made for every record read, and a tuple is the cheapest to make."""
 
     topic: str
     partition: int

@@ -16,6 +16,7 @@ hand batches to them. Sources and sinks are adapters around the plain readers an
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import signal
@@ -75,6 +76,7 @@ from sinks.redis_store import InAppFeed, RelevanceStore
 log = logging.getLogger("smart_alerts.job")
 
 FILE_BATCH = 2000
+GC_YOUNG_THRESHOLD = 50_000
 T = TypeVar("T")
 
 # Set by SIGTERM/SIGINT: every source partition of this process ends its input, the stateful
@@ -842,6 +844,9 @@ def run(settings: Settings, *, bounded: bool = False) -> int:
     end their input, the steps keep their state, the sinks drain and close, and with recovery on
     the last snapshot covers everything read, so the next start resumes where this one stopped.
     """
+    # Every record allocates a few dozen short-lived objects: with the default threshold (700)
+    # the cyclic collector ran thousands of times a second, a quarter of the job's CPU.
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     flow = build_flow(settings, writers_for(settings), bounded=bounded)
     engine, recovery = settings.engine, settings.recovery
     epoch = timedelta(milliseconds=engine.epoch_ms)
