@@ -32,12 +32,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.outputs import (
-    DynamicSink,
-    FixedPartitionedSink,
-    StatefulSinkPartition,
-    StatelessSinkPartition,
-)
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 from bytewax.testing import run_main
@@ -399,30 +394,6 @@ def file_inputs(
 # ---------------------------------------------------------------- output
 
 
-class _WriterPartition(StatelessSinkPartition[T], Generic[W, T]):
-    def __init__(self, writer: W, write: Callable[[W, list[T]], None]) -> None:
-        self._writer = writer
-        self._write = write
-
-    def write_batch(self, items: list[T]) -> None:
-        if items:
-            self._write(self._writer, items)
-
-    def close(self) -> None:
-        self._writer.close()
-
-
-class WriterSink(DynamicSink[T], Generic[W, T]):
-    """Adapts a plain writer (built once per worker) to a Bytewax sink."""
-
-    def __init__(self, build: Callable[[], W], write: Callable[[W, list[T]], None]) -> None:
-        self._build = build
-        self._write = write
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _WriterPartition[W, T]:
-        return _WriterPartition(self._build(), self._write)
-
-
 class _BackgroundPartition(StatefulSinkPartition[T, None], Generic[W, T]):
     def __init__(
         self, writer: W, write: Callable[[W, list[T]], None], name: str, *, durable_epochs: bool
@@ -683,19 +654,21 @@ def build_flow(
     kafka_streams = [alerts, dead]
     if writers.notifications is None:  # else the notification sink publishes what it sent
         kafka_streams.append(op.map("notifications", dispatches, lambda d: d.notification))
-    # The Kafka and history writers work on threads of their own (the worker does not wait for
-    # the broker's or the database's answer), and every epoch's end waits for them.
+    # Every writer works on a thread of its own (the worker does not wait for the broker's, the
+    # database's or Redis's answer); with recovery every epoch's end waits for them.
     local_part = _process_part(engine.process_id or 0)
     durable = settings.recovery.directory is not None
-    op.output(
-        "kafka_out",
-        op.map(
-            "to_records",
-            op.merge("kafka_items", *kafka_streams),
-            lambda item: (local_part, _to_record(item, topics)),
-        ),
-        BackgroundSink(writers.records, _write_records, local_part, durable_epochs=durable),
+
+    def write_to(
+        step: str, items: Stream[Any], build: Callable[[], W], write: Callable[[W, list[Any]], None]
+    ) -> None:
+        keyed = op.map(f"{step}_keyed", items, lambda item: (local_part, item))
+        op.output(step, keyed, BackgroundSink(build, write, local_part, durable_epochs=durable))
+
+    records = op.map(
+        "to_records", op.merge("kafka_items", *kafka_streams), lambda i: _to_record(i, topics)
     )
+    write_to("kafka_out", records, writers.records, _write_records)
     if writers.history is not None:
         history_items = op.merge(
             "history_items",
@@ -705,17 +678,11 @@ def build_flow(
             scores,
             outcomes,
         )
-        op.output(
-            "history",
-            op.map("history_keyed", history_items, lambda item: (local_part, item)),
-            BackgroundSink(writers.history, _write_history, local_part, durable_epochs=durable),
-        )
+        write_to("history", history_items, writers.history, _write_history)
     if writers.notifications is not None:
-        op.output(
-            "notify", dispatches, WriterSink(writers.notifications, NotificationSink.write_batch)
-        )
+        write_to("notify", dispatches, writers.notifications, NotificationSink.write_batch)
     if writers.relevance is not None:
-        op.output("relevance", scores, WriterSink(writers.relevance, RelevanceStore.write_batch))
+        write_to("relevance", scores, writers.relevance, RelevanceStore.write_batch)
     return flow
 
 

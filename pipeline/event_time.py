@@ -133,6 +133,13 @@ class WatermarkJoin:
             self._watermark = candidate
         return self._watermark
 
+    def passed(self, at: datetime) -> bool:
+        """Every source reported, and each has read past ``at``, is at its end, or is idle."""
+        return len(self.sources) == len(self.expected) and all(
+            source.idle or source.caught_up or (source.newest is not None and source.newest >= at)
+            for source in self.sources.values()
+        )
+
     @property
     def caught_up(self) -> bool:
         return len(self.sources) == len(self.expected) and all(

@@ -229,7 +229,7 @@ class UserDesk:
     def _on_alert(self, alert: TriggeredAlert, now: float | None) -> list[UserOutput]:
         model = self._model()
         out: list[UserOutput] = list(model.observe_alert(alert))
-        if model.is_muted(alert.rule_id, alert.symbol):
+        if model.is_muted(alert.rule_id, alert.symbol, alert.triggered_at):
             return [
                 *out,
                 AlertOutcome(alert.alert_id, self.user_id, "MUTED", None, alert.triggered_at),
@@ -425,12 +425,18 @@ class DeskShard:
     clock: WatermarkJoin = field(init=False)
     gate: ReferenceGate = field(init=False)
     held: list[Feedback | TriggeredAlert] = field(default_factory=list)
+    # Alerts wait until every feedback partition has passed their time (or is caught up or
+    # idle), so that a mute is learnt before the alerts after it, whatever is read first.
+    waiting: list[tuple[datetime, int, TriggeredAlert]] = field(default_factory=list)  # heap
+    arrivals: int = 0  # orders the waiting alerts of one time
+    feedback_read: WatermarkJoin = field(init=False)
     watermark: datetime | None = None
     due: list[tuple[datetime, str]] = field(default_factory=list)  # heap, stale entries harmless
     live_due: list[tuple[float, str]] = field(default_factory=list)  # heap of wall deadlines
 
     def __post_init__(self) -> None:
         self.clock = WatermarkJoin(self.evaluate_shards | self.feedback_parts)
+        self.feedback_read = WatermarkJoin(self.feedback_parts)
         self.gate = ReferenceGate(self.profile_parts)
 
     def expect(
@@ -443,10 +449,14 @@ class DeskShard:
         self.evaluate_shards, self.feedback_parts = evaluate_shards, feedback_parts
         self.profile_parts = profile_parts
         self.clock.expect(evaluate_shards | feedback_parts)
+        self.feedback_read.expect(feedback_parts)
         self.gate.expected = profile_parts
 
-    def process(self, batch: list[DeskInput], now: float | None = None) -> list[DeskOutput]:
-        """Profiles at once; feedback and alerts in time order once the profiles are loaded;
+    def process(
+        self, batch: list[DeskInput], now: float | None = None, *, everything: bool = False
+    ) -> list[DeskOutput]:
+        """Profiles at once; feedback and alerts in time order once the profiles are loaded
+        (alerts once the feedback before them is read, or all of them with ``everything``);
         then the desks whose time came under the (possibly advanced) watermark."""
         out: list[DeskOutput] = []
         timed: list[Feedback | TriggeredAlert] = []
@@ -457,6 +467,9 @@ class DeskShard:
                 self.gate.observe(item)
                 newest = item.newest - self.config.lateness if item.newest is not None else None
                 self.clock.observe(item.part, newest, caught_up=item.caught_up, idle=item.idle)
+                self.feedback_read.observe(
+                    item.part, item.newest, caught_up=item.caught_up, idle=item.idle
+                )
             elif isinstance(item, Profile | ProfileReset):
                 out.extend(self.net.run(item, self._set_profile))
             else:
@@ -466,7 +479,7 @@ class DeskShard:
             return out
         if self.held:
             timed, self.held = self.held + timed, []
-        timed.sort(key=event_time)
+        timed = self._in_feedback_order(timed, everything=everything)
         out.extend(self.net.run_each(timed, lambda i: self._desk(i.user_id).take(i, now)))
         for user in {item.user_id for item in timed}:
             self._schedule(user)
@@ -492,9 +505,9 @@ class DeskShard:
     def close_all(self) -> list[DeskOutput]:
         """End of a bounded input: everything held or waiting goes out now."""
         out: list[DeskOutput] = []
-        if self.held:
+        if self.held or self.waiting:
             self.gate.is_open = True
-            out.extend(self.process([]))
+            out.extend(self.process([], everything=True))
         for user in list(self.desks):
             out.extend(self.net.run_for_user(user, lambda u: self.desks[u].close_all()))
         return out
@@ -502,6 +515,21 @@ class DeskShard:
     def next_deadline(self) -> float | None:
         """The wall-clock time of the next ``close_due`` with work (live mode, caught up)."""
         return self.live_due[0][0] if self.live_due and self.caught_up else None
+
+    def _in_feedback_order(
+        self, timed: list[Feedback | TriggeredAlert], *, everything: bool = False
+    ) -> list[Feedback | TriggeredAlert]:
+        """Feedback at once; alerts once every feedback partition has passed their time (all of
+        them with ``everything``): the ones waiting and ``timed``'s, in time order."""
+        for item in timed:
+            if isinstance(item, TriggeredAlert):
+                self.arrivals += 1
+                heapq.heappush(self.waiting, (item.triggered_at, self.arrivals, item))
+        ready: list[Feedback | TriggeredAlert] = [i for i in timed if isinstance(i, Feedback)]
+        while self.waiting and (everything or self.feedback_read.passed(self.waiting[0][0])):
+            ready.append(heapq.heappop(self.waiting)[2])
+        ready.sort(key=event_time)
+        return ready
 
     def _desk(self, user_id: str) -> UserDesk:
         desk = self.desks.get(user_id)

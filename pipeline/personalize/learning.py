@@ -57,12 +57,12 @@ Ignored alerts
 
 Mutes
     ``muted`` silences, for this user, the rule of the alert it names and the alert's symbol (the
-    feedback's ``symbol`` instead, if it names one); ``is_muted(rule_id, symbol)`` is true when
-    either is silenced. ``unmuted`` lifts the mute of the rule of the alert it names (the muting
-    alert or any remembered alert of that rule) and of the symbol (the feedback's ``symbol`` if
-    given, else the alert's). Alerts behind an active mute are kept beyond the bounded memory,
-    so an ``unmuted`` naming the muting alert always works. ``condition_type`` plays no part in
-    mutes.
+    feedback's ``symbol`` instead, if it names one); ``is_muted(rule_id, symbol, at)`` is true
+    when either is silenced by a mute given at or before ``at``. ``unmuted`` lifts the mute of
+    the rule of the alert it names (the muting alert or any remembered alert of that rule) and
+    of the symbol (the feedback's ``symbol`` if given, else the alert's). Alerts behind an
+    active mute are kept beyond the bounded memory, so an ``unmuted`` naming the muting alert
+    always works. ``condition_type`` plays no part in mutes.
 
 Feedback before its alert
     A feedback naming an alert the model has not observed yet (possible when feedback is replayed
@@ -248,9 +248,12 @@ class RelevanceModel:
             return self.config.neutral
         return self._decayed(current, at)
 
-    def is_muted(self, rule_id: str, symbol: str) -> bool:
-        """True when the user muted this rule or this symbol (and has not unmuted it)."""
-        return rule_id in self._muted_rules or symbol in self._muted_symbols
+    def is_muted(self, rule_id: str, symbol: str, at: datetime | None = None) -> bool:
+        """True when the user muted this rule or this symbol (and has not unmuted it); with
+        ``at``, only by a mute given at or before ``at`` (a mute learnt before the alert it
+        names, as a replay may bring it, does not silence that alert itself)."""
+        muted = (self._muted_rules.get(rule_id), self._muted_symbols.get(symbol))
+        return any(since is not None and (at is None or since <= at) for since in muted)
 
     # ------------------------------------------------------------------ input
 
@@ -266,7 +269,7 @@ class RelevanceModel:
         if alert.alert_id in self._mute_sources:
             self._mute_sources[alert.alert_id] = seen
         deadline = alert.triggered_at + self.config.ignore_after
-        if not self.is_muted(alert.rule_id, alert.symbol) and (
+        if not self.is_muted(alert.rule_id, alert.symbol, alert.triggered_at) and (
             self._clock is None or deadline >= self._clock
         ):
             self._waiting[alert.alert_id] = deadline

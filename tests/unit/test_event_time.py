@@ -12,8 +12,8 @@ from pipeline.config import Topics
 from pipeline.evaluate.engine import EvaluateShard
 from pipeline.evaluate.routing import RuleRouter, all_shards
 from pipeline.event_time import Progress, ProgressReporter, ReferenceGate, Watermark, WatermarkJoin
-from pipeline.messages import DeadLetter, Notification, Tick, TriggeredAlert
-from pipeline.personalize.desk import DeskShard, Dispatch, PersonalizationConfig
+from pipeline.messages import DeadLetter, Feedback, Notification, Tick, TriggeredAlert
+from pipeline.personalize.desk import AlertOutcome, DeskShard, Dispatch, PersonalizationConfig
 from pipeline.safety import SafetyNet
 from tests.unit.helpers import T0, alert, at, rule, tick
 
@@ -157,6 +157,35 @@ def test_feedback_partitions_hold_windows_until_their_feedback_is_learnt() -> No
     assert d.watermark is None  # the feedback partition has not reported
     out = d.process([marker("feedback#0", 70)])  # 70 s - 5 s lateness
     assert len(notifications(out)) == 1
+
+
+def outcomes(out: list[Any]) -> dict[str, str]:
+    return {o.alert_id: o.status for o in out if isinstance(o, AlertOutcome)}
+
+
+def test_alerts_wait_for_the_feedback_before_them_whatever_is_read_first() -> None:
+    # A replay reads the market before the feedback: the mute at 20 s still silences the alert
+    # at 200 s, and not the alert at 10 s it names, which the user saw.
+    d = desk_shard(feedback=frozenset({"feedback#0"}))
+    out = d.process([alert(10), alert(200)])
+    assert d.desks == {} and len(d.waiting) == 2  # the feedback partition has not reported
+    mute = Feedback(user_id="u-1", alert_id="a-r-1-AAPL-10", action="muted", ts=at(20))
+    out += d.process([mute, marker("feedback#0", 20)])
+    assert [a.alert_id for _, _, a in d.waiting] == ["a-r-1-AAPL-200"]
+    out += d.process([marker("feedback#0", 20, caught_up=True)])
+    assert not d.waiting
+    assert outcomes(out) == {"a-r-1-AAPL-200": "MUTED"}
+
+
+def test_a_mute_learnt_before_the_alert_it_names_does_not_silence_that_alert() -> None:
+    d = desk_shard(feedback=frozenset({"feedback#0"}))
+    mute = Feedback(user_id="u-1", alert_id="a-r-1-AAPL-10", action="muted", ts=at(20))
+    out = d.process([mute, marker("feedback#0", 20, caught_up=True)])
+    out += d.process([alert(10), alert(30)])
+    out += d.close_all()
+    assert outcomes(out)["a-r-1-AAPL-30"] == "MUTED"
+    assert outcomes(out).get("a-r-1-AAPL-10") != "MUTED"
+    assert [n.alert_ids for n in notifications(out)] == [["a-r-1-AAPL-10"]]
 
 
 def test_alerts_and_feedback_wait_for_the_profiles() -> None:
