@@ -26,7 +26,7 @@ import sys
 import zlib
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -48,11 +48,12 @@ from pipeline.evaluate.conditions import (
     leaf_kind,
 )
 from pipeline.evaluate.indicators import BarClose
-from pipeline.evaluate.market_state import SymbolState
+from pipeline.evaluate.market_state import FlowKey, SymbolState, flow_filter_key, passes_filters
 from pipeline.evaluate.specs import (
     AllOf,
     AnyOf,
     ConditionNode,
+    FlowFilters,
     LeafCondition,
     iter_conditions,
 )
@@ -119,6 +120,9 @@ class CompiledRule:
     tree: ConditionNode | ThresholdLeaf
     kinds: frozenset[str]
     sessions: int = 0  # _SESSIONS: evaluated only at events in these NYSE sessions
+    # Every leaf a pulse: the rule never stays satisfied past its event, so while it is silent
+    # its value cannot make an alert and it need not be evaluated.
+    pulses_only: bool = False
     retired: bool = False
     # Edge state: on the rule itself when it watches one symbol, else per symbol.
     satisfied: bool = False
@@ -169,6 +173,7 @@ def compile_rule(rule: Rule) -> CompiledRule:
         tree=tree,
         kinds=_shared_kinds(frozenset(leaf_kind(leaf) for leaf in iter_conditions(conditions))),
         sessions=_SESSIONS[rule.sessions],
+        pulses_only=all(leaf.type in PULSES for leaf in iter_conditions(conditions)),
     )
 
 
@@ -212,6 +217,7 @@ class SymbolRules:
     # quantity once before and once after, however many leaf types read it.
     quantities: dict[str, list[tuple[str, SortedThresholds]]] = field(default_factory=dict)
     by_kind: dict[str, list[LeafSlot]] = field(default_factory=dict)  # other leaves, by event kind
+    flow: dict[FlowKey, FlowLeaves] = field(default_factory=dict)  # flow leaves, by filter set
     fresh: set[str] = field(default_factory=set)  # rules not yet evaluated on this symbol
 
     def attach(self, rule: CompiledRule) -> list[LeafCondition]:
@@ -231,6 +237,12 @@ class SymbolRules:
                             (_FLIP[key[0]], index)
                         )
                     index.add(key[1], slot)
+                elif leaf_kind(leaf) == FLOW:
+                    filter_key = flow_filter_key(leaf)
+                    group = self.flow.get(filter_key)
+                    if group is None:
+                        group = self.flow[filter_key] = FlowLeaves(leaf)
+                    group.add(leaf, slot)
                 else:
                     self.by_kind.setdefault(leaf_kind(leaf), []).append(slot)
                 new.append(leaf)
@@ -251,6 +263,10 @@ class SymbolRules:
             del self.leaves[key]
             if _is_threshold_key(key):
                 self.indexes[key[0]].remove(key[1], slot)
+            elif leaf_kind(leaf) == FLOW:
+                filter_key = flow_filter_key(leaf)
+                if self.flow[filter_key].remove(leaf, slot):
+                    del self.flow[filter_key]
             else:
                 self.by_kind[leaf_kind(leaf)].remove(slot)
             gone.append(leaf)
@@ -259,6 +275,121 @@ class SymbolRules:
 
     def is_empty(self) -> bool:
         return not self.leaves and not self.fresh
+
+
+@dataclass(slots=True, eq=False)
+class RatioLeaves:
+    """The ``put_call_premium_ratio`` leaves of one window and filter set, by comparison, sorted
+    by threshold, with the ratio at the last print (None: no call premium, every leaf false)."""
+
+    above: SortedThresholds = field(default_factory=SortedThresholds)
+    below: SortedThresholds = field(default_factory=SortedThresholds)
+    ratio: float | None = None
+    premiums: tuple[float, float] | None = None  # the read the ratio is of
+
+    def flipped(self, premiums: tuple[float, float], out: list[LeafSlot]) -> None:
+        if premiums is self.premiums:  # the window's cached read: nothing came or went
+            return
+        self.premiums = premiums
+        puts, calls = premiums
+        new = puts / calls if calls > 0 else None
+        old, self.ratio = self.ratio, new
+        if old == new:
+            return
+        # No ratio reads as the start (every leaf false): only the leaves true at the other flip.
+        low, high = (None, old) if new is None else (old, new)
+        assert high is not None
+        if self.above.slots:
+            out += _flipped("above", self.above, low, high)
+        if self.below.slots:
+            out += _flipped("below", self.below, low, high)
+
+
+@dataclass(slots=True, eq=False)
+class FlowLeaves:
+    """The flow leaves of one symbol that share a filter set (``flow_filter_key``).
+
+    A print is checked against the filters once for all of them, each window is read once, and
+    the leaves it makes true (or, for ratios, flips) are found by bisection of their sorted
+    thresholds, so a print costs the same whatever the number of leaves of a filter set.
+    """
+
+    filters: FlowFilters  # a leaf of the set: equal keys filter prints alike
+    premium_above: SortedThresholds = field(default_factory=SortedThresholds)  # by threshold
+    sweep: SortedThresholds = field(default_factory=SortedThresholds)  # by min_premium
+    block: SortedThresholds = field(default_factory=SortedThresholds)  # by min_premium
+    unusual: SortedThresholds = field(default_factory=SortedThresholds)  # by ratio
+    hits: dict[int, SortedThresholds] = field(default_factory=dict)  # by window, by count
+    ratios: dict[int, RatioLeaves] = field(default_factory=dict)  # by window
+    size: int = 0
+
+    def _index(self, leaf: Any) -> tuple[SortedThresholds, float]:
+        kind = leaf.type
+        if kind == "flow_premium_above":
+            return self.premium_above, leaf.threshold
+        if kind == "flow_sweep":
+            return self.sweep, leaf.min_premium
+        if kind == "flow_block":
+            return self.block, leaf.min_premium
+        if kind == "unusual_volume":
+            return self.unusual, leaf.ratio
+        if kind == "flow_repeated_hits":
+            hits = self.hits.get(leaf.window_seconds)
+            if hits is None:
+                hits = self.hits[leaf.window_seconds] = SortedThresholds()
+            return hits, leaf.count
+        ratios = self.ratios.get(leaf.window_seconds)
+        if ratios is None:
+            ratios = self.ratios[leaf.window_seconds] = RatioLeaves()
+        return (ratios.above if leaf.comparison == "above" else ratios.below), leaf.threshold
+
+    def add(self, leaf: Any, slot: LeafSlot) -> None:
+        index, threshold = self._index(leaf)
+        index.add(threshold, slot)
+        self.size += 1
+
+    def remove(self, leaf: Any, slot: LeafSlot) -> bool:
+        """Forget a leaf; True when the filter set has none left."""
+        index, threshold = self._index(leaf)
+        index.remove(threshold, slot)
+        if leaf.type == "flow_repeated_hits" and not index.slots:
+            del self.hits[leaf.window_seconds]
+        elif leaf.type == "put_call_premium_ratio":
+            ratios = self.ratios[leaf.window_seconds]
+            if not ratios.above.slots and not ratios.below.slots:
+                del self.ratios[leaf.window_seconds]
+        self.size -= 1
+        return not self.size
+
+    def changed(self, print_: OptionsFlow, market: SymbolState, out: list[LeafSlot]) -> None:
+        """Append the leaves true at this print (pulses) or flipped by it (ratios) to ``out``."""
+        filters = self.filters
+        if passes_filters(filters, print_, market.last_price):
+            premium = print_.effective_premium
+            above = self.premium_above
+            if above.slots:  # threshold < premium
+                out += above.slots[: bisect_left(above.thresholds, premium)]
+            trade_type = print_.trade_type
+            minimum = _TRADE_TYPE_INDEX.get(trade_type)
+            if minimum is not None:  # min_premium <= premium
+                index = minimum(self)
+                if index.slots:
+                    out += index.slots[: bisect_right(index.thresholds, premium)]
+            unusual = self.unusual
+            if unusual.slots and print_.day_volume and print_.open_interest:
+                ratio = print_.day_volume / print_.open_interest  # leaf ratio <= this
+                out += unusual.slots[: bisect_right(unusual.thresholds, ratio)]
+            for seconds, counts in self.hits.items():  # count <= hits
+                hits = market.flow_hits(seconds, filters, print_)
+                out += counts.slots[: bisect_right(counts.thresholds, hits)]
+        for seconds, ratios in self.ratios.items():
+            ratios.flipped(market.flow_premiums(seconds, filters, print_.ts), out)
+
+
+_TRADE_TYPE_INDEX: dict[str, Callable[[FlowLeaves], SortedThresholds]] = {
+    "sweep": lambda leaves: leaves.sweep,
+    "block": lambda leaves: leaves.block,
+}
 
 
 def _is_threshold_key(key: LeafKey) -> bool:
@@ -446,8 +577,11 @@ class ShardEngine:
         rules = self.symbols.get(symbol)
         if rules is None:
             return []
+        flipped: list[LeafSlot] = []
+        for group in rules.flow.values():
+            group.changed(print_, market, flipped)
         ctx = EventContext(symbol, print_.ts, FLOW, market, self.positions, flow=print_)
-        return self._wake(rules, ctx, FLOW, [])
+        return self._wake(rules, ctx, FLOW, flipped)
 
     def close_bars(self, until: datetime = END_OF_TIME) -> list[TriggeredAlert]:
         """The watermark reached ``until``: close every open bar that ends by then (at the end
@@ -515,6 +649,10 @@ class ShardEngine:
                 if rules is not None:
                     rules.fresh.add(rule.id)
                 return None
+        state = rule.edge(ctx.symbol)
+        if rule.pulses_only and state.silent_until is not None and ctx.ts < state.silent_until:
+            state.satisfied = False
+            return None
         tree = rule.tree
         if isinstance(tree, ThresholdLeaf):  # the common one-leaf rule, without the tree walk
             # The leaf is the memo key evaluate_leaf gives it, (type, threshold): most woken
@@ -524,7 +662,6 @@ class ShardEngine:
             after = observation is not None and tree.type not in PULSES
         else:
             observations, after = evaluate_tree(tree, ctx, rule.user_id, memo)
-        state = rule.edge(ctx.symbol)
         was_satisfied, state.satisfied = state.satisfied, after
         if observations is None or was_satisfied:
             return None

@@ -216,9 +216,10 @@ class FlowWindow:
     loose_spot: float | None = None  # the spot loose_puts / loose_calls are for, None: stale
     loose_puts: int = 0
     loose_calls: int = 0
-    # The last premium read (cutoff, spot, premiums): leaves of other thresholds read the
-    # same window at the same event. Any change to the window's prints clears it.
-    read: tuple[datetime, float | None, tuple[float, float]] | None = None
+    # The last premium read (spot, premiums): most reads (of other leaves at the same event, or
+    # at the next print when no print came or went) find the same prints. Any change to the
+    # window's prints clears it.
+    read: tuple[float | None, tuple[float, float]] | None = None
 
     def __post_init__(self) -> None:
         self.span = timedelta(seconds=self.seconds)
@@ -231,8 +232,15 @@ class FlowWindow:
         if loose:
             self._count_loose(entry, premium, 1)
             self.loose.append(entry)
-        else:
-            self._count(entry, premium, 1)
+        else:  # _count's add, inline: this runs for each window a print passes
+            self.read = None
+            print_ = entry.print_
+            if print_.right == "P":
+                self.puts += premium
+            else:
+                self.calls += premium
+            hits = self.hits
+            hits[print_.contract] = hits.get(print_.contract, 0) + 1
             self.entries.append(entry)
         self.evict(entry.ts - self.span)
 
@@ -299,10 +307,14 @@ class FlowWindow:
 
     def premiums(self, cutoff: datetime, spot: float | None) -> tuple[float, float]:
         """(put, call) premium of the prints from ``cutoff`` on, loose ones judged at ``spot``."""
+        entries = self.entries
+        if (entries and entries[0].ts < cutoff) or (self.loose and self.loose[0].ts < cutoff):
+            self.evict(cutoff)
+        elif self.horizon is None or cutoff > self.horizon:
+            self.horizon = cutoff
         read = self.read
-        if read is not None and read[0] == cutoff and read[1] == spot:
-            return read[2]
-        self.evict(cutoff)
+        if read is not None and read[0] == spot:
+            return read[1]
         puts, calls = self.puts, self.calls
         if self.loose_premium and spot is not None:
             if self.loose_spot != spot:
@@ -316,7 +328,7 @@ class FlowWindow:
             puts += self.loose_puts
             calls += self.loose_calls
         premiums = premium_value(puts, self.exponent), premium_value(calls, self.exponent)
-        self.read = (cutoff, spot, premiums)
+        self.read = (spot, premiums)
         return premiums
 
     def contract_hits(self, cutoff: datetime, print_: OptionsFlow, spot: float | None) -> int:
@@ -355,9 +367,12 @@ class SymbolState:
     # Incremental flow windows, by filter set then length, and how many leaves use each.
     flow_filters: dict[FlowKey, FlowFilter] = field(default_factory=dict)
     flow_window_users: Counter[tuple[int, FlowKey]] = field(default_factory=Counter)
-    # The windows leaves read, by the leaf's identity (value hashes of leaves are slow); the
-    # leaf is kept with its window so that its id cannot be reused while it is here.
-    flow_window_of: dict[int, tuple[FlowFilters, FlowWindow]] = field(default_factory=dict)
+    # The windows leaves read, by the leaf's identity (value hashes of leaves are slow) and the
+    # length (one filter set is read over several); the leaf is kept with its window so that
+    # its id cannot be reused while it is here.
+    flow_window_of: dict[tuple[int, int], tuple[FlowFilters, FlowWindow]] = field(
+        default_factory=dict
+    )
     # Adjacent pairs of ``flow`` out of ts order: while there are any, the windows (which evict
     # from the left by ts) are not kept and reads scan ``flow``; they are rebuilt after.
     flow_unordered: int = 0
@@ -495,7 +510,12 @@ class SymbolState:
     ) -> tuple[float, float]:
         """(put, call) premium of the retained prints passing ``filters`` with ts in
         ``[ts - seconds, ts]``, moneyness judged with the last price for prints without one."""
-        window = self._flow_window(seconds, filters)
+        # _flow_window's common case, inline: a ratio's window is read at every print.
+        found = self.flow_window_of.get((id(filters), seconds))
+        if found is not None and found[0] is filters and not self.flow_unordered:
+            window: FlowWindow | None = found[1]
+        else:
+            window = self._flow_window(seconds, filters)
         if window is not None and (not self.flow or self.flow[-1].ts <= ts):
             cutoff = ts - window.span
             if window.horizon is None or cutoff >= window.horizon:
@@ -532,13 +552,13 @@ class SymbolState:
         """The window kept for ``filters`` over ``seconds``, unless reads must scan."""
         if self.flow_unordered:
             return None
-        found = self.flow_window_of.get(id(filters))
-        if found is not None and found[0] is filters and found[1].seconds == seconds:
+        found = self.flow_window_of.get((id(filters), seconds))
+        if found is not None and found[0] is filters:
             return found[1]
         group = self.flow_filters.get(flow_filter_key(filters))
         window = None if group is None else group.windows.get(seconds)
         if window is not None:
-            self.flow_window_of[id(filters)] = (filters, window)
+            self.flow_window_of[id(filters), seconds] = (filters, window)
         return window
 
     def iv_at_or_before(self, ts: datetime) -> float | None:

@@ -18,10 +18,17 @@ import pytest
 
 from pipeline.evaluate import conditions
 from pipeline.evaluate import specs as c
-from pipeline.evaluate.conditions import EventContext, Observation
-from pipeline.evaluate.engine import ExhaustiveShardEngine, ShardEngine
+from pipeline.evaluate.conditions import (
+    FLOW,
+    PULSES,
+    EventContext,
+    Observation,
+    evaluate_leaf,
+    leaf_kind,
+)
+from pipeline.evaluate.engine import ExhaustiveShardEngine, LeafSlot, ShardEngine
 from pipeline.evaluate.market_state import SymbolState, moneyness
-from pipeline.messages import OptionsFlow, Rule, RuleTombstone, Tick
+from pipeline.messages import OptionsFlow, Rule, RuleTombstone, Tick, TriggeredAlert
 from tests.unit import helpers
 
 T0 = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
@@ -406,3 +413,131 @@ def test_reads_before_the_last_eviction_or_the_last_print_read_the_retained_prin
 
 def at(second: float) -> datetime:
     return T0 + timedelta(seconds=second)
+
+
+# ---------------------------------------------------------------- leaf tracking
+
+
+def random_flow_leaf(rng: random.Random) -> dict[str, Any]:
+    """Any flow leaf, drawn from few filter sets and thresholds: leaves share filter sets,
+    windows and thresholds, as the engine's per-filter-set indexes group them."""
+    filters: dict[str, Any] = rng.choice(
+        [{}, {"right": "C"}, {"sides": ["ask", "above_ask"]}, {"moneyness": "otm"}]
+    )
+    kind = rng.choice(
+        ["flow_premium_above", "flow_sweep", "flow_block", "unusual_volume", "hits", "ratio"]
+    )
+    if kind == "flow_premium_above":
+        leaf: dict[str, Any] = {"type": kind, "threshold": rng.choice([1_000, 20_000, 100_000])}
+    elif kind in ("flow_sweep", "flow_block"):
+        leaf = {"type": kind, "min_premium": rng.choice([0, 5_000, 50_000])}
+    elif kind == "unusual_volume":
+        leaf = {"type": kind, "ratio": rng.choice([0.5, 2, 4])}
+    elif kind == "hits":
+        leaf = {
+            "type": "flow_repeated_hits",
+            "count": rng.choice([2, 3, 5]),
+            "window_seconds": rng.choice([60, 300]),
+        }
+    else:
+        leaf = {
+            "type": "put_call_premium_ratio",
+            "threshold": rng.choice([0.5, 1, 2]),
+            "comparison": rng.choice(["above", "below"]),
+            "window_seconds": rng.choice([60, 300]),
+        }
+    return leaf | filters
+
+
+class EveryPrintShardEngine(ShardEngine):
+    """The leaf tracking as it was before the per-filter-set flow indexes: every flow leaf
+    evaluated at every print, its rules woken when it holds (a pulse) or changed (a ratio), and
+    every woken rule evaluated (silent pulse rules too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[int, tuple[LeafSlot, bool]] = {}  # the slot kept: its id stays its own
+
+    def upsert(self, rule: Rule) -> None:
+        super().upsert(rule)
+        if rule.id in self.rules:
+            self.rules[rule.id].pulses_only = False
+
+    def on_flow(self, print_: OptionsFlow) -> list[TriggeredAlert]:
+        market = self._market(print_.underlying)
+        market.on_flow(print_)
+        rules = self.symbols.get(print_.underlying)
+        if rules is None:
+            return []
+        ctx = EventContext(print_.underlying, print_.ts, FLOW, market, self.positions, flow=print_)
+        memo: dict[Any, Observation | None] = {}
+        changed = []
+        for slot in rules.leaves.values():
+            leaf = slot.leaf
+            if leaf is None or leaf_kind(leaf) != FLOW:
+                continue
+            holds = evaluate_leaf(leaf, ctx, slot.owner, memo) is not None
+            kept = self.values.get(id(slot))
+            was = kept is not None and kept[0] is slot and kept[1]
+            if holds if leaf.type in PULSES else holds != was:
+                changed.append(slot)
+            self.values[id(slot)] = (slot, holds)
+        return self._wake(rules, ctx, FLOW, changed)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_flow_leaf_tracking_fires_what_evaluating_every_rule_fires(seed: int) -> None:
+    """Flow leaves found per filter set by bisection (pulses that hold, ratios that flip) wake
+    the rules evaluating every flow leaf at every print woke: the same alerts, with rules coming
+    and going. (Not the exhaustive engine's: it also evaluates ratios at ticks, where a window
+    can empty without a print.)"""
+    rng = random.Random(seed)
+    events = [
+        event.model_copy(
+            update={"day_volume": rng.choice([None, 100, 1_000]), "open_interest": 400}
+        )
+        if isinstance(event, OptionsFlow)
+        else event
+        for event in random_events(rng, 1500, late=[0.0, 0.02][seed % 2])
+    ]
+    rules = []
+    for index in range(80):
+        symbol = rng.choice(list(SYMBOLS))
+        roll = rng.random()
+        if roll < 0.6:
+            conditions_: dict[str, Any] = random_flow_leaf(rng)
+        elif roll < 0.8:
+            level = round(SYMBOLS[symbol] * rng.uniform(0.99, 1.01), 1)
+            conditions_ = {
+                "all": [random_flow_leaf(rng), {"type": "price_above", "threshold": level}]
+            }
+        else:
+            conditions_ = {"any": [random_flow_leaf(rng), random_flow_leaf(rng)]}
+        rules.append(
+            helpers.rule(
+                conditions_,
+                id=f"r-{index:03d}",
+                user_id=f"u-{index % 7}",
+                symbol=symbol,
+                cooldown_seconds=rng.choice([0, 0, 60]),
+            )
+        )
+    changes = [(rng.randrange(len(events)), rng.random(), rng.randrange(80)) for _ in range(60)]
+    outcomes = []
+    for engine in (ShardEngine(), EveryPrintShardEngine()):
+        for rule in rules[:40]:
+            engine.upsert(rule)
+        alerts = []
+        for position, event in enumerate(events):
+            for at, roll, index in changes:
+                if at == position:
+                    if roll < 0.6:
+                        engine.upsert(rules[index])
+                    else:
+                        engine.remove(rules[index].id)
+            alerts += engine.process([event])
+        outcomes.append([(a.alert_id, a.message, a.values) for a in alerts])
+    indexed, every_print = outcomes
+    kinds = {kind for _, _, values in indexed for kind in values}
+    assert len(indexed) > 200 and {"hits", "ratio", "volume_oi_ratio"} <= kinds
+    assert indexed == every_print
