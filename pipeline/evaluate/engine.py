@@ -48,7 +48,13 @@ from pipeline.evaluate.conditions import (
     leaf_kind,
 )
 from pipeline.evaluate.indicators import BarClose
-from pipeline.evaluate.market_state import FlowKey, SymbolState, flow_filter_key, passes_filters
+from pipeline.evaluate.market_state import (
+    FlowKey,
+    FlowWindow,
+    SymbolState,
+    flow_filter_key,
+    passes_filters,
+)
 from pipeline.evaluate.specs import (
     AllOf,
     AnyOf,
@@ -286,6 +292,24 @@ class RatioLeaves:
     below: SortedThresholds = field(default_factory=SortedThresholds)
     ratio: float | None = None
     premiums: tuple[float, float] | None = None  # the read the ratio is of
+    # The market's window, read directly while it is the one kept (``SymbolState.flow_resets``).
+    window: FlowWindow | None = None
+    resets: int = -1
+
+    def read(
+        self, market: SymbolState, seconds: int, filters: FlowFilters, ts: datetime
+    ) -> tuple[float, float]:
+        """``market.flow_premiums`` at a print, without looking the window up again."""
+        window = self.window
+        if market.flow_unordered or window is None or self.resets != market.flow_resets:
+            self.window = window = market.flow_window(seconds, filters)
+            self.resets = market.flow_resets
+            if window is None:
+                return market.flow_premiums(seconds, filters, ts)
+        cutoff = ts - window.span  # the print is the newest: only an older horizon is in order
+        if window.horizon is not None and cutoff < window.horizon:
+            return market.flow_premiums(seconds, filters, ts)
+        return window.premiums(cutoff, market.last_price)
 
     def flipped(self, premiums: tuple[float, float], out: list[LeafSlot]) -> None:
         if premiums is self.premiums:  # the window's cached read: nothing came or went
@@ -382,8 +406,9 @@ class FlowLeaves:
             for seconds, counts in self.hits.items():  # count <= hits
                 hits = market.flow_hits(seconds, filters, print_)
                 out += counts.slots[: bisect_right(counts.thresholds, hits)]
+        ts = print_.ts
         for seconds, ratios in self.ratios.items():
-            ratios.flipped(market.flow_premiums(seconds, filters, print_.ts), out)
+            ratios.flipped(ratios.read(market, seconds, filters, ts), out)
 
 
 _TRADE_TYPE_INDEX: dict[str, Callable[[FlowLeaves], SortedThresholds]] = {

@@ -373,6 +373,8 @@ class SymbolState:
     flow_window_of: dict[tuple[int, int], tuple[FlowFilters, FlowWindow]] = field(
         default_factory=dict
     )
+    # How many times a window was replaced (``_reset``): a window held since is stale.
+    flow_resets: int = 0
     # Adjacent pairs of ``flow`` out of ts order: while there are any, the windows (which evict
     # from the left by ts) are not kept and reads scan ``flow``; they are rebuilt after.
     flow_unordered: int = 0
@@ -498,6 +500,7 @@ class SymbolState:
         """An empty window in place of ``group``'s window of ``seconds`` (for the leaves too)."""
         old = group.windows[seconds]
         new = group.windows[seconds] = FlowWindow(seconds, group.filters)
+        self.flow_resets += 1
         for leaf_id, (leaf, window) in list(self.flow_window_of.items()):
             if window is old:
                 self.flow_window_of[leaf_id] = (leaf, new)
@@ -510,12 +513,12 @@ class SymbolState:
     ) -> tuple[float, float]:
         """(put, call) premium of the retained prints passing ``filters`` with ts in
         ``[ts - seconds, ts]``, moneyness judged with the last price for prints without one."""
-        # _flow_window's common case, inline: a ratio's window is read at every print.
+        # flow_window's common case, inline: a ratio's window is read at every print.
         found = self.flow_window_of.get((id(filters), seconds))
         if found is not None and found[0] is filters and not self.flow_unordered:
             window: FlowWindow | None = found[1]
         else:
-            window = self._flow_window(seconds, filters)
+            window = self.flow_window(seconds, filters)
         if window is not None and (not self.flow or self.flow[-1].ts <= ts):
             cutoff = ts - window.span
             if window.horizon is None or cutoff >= window.horizon:
@@ -534,7 +537,7 @@ class SymbolState:
     def flow_hits(self, seconds: int, filters: FlowFilters, print_: OptionsFlow) -> int:
         """Retained prints on ``print_``'s contract passing ``filters`` with ts at or after
         ``print_.ts - seconds`` (later ones included), moneyness as in ``flow_premiums``."""
-        window = self._flow_window(seconds, filters)
+        window = self.flow_window(seconds, filters)
         if window is not None:  # prints in ts order: none is later than the newest
             cutoff = print_.ts - window.span
             if window.horizon is None or cutoff >= window.horizon:
@@ -548,8 +551,9 @@ class SymbolState:
             and passes_filters(filters, entry.print_, self.last_price)
         )
 
-    def _flow_window(self, seconds: int, filters: FlowFilters) -> FlowWindow | None:
-        """The window kept for ``filters`` over ``seconds``, unless reads must scan."""
+    def flow_window(self, seconds: int, filters: FlowFilters) -> FlowWindow | None:
+        """The window kept for ``filters`` over ``seconds``, unless reads must scan (until
+        ``flow_resets`` changes or prints come out of order)."""
         if self.flow_unordered:
             return None
         found = self.flow_window_of.get((id(filters), seconds))
