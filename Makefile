@@ -25,7 +25,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/consolidation.py
 	$(BIN)/python bench/delivery.py
 	$(BIN)/python bench/evaluate.py
+	$(BIN)/python bench/evaluate.py --flow
+	$(BIN)/python bench/live.py
 	$(BIN)/python bench/rule_text.py
+	$(BIN)/python bench/startup.py
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
