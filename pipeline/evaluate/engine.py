@@ -26,7 +26,7 @@ import sys
 import zlib
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -339,24 +339,20 @@ class FlowLeaves:
     """
 
     filters: FlowFilters  # a leaf of the set: equal keys filter prints alike
-    premium_above: SortedThresholds = field(default_factory=SortedThresholds)  # by threshold
-    sweep: SortedThresholds = field(default_factory=SortedThresholds)  # by min_premium
-    block: SortedThresholds = field(default_factory=SortedThresholds)  # by min_premium
-    unusual: SortedThresholds = field(default_factory=SortedThresholds)  # by ratio
+    # Leaves true at a print that passes the filters and clears their threshold
+    # (``_PULSE_THRESHOLD``), by type; created with their first leaf: most sets have few types.
+    pulses: dict[str, SortedThresholds] = field(default_factory=dict)
     hits: dict[int, SortedThresholds] = field(default_factory=dict)  # by window, by count
     ratios: dict[int, RatioLeaves] = field(default_factory=dict)  # by window
     size: int = 0
 
     def _index(self, leaf: Any) -> tuple[SortedThresholds, float]:
         kind = leaf.type
-        if kind == "flow_premium_above":
-            return self.premium_above, leaf.threshold
-        if kind == "flow_sweep":
-            return self.sweep, leaf.min_premium
-        if kind == "flow_block":
-            return self.block, leaf.min_premium
-        if kind == "unusual_volume":
-            return self.unusual, leaf.ratio
+        if kind in _PULSE_THRESHOLD:
+            index = self.pulses.get(kind)
+            if index is None:
+                index = self.pulses[kind] = SortedThresholds()
+            return index, getattr(leaf, _PULSE_THRESHOLD[kind])
         if kind == "flow_repeated_hits":
             hits = self.hits.get(leaf.window_seconds)
             if hits is None:
@@ -376,9 +372,12 @@ class FlowLeaves:
         """Forget a leaf; True when the filter set has none left."""
         index, threshold = self._index(leaf)
         index.remove(threshold, slot)
-        if leaf.type == "flow_repeated_hits" and not index.slots:
+        kind = leaf.type
+        if kind in _PULSE_THRESHOLD and not index.slots:
+            del self.pulses[kind]
+        elif kind == "flow_repeated_hits" and not index.slots:
             del self.hits[leaf.window_seconds]
-        elif leaf.type == "put_call_premium_ratio":
+        elif kind == "put_call_premium_ratio":
             ratios = self.ratios[leaf.window_seconds]
             if not ratios.above.slots and not ratios.below.slots:
                 del self.ratios[leaf.window_seconds]
@@ -387,22 +386,20 @@ class FlowLeaves:
 
     def changed(self, print_: OptionsFlow, market: SymbolState, out: list[LeafSlot]) -> None:
         """Append the leaves true at this print (pulses) or flipped by it (ratios) to ``out``."""
-        filters = self.filters
-        if passes_filters(filters, print_, market.last_price):
-            premium = print_.effective_premium
-            above = self.premium_above
-            if above.slots:  # threshold < premium
-                out += above.slots[: bisect_left(above.thresholds, premium)]
-            trade_type = print_.trade_type
-            minimum = _TRADE_TYPE_INDEX.get(trade_type)
-            if minimum is not None:  # min_premium <= premium
-                index = minimum(self)
-                if index.slots:
+        filters, pulses = self.filters, self.pulses
+        if (pulses or self.hits) and passes_filters(filters, print_, market.last_price):
+            if pulses:
+                premium = print_.effective_premium
+                index = pulses.get("flow_premium_above")
+                if index is not None:  # threshold < premium
+                    out += index.slots[: bisect_left(index.thresholds, premium)]
+                index = pulses.get(_TRADE_TYPE_LEAF.get(print_.trade_type, ""))
+                if index is not None:  # min_premium <= premium
                     out += index.slots[: bisect_right(index.thresholds, premium)]
-            unusual = self.unusual
-            if unusual.slots and print_.day_volume and print_.open_interest:
-                ratio = print_.day_volume / print_.open_interest  # leaf ratio <= this
-                out += unusual.slots[: bisect_right(unusual.thresholds, ratio)]
+                index = pulses.get("unusual_volume")
+                if index is not None and print_.day_volume and print_.open_interest:
+                    ratio = print_.day_volume / print_.open_interest  # leaf ratio <= this
+                    out += index.slots[: bisect_right(index.thresholds, ratio)]
             for seconds, counts in self.hits.items():  # count <= hits
                 hits = market.flow_hits(seconds, filters, print_)
                 out += counts.slots[: bisect_right(counts.thresholds, hits)]
@@ -411,10 +408,14 @@ class FlowLeaves:
             ratios.flipped(ratios.read(market, seconds, filters, ts), out)
 
 
-_TRADE_TYPE_INDEX: dict[str, Callable[[FlowLeaves], SortedThresholds]] = {
-    "sweep": lambda leaves: leaves.sweep,
-    "block": lambda leaves: leaves.block,
+# The per-print flow leaves FlowLeaves.pulses holds: the field each is sorted by.
+_PULSE_THRESHOLD = {
+    "flow_premium_above": "threshold",
+    "flow_sweep": "min_premium",
+    "flow_block": "min_premium",
+    "unusual_volume": "ratio",
 }
+_TRADE_TYPE_LEAF = {"sweep": "flow_sweep", "block": "flow_block"}
 
 
 def _is_threshold_key(key: LeafKey) -> bool:
