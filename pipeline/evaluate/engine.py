@@ -296,22 +296,28 @@ class RatioLeaves:
     window: FlowWindow | None = None
     resets: int = -1
 
-    def read(
-        self, market: SymbolState, seconds: int, filters: FlowFilters, ts: datetime
-    ) -> tuple[float, float]:
-        """``market.flow_premiums`` at a print, without looking the window up again."""
+    def changed(
+        self,
+        market: SymbolState,
+        seconds: int,
+        filters: FlowFilters,
+        ts: datetime,
+        out: list[LeafSlot],
+    ) -> None:
+        """Append the leaves the print flipped to ``out``: the ratio is read as
+        ``market.flow_premiums`` reads it, without looking the window up again."""
         window = self.window
         if market.flow_unordered or window is None or self.resets != market.flow_resets:
             self.window = window = market.flow_window(seconds, filters)
             self.resets = market.flow_resets
-            if window is None:
-                return market.flow_premiums(seconds, filters, ts)
-        cutoff = ts - window.span  # the print is the newest: only an older horizon is in order
-        if window.horizon is not None and cutoff < window.horizon:
-            return market.flow_premiums(seconds, filters, ts)
-        return window.premiums(cutoff, market.last_price)
-
-    def flipped(self, premiums: tuple[float, float], out: list[LeafSlot]) -> None:
+        premiums = None
+        if window is not None:
+            cutoff = ts - window.span
+            # The print is the newest: only a read at a later tick makes the horizon later.
+            if window.horizon is None or cutoff >= window.horizon:
+                premiums = window.premiums(cutoff, market.last_price)
+        if premiums is None:
+            premiums = market.flow_premiums(seconds, filters, ts)
         if premiums is self.premiums:  # the window's cached read: nothing came or went
             return
         self.premiums = premiums
@@ -405,7 +411,7 @@ class FlowLeaves:
                 out += counts.slots[: bisect_right(counts.thresholds, hits)]
         ts = print_.ts
         for seconds, ratios in self.ratios.items():
-            ratios.flipped(ratios.read(market, seconds, filters, ts), out)
+            ratios.changed(market, seconds, filters, ts, out)
 
 
 # The per-print flow leaves FlowLeaves.pulses holds: the field each is sorted by.
