@@ -12,9 +12,11 @@ that use it:
 - threshold leaves (price, IV, greeks, spread above/below, price crosses) sit in sorted
   indexes; a tick moving the price from p0 to p1 finds the leaves it flipped by bisection
   between p0 and p1, whatever the number of thresholds;
-- every other leaf is evaluated once per event of the kind it reads (ticks, flow prints, bar
-  closes of its timeframe), and only a leaf whose value changed (or a pulse that fired) wakes
-  its rules.
+- flow leaves are grouped by filter set (``FlowLeaves``): a print is checked once per filter
+  set, each flow window is read once, and the pulses it makes true and the put/call ratios it
+  flips are found by bisection of their sorted thresholds;
+- every other leaf is evaluated once per event of the kind it reads (ticks, bar closes of its
+  timeframe), and only a leaf whose value changed (or a pulse that fired) wakes its rules.
 Indicators and windows are computed once per symbol however many leaves read them
 (``SymbolState``) and dropped with the last one. A rule keeps little: its fields, its condition
 tree (shared leaves) or, for a one-leaf threshold rule, just (type, threshold).
