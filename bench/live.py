@@ -221,24 +221,6 @@ def stop_jobs() -> None:
 # ---------------------------------------------------------------- configuring and starting the job
 
 
-def as_environment(settings: Settings) -> dict[str, str]:
-    """The settings as the environment variables the command line reads (non-defaults only)."""
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers or "",
-        "DATABASE_URL": settings.database_url or "",
-        "REDIS_URL": settings.redis_url or "",
-    }
-    defaults = Settings.model_construct()
-    for section in ("topics", "partitions", "engine", "personalization", "delivery"):
-        values = getattr(settings, section).model_dump(mode="json")
-        default = getattr(defaults, section).model_dump(mode="json")
-        for key, value in values.items():
-            if value != default[key]:
-                text = value if isinstance(value, str) else json.dumps(value)
-                env[f"SMART_ALERTS_{section.upper()}__{key.upper()}"] = text
-    return env
-
-
 def settings_for(urls: StackUrls, topics: dict[str, str], **sections: Any) -> Settings:
     settings = load_settings(
         None,
@@ -265,7 +247,7 @@ def start_job(
     ports = free_ports(processes)
     addresses = [f"127.0.0.1:{port}" for port in free_ports(processes)] if processes > 1 else None
     base = {**os.environ, "PYTHONPATH": str(JOB_SRC), SECRET_REF: SECRET}
-    base.update(as_environment(settings))
+    base.update(settings.as_environment())
     procs, logs = [], []
     started = time.monotonic()
     for index in range(processes):

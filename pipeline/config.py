@@ -8,6 +8,7 @@ every key.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from datetime import timedelta
@@ -209,6 +210,25 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment beats the file: the file is passed as init kwargs, so order them.
         return env_settings, init_settings
+
+    def as_environment(self) -> dict[str, str]:
+        """These settings as the variables a job started with them in its environment reads:
+        the servers, and every section's values that differ from the defaults."""
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers or "",
+            "DATABASE_URL": self.database_url or "",
+            "REDIS_URL": self.redis_url or "",
+        }
+        defaults = Settings.model_construct()
+        for section, value in self:
+            if not isinstance(value, _Section):
+                continue
+            default = getattr(defaults, section).model_dump(mode="json")
+            for key, item in value.model_dump(mode="json").items():
+                if item != default[key]:
+                    text = item if isinstance(item, str) else json.dumps(item)
+                    env[f"SMART_ALERTS_{section.upper()}__{key.upper()}"] = text
+        return env
 
     def require_servers(self) -> tuple[str, str, str]:
         missing = [

@@ -33,29 +33,10 @@ from tests.fakes.webhook_receiver import Reply, WebhookReceiver
 pytestmark = pytest.mark.integration
 
 
-def as_environment(settings: Settings) -> dict[str, str]:
-    """The settings as the environment variables the command line reads."""
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers or "",
-        "DATABASE_URL": settings.database_url or "",
-        "REDIS_URL": settings.redis_url or "",
-    }
-    defaults = Settings.model_construct()
-    sections = ("topics", "engine", "recovery", "personalization", "delivery", "dependencies")
-    for section in sections:
-        values = getattr(settings, section).model_dump(mode="json")
-        default = getattr(defaults, section).model_dump(mode="json")
-        for key, value in values.items():
-            if value != default[key]:
-                text = value if isinstance(value, str) else json.dumps(value)
-                env[f"SMART_ALERTS_{section.upper()}__{key.upper()}"] = text
-    return env
-
-
 def start_cli(settings: Settings) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli.main", "run"],
-        env={**os.environ, "PYTHONPATH": os.getcwd(), **as_environment(settings)},
+        env={**os.environ, "PYTHONPATH": os.getcwd(), **settings.as_environment()},
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -59,3 +59,24 @@ def test_checked_in_schemas_match_the_models(tmp_path: Path) -> None:
     )
     (tmp_path / "market.ticks.schema.json").write_text("{}")
     assert stale(tmp_path) == ["market.ticks"]
+
+
+def test_settings_as_environment_start_a_job_with_the_same_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(
+        None,
+        kafka_bootstrap_servers="127.0.0.1:9092",
+        database_url="postgresql://db",
+        redis_url="redis://cache",
+        topics={"ticks": "t.ticks"},
+        engine={"shard_count": 4, "addresses": ["a:1", "b:2"], "process_id": 1},
+        recovery={"directory": str(tmp_path), "snapshot_seconds": 0.5},
+        dependencies={"retry_for_seconds": 3.0},
+    )
+    env = settings.as_environment()
+    assert env["SMART_ALERTS_ENGINE__SHARD_COUNT"] == "4"
+    assert "SMART_ALERTS_ENGINE__USER_SHARD_COUNT" not in env  # defaults are left out
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings(None) == settings
