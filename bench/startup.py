@@ -75,6 +75,7 @@ from sinks.migrations import migrate  # noqa: E402
 from sinks.postgres import (  # noqa: E402
     APPLICATION_NAME,
     MAX_THRESHOLD,
+    RULE_UPSERT_ON_CONFLICT,
     HistoryWriter,
     _key,  # the memoized storage_uuid the baseline used
     comparison_of,
@@ -112,29 +113,12 @@ def rule_records(count: int) -> list[bytes]:
 # ---------------------------------------------------------------- the baseline (a)
 
 # HistoryWriter.write_rules as it was: one statement per rule, and per condition.
-BASELINE_UPSERT_RULE = """
+BASELINE_UPSERT_RULE = f"""
 INSERT INTO alert_rules AS r (
     id, external_id, user_id, user_external_id, name, symbol, symbols, priority, is_active,
     cooldown_minutes, cooldown_seconds, expires_at, version, mode, channels, conditions)
 VALUES (%s, %s, %s, %s, %s, %s, %s::text[], %s, %s, %s, %s, %s, %s, %s, %s::text[], %s)
-ON CONFLICT (id) DO UPDATE SET
-    external_id = EXCLUDED.external_id, user_id = EXCLUDED.user_id,
-    user_external_id = EXCLUDED.user_external_id, name = EXCLUDED.name,
-    symbol = EXCLUDED.symbol, symbols = EXCLUDED.symbols, priority = EXCLUDED.priority,
-    is_active = EXCLUDED.is_active, cooldown_minutes = EXCLUDED.cooldown_minutes,
-    cooldown_seconds = EXCLUDED.cooldown_seconds, expires_at = EXCLUDED.expires_at,
-    version = EXCLUDED.version, mode = EXCLUDED.mode, channels = EXCLUDED.channels,
-    conditions = EXCLUDED.conditions, deleted_at = NULL, updated_at = now()
-WHERE r.deleted_at IS NOT NULL
-   OR (r.external_id, r.user_id, r.user_external_id, r.name, r.symbol, r.symbols, r.priority,
-       r.is_active, r.cooldown_minutes, r.cooldown_seconds, r.expires_at, r.version, r.mode,
-       r.channels, r.conditions)
-      IS DISTINCT FROM
-      (EXCLUDED.external_id, EXCLUDED.user_id, EXCLUDED.user_external_id, EXCLUDED.name,
-       EXCLUDED.symbol, EXCLUDED.symbols, EXCLUDED.priority, EXCLUDED.is_active,
-       EXCLUDED.cooldown_minutes, EXCLUDED.cooldown_seconds, EXCLUDED.expires_at,
-       EXCLUDED.version, EXCLUDED.mode, EXCLUDED.channels, EXCLUDED.conditions)
-RETURNING r.id
+{RULE_UPSERT_ON_CONFLICT}RETURNING r.id
 """
 
 BASELINE_DELETE_CONDITIONS = "DELETE FROM alert_conditions WHERE rule_id = ANY(%s)"

@@ -82,11 +82,8 @@ CREATE TEMP TABLE rule_batch (
 
 COPY_RULE_BATCH = "COPY rule_batch FROM STDIN"
 
-UPSERT_RULE_BATCH = """
-INSERT INTO alert_rules AS r (
-    id, external_id, user_id, user_external_id, name, symbol, symbols, priority, is_active,
-    cooldown_minutes, cooldown_seconds, expires_at, version, mode, channels, conditions)
-SELECT * FROM rule_batch ORDER BY id
+# A rule row is rewritten only when something in it changed (a replay rewrites nothing).
+RULE_UPSERT_ON_CONFLICT = """
 ON CONFLICT (id) DO UPDATE SET
     external_id = EXCLUDED.external_id, user_id = EXCLUDED.user_id,
     user_external_id = EXCLUDED.user_external_id, name = EXCLUDED.name,
@@ -104,7 +101,14 @@ WHERE r.deleted_at IS NOT NULL
        EXCLUDED.symbol, EXCLUDED.symbols, EXCLUDED.priority, EXCLUDED.is_active,
        EXCLUDED.cooldown_minutes, EXCLUDED.cooldown_seconds, EXCLUDED.expires_at,
        EXCLUDED.version, EXCLUDED.mode, EXCLUDED.channels, EXCLUDED.conditions)
-RETURNING r.external_id
+"""
+
+UPSERT_RULE_BATCH = f"""
+INSERT INTO alert_rules AS r (
+    id, external_id, user_id, user_external_id, name, symbol, symbols, priority, is_active,
+    cooldown_minutes, cooldown_seconds, expires_at, version, mode, channels, conditions)
+SELECT * FROM rule_batch ORDER BY id
+{RULE_UPSERT_ON_CONFLICT}RETURNING r.external_id
 """
 
 DELETE_CONDITIONS = "DELETE FROM alert_conditions WHERE rule_id = ANY(%s::uuid[])"
