@@ -33,7 +33,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy pipeline connectors sinks
+	$(BIN)/mypy pipeline connectors sinks api
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache

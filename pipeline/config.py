@@ -170,6 +170,32 @@ class Personalization(_Section):
         }
 
 
+class Api(_Section):
+    """The HTTP API (``smart-alerts api``). Secrets come from the environment only:
+    SMART_ALERTS_API_JWT_SECRET (HS256 tokens, only with ``jwt_hs256``) and
+    SMART_ALERTS_SECRET_KEY (encrypts webhook signing secrets at rest)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    # Identity provider: tokens are verified against its JWKS (RS256/ES256, keys by "kid").
+    jwks_url: str | None = None
+    jwks_cache_seconds: float = Field(300.0, gt=0)
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_seconds: float = Field(30.0, ge=0, le=300)
+    jwt_hs256: bool = False  # also accept HS256 tokens signed with SMART_ALERTS_API_JWT_SECRET
+    # The claim holding the roles (a list or a space-separated string); dots walk into objects,
+    # as in "realm_access.roles".
+    roles_claim: str = "roles"
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    rate_limit_read_per_minute: int = Field(600, ge=1)
+    rate_limit_write_per_minute: int = Field(120, ge=1)
+    rate_limit_stream_per_minute: int = Field(30, ge=1)
+    idempotency_ttl_seconds: int = Field(86_400, ge=60)
+    webhook_secret_grace_seconds: int = Field(86_400, ge=0)
+    page_size_max: int = Field(200, ge=1, le=10_000)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SMART_ALERTS_", env_nested_delimiter="__", extra="forbid"
@@ -198,6 +224,7 @@ class Settings(BaseSettings):
     personalization: Personalization = Field(default_factory=Personalization)
     delivery: Delivery = Field(default_factory=Delivery)
     dependencies: Dependencies = Field(default_factory=Dependencies)
+    api: Api = Field(default_factory=Api)
 
     @classmethod
     def settings_customise_sources(

@@ -134,6 +134,21 @@ def _parser() -> argparse.ArgumentParser:
     backtest.add_argument("--out", type=Path, required=True)
     backtest.add_argument("--user", help="user of rule texts that name none")
 
+    api = verbs.add_parser(
+        "api",
+        help="serve the HTTP API (rules, alerts, inbox, profile, webhooks, API keys)",
+        description="Serve the HTTP API on uvicorn; [api] in the config sets the identity "
+        "provider, limits and the address. docs/api.md is the guide.",
+    )
+    api.add_argument("--host", help="address to bind (default: [api] host, 127.0.0.1)")
+    api.add_argument("--port", type=int, help="port (default: [api] port, 8080)")
+    api.add_argument(
+        "--openapi",
+        type=Path,
+        metavar="FILE",
+        help="write the OpenAPI document to FILE and exit (docs/api/openapi.json is checked in)",
+    )
+
     schemas = verbs.add_parser("schemas", help="JSON Schemas of the messages")
     schema_verbs = schemas.add_subparsers(dest="schemas_verb", required=True, metavar="ACTION")
     export = schema_verbs.add_parser("export", help="write docs/schemas/<topic>.schema.json")
@@ -193,6 +208,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         return 0
     settings = load_settings(args.config)
+    if args.verb == "api":
+        from api.serve import openapi_command, serve
+
+        if args.openapi:
+            openapi_command(settings, args.openapi)
+            return 0
+        return serve(settings, host=args.host, port=args.port)
     if args.verb == "backtest":
         from pipeline.cli.backtest import backtest_command
 
