@@ -66,10 +66,28 @@ def test_only_the_dataflow_module_imports_bytewax() -> None:
     users = {
         str(path.relative_to(ROOT))
         for path in [*PIPELINE.rglob("*.py"), *(ROOT / "connectors").rglob("*.py")]
-        + [*(ROOT / "sinks").rglob("*.py")]
+        + [*(ROOT / "sinks").rglob("*.py"), *(ROOT / "api").rglob("*.py")]
         if any(within(name, ("bytewax",)) for name in imported(path))
     }
     assert users == {"pipeline/dataflow.py"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "api").rglob("*.py")), ids=lambda p: p.name)
+def test_the_api_reuses_the_stages_but_not_the_job(path: Path) -> None:
+    """The API is a service beside the dataflow: it may use the models, stages and stores,
+    never the dataflow or the CLI (nor is it imported by them, but for the `api` verb)."""
+    broken = [name for name in imported(path) if within(name, ABOVE)]
+    assert broken == [], f"{path.relative_to(ROOT)} imports {sorted(set(broken))}"
+
+
+def test_nothing_below_the_cli_imports_the_api() -> None:
+    users = {
+        str(path.relative_to(ROOT))
+        for root in ("pipeline", "connectors", "sinks")
+        for path in (ROOT / root).rglob("*.py")
+        if any(within(name, ("api",)) for name in imported(path))
+    }
+    assert users <= {"pipeline/cli/main.py", "pipeline/cli/demo.py"}
 
 
 def test_the_rule_sees_a_violation() -> None:
