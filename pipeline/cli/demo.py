@@ -5,12 +5,26 @@ the topics, migrates, loads the example rules, profiles and feedback, replays an
 ticks plus a few malformed messages, runs the dataflow to the end of its input and prints what
 it did, read back from where it was written. Without an e-mail provider configured, e-mail is
 delivered over SMTP to a local mail catcher (the messages land in ``<state>/mail``).
+
+With ``--serve`` it then keeps the stack running and serves the HTTP API on uvicorn
+(127.0.0.1:8080, or a free port when that one is taken) until SIGINT/SIGTERM. The API accepts
+HS256 tokens signed with a secret made for this run only; the demo prints a token of the demo
+user, the inbox URL carrying it, and a curl example.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +41,12 @@ from sinks.kafka import CheckedProducer
 from sinks.redis_store import InAppFeed, RelevanceStore
 
 SAMPLES = Path(__file__).parent / "samples"
+# The sample user whose feed the printed inbox URL opens (every channel includes in_app).
+DEMO_USER = "u-alice"
+DEMO_ISSUER = "smart-alerts-demo"
+DEMO_AUDIENCE = "smart-alerts-api"
+# Long enough for an afternoon of trying; the secret, and so every token, dies with the run.
+DEMO_TOKEN_SECONDS = 12 * 3600
 DEMO_WINDOW_SECONDS = 300
 # The sample's ticks are from a past day; alerts about them are years old by the wall clock.
 SAMPLE_PUSH_AGE_LIMITS = {
@@ -35,7 +55,11 @@ SAMPLE_PUSH_AGE_LIMITS = {
 }
 
 
-def run_demo(state_dir: Path, echo: Echo = print, config: Path | None = None) -> Summary:
+def run_demo(
+    state_dir: Path, echo: Echo = print, config: Path | None = None, *, serve: bool = False
+) -> Summary:
+    """The demo; with ``serve`` it then serves the API over the same stack until SIGINT or
+    SIGTERM, and returns once the API and the stack have stopped."""
     with stack_from_env_or_embedded(state_dir) as urls:
         echo(f"stack: kafka {urls.kafka_bootstrap} | {urls.database_url} | {urls.redis_url}")
         settings = load_settings(
@@ -50,11 +74,16 @@ def run_demo(state_dir: Path, echo: Echo = print, config: Path | None = None) ->
             "the sample is from 2026-01-05: the push age limits are raised so that it is "
             "pushed (a live job shows alerts that old in-app only, recorded STALE)"
         )
-        if settings.delivery.email_provider is not None:
-            return run_demo_on(settings, echo)
-        with MailCatcher(state_dir / "mail") as catcher:
-            echo(f"e-mail: SMTP to a local mail catcher on 127.0.0.1:{catcher.port}")
-            return run_demo_on(with_mail_catcher(settings, catcher.port), echo, catcher)
+        with contextlib.ExitStack() as resources:
+            catcher = None
+            if settings.delivery.email_provider is None:
+                catcher = resources.enter_context(MailCatcher(state_dir / "mail"))
+                echo(f"e-mail: SMTP to a local mail catcher on 127.0.0.1:{catcher.port}")
+                settings = with_mail_catcher(settings, catcher.port)
+            summary = run_demo_on(settings, echo, catcher)
+            if serve:
+                serve_api(settings, echo)
+            return summary
 
 
 def with_mail_catcher(settings: Settings, port: int) -> Settings:
@@ -167,3 +196,132 @@ def summarize(settings: Settings, read_before: dict[tuple[str, str], float]) -> 
         feed.close()
         relevance.close()
     return summary
+
+
+# ---------------------------------------------------------------- demo --serve
+
+
+@dataclass(frozen=True)
+class DemoAccess:
+    """How the demo's users reach the API: its address and a token of the demo user."""
+
+    url: str
+    token: str
+
+    def lines(self) -> list[str]:
+        return [
+            f"API: {self.url} (OpenAPI at {self.url}/docs)",
+            f"inbox of {DEMO_USER}: {self.url}/inbox#token={self.token}",
+            "try it:",
+            f"  export TOKEN={self.token}",
+            f'  curl -H "Authorization: Bearer $TOKEN" {self.url}/v1/inbox',
+            "Ctrl-C to stop",
+        ]
+
+
+def demo_api_settings(settings: Settings, port: int) -> Settings:
+    """``settings`` with an [api] section accepting HS256 tokens from this run's secret, which
+    is put in the process environment (where the API's token verifier reads it)."""
+    from api.auth import HS256_SECRET_ENV
+
+    os.environ[HS256_SECRET_ENV] = secrets.token_urlsafe(48)
+    api = settings.api.model_copy(
+        update={
+            "host": "127.0.0.1",
+            "port": port,
+            "jwt_hs256": True,
+            "jwt_issuer": DEMO_ISSUER,
+            "jwt_audience": DEMO_AUDIENCE,
+        }
+    )
+    return settings.model_copy(update={"api": api})
+
+
+def demo_token(settings: Settings, user_id: str = DEMO_USER, roles: list[str] | None = None) -> str:
+    """A token of ``user_id`` signed with this run's secret (``demo_api_settings`` made it)."""
+    import jwt
+
+    from api.auth import HS256_SECRET_ENV
+
+    now = int(time.time())
+    claims = {
+        "sub": user_id,
+        "roles": roles or ["user"],
+        "iss": settings.api.jwt_issuer,
+        "aud": settings.api.jwt_audience,
+        "iat": now,
+        "exp": now + DEMO_TOKEN_SECONDS,
+    }
+    return jwt.encode(claims, os.environ[HS256_SECRET_ENV], algorithm="HS256")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, or on a free port of ``host`` when that one is
+    taken; handed to uvicorn, so no other process can take the port in between."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            sock.close()
+            raise
+        sock.bind((host, 0))
+    sock.listen(128)
+    return sock
+
+
+def serve_api(settings: Settings, echo: Echo = print) -> None:
+    """Serve the API over ``settings``' stores until SIGINT/SIGTERM (a second one forces the
+    exit of open connections), then stop it."""
+    import uvicorn
+
+    from api.app import create_app
+
+    with listen("127.0.0.1", settings.api.port) as sock:
+        port = int(sock.getsockname()[1])
+        settings = demo_api_settings(settings, port)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings),
+                log_level="info",
+                proxy_headers=False,
+                lifespan="on",
+                # open WebSocket/SSE streams must not hold the shutdown for long
+                timeout_graceful_shutdown=5,
+            )
+        )
+        # uvicorn in a thread of its own installs no signal handlers: this thread's handlers
+        # decide, so the stop is an orderly return (exit 0) rather than a re-raised signal.
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="api", daemon=True
+        )
+        stop = threading.Event()
+
+        def on_signal(_signum: int, _frame: object) -> None:
+            if stop.is_set():
+                server.force_exit = True
+            stop.set()
+            server.should_exit = True
+
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {signum: signal.signal(signum, on_signal) for signum in handled}
+        try:
+            thread.start()
+            while not server.started:
+                if not thread.is_alive():
+                    raise commands.CommandError("the API did not start (its log above says why)")
+                time.sleep(0.05)
+            for line in DemoAccess(f"http://127.0.0.1:{port}", demo_token(settings)).lines():
+                echo(line)
+            sys.stdout.flush()
+            while not stop.wait(0.5) and thread.is_alive():
+                pass
+            if not stop.is_set():
+                raise commands.CommandError("the API stopped by itself (its log above says why)")
+            echo("stopping the API and the stack ...")
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)

@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
             default=Path(".state/demo"),
             help="where the embedded servers keep their data and logs (default: .state/demo)",
         )
+        demo.add_argument(
+            "--serve",
+            action="store_true",
+            help="then keep the stack running and serve the HTTP API on 127.0.0.1:8080 (a free "
+            "port if taken), printing a token of the demo user, until Ctrl-C",
+        )
 
     verbs.add_parser("migrate", help="apply the SQL migrations in sql/ that are not yet applied")
 
@@ -184,7 +190,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.verb in ("demo", "dev"):
         from pipeline.cli.demo import run_demo
 
-        run_demo(args.state_dir, config=args.config)
+        run_demo(args.state_dir, config=args.config, serve=args.serve)
         return 0
     if args.verb == "schemas":
         from pipeline.schemas import SCHEMA_DIR, export
