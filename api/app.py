@@ -8,13 +8,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import problems
+from api.audit import AuditMiddleware
 from api.auth import TokenVerifier
+from api.body_limit import BodyLimitMiddleware
+from api.idempotency import IdempotencyMiddleware
+from api.rate_limits import RateLimitMiddleware
+from api.request_id import RequestIdMiddleware
 from api.routes import (
     alerts,
     api_keys,
     feedback,
     health,
     inbox,
+    me,
     profile,
     rules,
     templates,
@@ -61,6 +67,26 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.verifier = TokenVerifier(settings.api)
     problems.install(app)
-    for module in (health, rules, templates, alerts, inbox, feedback, profile, webhooks, api_keys):
+    for module in (
+        health,
+        me,
+        rules,
+        templates,
+        alerts,
+        inbox,
+        feedback,
+        profile,
+        webhooks,
+        api_keys,
+    ):
         app.include_router(module.router)
+    # The last added runs first: a request id for every answer, then the audit (which sees the
+    # final status of every write), the rate limit (which authenticates: its principal is the
+    # one the audit and the routes see), the body limit before anything reads the body, and
+    # the idempotency check right before the route.
+    app.add_middleware(IdempotencyMiddleware, ttl_seconds=settings.api.idempotency_ttl_seconds)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)
+    app.add_middleware(RateLimitMiddleware, config=settings.api)
+    app.add_middleware(AuditMiddleware)
+    app.add_middleware(RequestIdMiddleware)
     return app

@@ -3,7 +3,9 @@
 A bearer token starting with ``sa_`` is an API key (looked up by its prefix, compared by
 SHA-256 hash); anything else is a JWT verified against the JWKS URL (RS256/ES256, the key by
 ``kid``; an unknown ``kid`` refetches the set once, so rotated keys work) or, only when
-``api.jwt_hs256`` is set, HS256 with SMART_ALERTS_API_JWT_SECRET. The algorithm comes from
+``api.jwt_hs256`` is set, HS256 with SMART_ALERTS_API_JWT_SECRET. The key set is cached for
+``jwks_cache_seconds`` (a key the provider withdraws stops working by then), and an unknown
+``kid`` refetches it at most once per ``jwks_refresh_cooldown_seconds``. The algorithm comes from
 the key, never from the token alone: ``alg: none`` and an RS256 key used as an HMAC secret
 are refused.
 
@@ -25,7 +27,8 @@ from typing import Annotated, Any, Literal
 
 import jwt
 from fastapi import Depends, Request
-from jwt import PyJWKClient, PyJWKClientError
+from jwt import PyJWKClient, PyJWKClientConnectionError, PyJWKClientError
+from starlette.requests import HTTPConnection
 
 from api.problems import Problem
 from api.services import Services
@@ -95,9 +98,12 @@ class TokenVerifier:
         self._jwks = (
             PyJWKClient(
                 config.jwks_url,
-                cache_keys=True,
-                lifespan=int(config.jwks_cache_seconds),
+                # No per-kid cache: it never expires, so a withdrawn key would be trusted
+                # forever; the key set cache (lifespan) is enough.
+                cache_keys=False,
+                lifespan=config.jwks_cache_seconds,
                 timeout=5,
+                cooldown_duration=config.jwks_refresh_cooldown_seconds,
             )
             if config.jwks_url
             else None
@@ -122,6 +128,12 @@ class TokenVerifier:
         elif alg in ASYMMETRIC and self._jwks is not None:
             try:
                 signing_key = self._jwks.get_signing_key_from_jwt(token)
+            except PyJWKClientConnectionError as exc:
+                raise Problem(
+                    503,
+                    f"the identity provider's key set could not be fetched: {exc}",
+                    kind="dependency-unavailable",
+                ) from None
             except PyJWKClientError as exc:
                 raise unauthorized(f"no key to verify the token: {exc}") from None
             except jwt.InvalidTokenError as exc:
@@ -164,6 +176,11 @@ class TokenVerifier:
         except jwt.InvalidIssuerError:
             raise unauthorized(
                 f"the token is not from the configured issuer {self.config.jwt_issuer!r}"
+            ) from None
+        except jwt.InvalidSignatureError:
+            raise unauthorized(
+                f"the token's signature does not verify with key {header.get('kid')!r}: it was "
+                "altered or signed by another key"
             ) from None
         except jwt.MissingRequiredClaimError as exc:
             raise unauthorized(f"the token has no {exc.claim!r} claim") from None
@@ -240,7 +257,7 @@ def authenticate_token(request_state: Any, token: str) -> Principal:
     return verifier.principal(verifier.verify(token))
 
 
-def bearer_token(request: Request) -> str:
+def bearer_token(request: HTTPConnection) -> str:
     header = request.headers.get("authorization")
     if header:
         scheme, _, token = header.partition(" ")
@@ -257,6 +274,11 @@ def current_principal(request: Request) -> Principal:
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
+    # The rate limiter authenticated first (api/rate_limits.py); a refused token is refused
+    # once, not verified (and its JWKS fetched) a second time.
+    refused = getattr(request.state, "auth_problem", None)
+    if refused is not None:
+        raise refused
     principal = authenticate_token(request.app.state, bearer_token(request))
     request.state.principal = principal
     return principal

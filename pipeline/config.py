@@ -180,6 +180,9 @@ class Api(_Section):
     # Identity provider: tokens are verified against its JWKS (RS256/ES256, keys by "kid").
     jwks_url: str | None = None
     jwks_cache_seconds: float = Field(300.0, gt=0)
+    # An unknown "kid" refetches the JWKS (a rotated key), but at most once per this many
+    # seconds, so tokens with made-up kids cannot make every request a fetch from the provider.
+    jwks_refresh_cooldown_seconds: float = Field(10.0, ge=0)
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_leeway_seconds: float = Field(30.0, ge=0, le=300)
