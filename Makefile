@@ -13,6 +13,11 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@# The inbox page's browser test drives Debian's headless Chromium (skipped without it).
+	@if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && [ "$$(id -u)" = 0 ]; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	fi
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,6 +27,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
+	$(BIN)/python bench/api.py
 	$(BIN)/python bench/consolidation.py
 	$(BIN)/python bench/delivery.py
 	$(BIN)/python bench/evaluate.py
