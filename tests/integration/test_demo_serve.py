@@ -115,7 +115,16 @@ def test_demo_serve_serves_the_api_to_the_demo_user_until_sigint(
             ready = client.get("/readyz")
             assert ready.status_code == 200, ready.text
             assert ready.json()["status"] == "ready"
-            assert client.get("/openapi.json").status_code == 200
+            feed = client.get("/v1/inbox", headers={"Authorization": f"Bearer {token}"})
+            assert feed.status_code == 200, feed.text
+            items = feed.json()["items"]
+            assert items, "the demo puts notifications in u-alice's feed"
+            assert {item["notification"]["user_id"] for item in items} == {"u-alice"}
+            forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+            refused = client.get("/v1/inbox", headers={"Authorization": f"Bearer {forged}"})
+            assert refused.status_code == 401
+            page = client.get("/inbox")
+            assert page.status_code == 200 and "text/html" in page.headers["content-type"]
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0, (tmp_path / "stderr.log").read_text()[-2000:]
