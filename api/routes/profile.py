@@ -61,23 +61,48 @@ def _answer(profile: Profile, revision: int, *, masked: bool = False) -> JSONRes
 
 
 def mask_destinations(destinations: Destinations) -> dict[str, Any]:
-    """Contact details as an analyst sees them: enough to tell them apart, not to use them."""
-    masked: dict[str, Any] = {}
-    if destinations.email is not None:
-        local, _, domain = destinations.email.rpartition("@")
-        masked["email"] = f"{local[:1]}***@{domain}"
-    if destinations.phone is not None:
-        phone = destinations.phone
-        masked["phone"] = phone[:2] + "*" * (len(phone) - 6) + phone[-4:]
-    if destinations.push_tokens is not None:
-        masked["push_tokens"] = ["***" + token[-4:] for token in destinations.push_tokens]
-    if destinations.webhook is not None:
-        scheme, _, _ = destinations.webhook.url.partition("://")
-        masked["webhook"] = {
-            "url": f"{scheme}://***",
-            "secret_ref": destinations.webhook.secret_ref,
+    """Contact details as an analyst sees them: enough to tell them apart, not to use them.
+    A destination this function does not know is masked whole."""
+    document = destinations.model_dump(mode="json", exclude_none=True)
+    return {name: _masked(name, value) for name, value in document.items()}
+
+
+def _masked(name: str, value: Any) -> Any:
+    if isinstance(value, list):
+        return [_masked(name, item) for item in value]
+    if isinstance(value, dict):  # a webhook: its URL is the secret part, not its secret's name
+        return {
+            key: item if key == "secret_ref" else _masked(key, item) for key, item in value.items()
         }
-    return masked
+    if not isinstance(value, str):
+        return value
+    if name == "email":
+        return mask_email(value)
+    if name == "phone":
+        return mask_phone(value)
+    if name == "push_tokens":
+        return mask_token(value)
+    if name == "url":
+        return mask_url(value)
+    return "***"
+
+
+def mask_email(email: str) -> str:
+    local, _, domain = email.rpartition("@")
+    return f"{local[:1]}***@{domain}"
+
+
+def mask_phone(phone: str) -> str:
+    return phone[:2] + "*" * max(len(phone) - 6, 3) + phone[-4:]
+
+
+def mask_token(token: str) -> str:
+    return "***" + token[-4:]
+
+
+def mask_url(url: str) -> str:
+    scheme, _, _ = url.partition("://")
+    return f"{scheme}://***"
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
