@@ -448,9 +448,15 @@ class QuietHours(BaseModel):
     end: ClockTime
 
 
+WebhookUrl = Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\x00]*$")]
+MAX_WEBHOOKS = 10
+
+
 class WebhookDestination(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    url: Annotated[str, Field(max_length=2048, pattern=r"^https?://[^\x00]*$")]
+    url: WebhookUrl
+    # An environment variable's name, or "endpoint:<uuid>": an endpoint made through the HTTP
+    # API, whose secret the job reads from the database.
     secret_ref: Annotated[str, Field(min_length=1, max_length=256, pattern=NUL_FREE)]
 
 
@@ -465,6 +471,8 @@ class Destinations(BaseModel):
         | None
     ) = None
     webhook: WebhookDestination | None = None
+    # More webhooks (the HTTP API adds its endpoints here); each gets every webhook delivery.
+    webhooks: Annotated[list[WebhookDestination], Field(max_length=MAX_WEBHOOKS)] | None = None
 
 
 def _default_channels() -> dict[Priority, list[Channel]]:

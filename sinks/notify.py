@@ -58,8 +58,13 @@ def destinations_for(
         return [(destinations.phone, None)]
     if channel is Channel.PUSH:
         return [(token, None) for token in destinations.push_tokens or []]
-    if channel is Channel.WEBHOOK and destinations.webhook is not None:
-        return [(destinations.webhook.url, destinations.webhook.secret_ref)]
+    if channel is Channel.WEBHOOK:
+        hooks = [destinations.webhook] if destinations.webhook is not None else []
+        targets: dict[str, str | None] = {}
+        for hook in hooks + (destinations.webhooks or []):
+            # one delivery per URL: a delivery is recorded per (notification, channel, URL)
+            targets.setdefault(hook.url, hook.secret_ref)
+        return list(targets.items())
     return []
 
 

@@ -2,8 +2,10 @@
 
 A channel gets a sender when its provider is configured (``[delivery]``, docs/integrations.md):
 push with ``fcm_credentials_file``, e-mail with ``email_provider``, SMS and voice with a Twilio
-account; webhooks need nothing global (each profile names its URL and secret). Secrets come
-from the environment only. A partial configuration is a ConfigError naming what is missing.
+account; webhooks need nothing global (each profile names its URL and secret ref: an
+environment variable, or ``endpoint:<uuid>``, an endpoint made through the HTTP API whose
+secret the database holds encrypted under SMART_ALERTS_SECRET_KEY). Secrets come from the
+environment only. A partial configuration is a ConfigError naming what is missing.
 """
 
 from __future__ import annotations
@@ -17,17 +19,39 @@ from sinks.channels.base import Sender
 from sinks.channels.email import SendGridSender, SmtpSender
 from sinks.channels.push import FcmSender
 from sinks.channels.twilio_sms import TwilioSmsSender, TwilioVoiceSender
-from sinks.channels.webhook import WebhookSender
+from sinks.channels.webhook import (
+    EndpointSecretResolver,
+    SecretResolver,
+    WebhookSender,
+    env_secret_resolver,
+    secret_box,
+)
 from sinks.delivery import DeliveryCore, RetryPolicy
 from sinks.postgres import HistoryWriter
 
 
 def build_senders(
-    config: Delivery, environ: Mapping[str, str] | None = None
+    config: Delivery,
+    environ: Mapping[str, str] | None = None,
+    *,
+    database_url: str | None = None,
+    connect_timeout: float = 5.0,
 ) -> dict[Channel, Sender]:
+    """The configured senders; with ``database_url`` the webhook sender also resolves the
+    ``endpoint:<uuid>`` secret refs of endpoints made through the HTTP API."""
     env = os.environ if environ is None else environ
+    try:
+        box = secret_box(env)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    resolver: SecretResolver = (
+        EndpointSecretResolver(database_url, box, environ, connect_timeout)
+        if database_url
+        else env_secret_resolver
+    )
     senders: dict[Channel, Sender] = {
         Channel.WEBHOOK: WebhookSender(
+            secret_resolver=resolver,
             allow_private_networks=set(config.webhook_allow_private_networks),
             read_timeout=config.timeout_seconds,
             ca_bundle=str(config.webhook_ca_bundle) if config.webhook_ca_bundle else None,
@@ -52,7 +76,8 @@ def build_delivery(
     config: Delivery, database_url: str, dependencies: Dependencies | None = None
 ) -> DeliveryCore:
     """A delivery core with its own database connection (its workers write from threads)."""
-    senders = build_senders(config)
+    timeout = dependencies.connect_timeout_seconds if dependencies is not None else 5.0
+    senders = build_senders(config, database_url=database_url, connect_timeout=timeout)
     deadlines = {
         Channel.PUSH: config.push_deadline_seconds,
         Channel.EMAIL: config.email_deadline_seconds,

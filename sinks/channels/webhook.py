@@ -7,7 +7,11 @@ seconds at send time) and ``webhook-signature``: space-separated ``v1,<base64 HM
 
 Secrets come from ``delivery.secret_ref`` through a resolver (default: the environment variable
 named by the ref, holding one or more space-separated ``whsec_<base64>`` secrets); a secret is
-never part of an error reason or a log line, only its ref is.
+never part of an error reason or a log line, only its ref is. ``EndpointSecretResolver`` also
+resolves ``endpoint:<uuid>`` refs, the endpoints made through the HTTP API: their secrets are
+stored in ``webhook_endpoints`` encrypted with Fernet under SMART_ALERTS_SECRET_KEY (one key, or
+several space-separated while it is changed: the first encrypts, any decrypts), and after a
+rotation the previous secret signs beside the current one until its grace period ends.
 
 One attempt per call (sinks/channels/base.py): redirects are not followed (a 3xx is permanent),
 the response body is read up to 64 KiB at most, connect and read timeouts apply. 2xx succeeds;
@@ -33,10 +37,16 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 import requests
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from psycopg.rows import tuple_row
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -56,9 +66,92 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+SECRET_KEY_ENV = "SMART_ALERTS_SECRET_KEY"
+ENDPOINT_REF_PREFIX = "endpoint:"
+NEW_KEY_COMMAND = (
+    'python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
+)
+
+
 def env_secret_resolver(secret_ref: str) -> str | None:
     """The default resolver: the environment variable named by the ref."""
     return os.environ.get(secret_ref)
+
+
+def secret_box(environ: Mapping[str, str] | None = None) -> MultiFernet | None:
+    """The cipher of stored signing secrets from SMART_ALERTS_SECRET_KEY, None when it is unset;
+    a ValueError naming the variable (never its value) when a key is not a Fernet key."""
+    env = os.environ if environ is None else environ
+    keys = env.get(SECRET_KEY_ENV, "").split()
+    if not keys:
+        return None
+    try:
+        return MultiFernet([Fernet(key) for key in keys])
+    except (ValueError, binascii.Error):
+        raise ValueError(
+            f"{SECRET_KEY_ENV} is not a Fernet key (32 bytes, URL-safe base64; make one with "
+            f"{NEW_KEY_COMMAND})"
+        ) from None
+
+
+def endpoint_secrets(
+    conn: psycopg.Connection[Any], secret_ref: str, box: MultiFernet
+) -> str | None:
+    """The signing secrets of an ``endpoint:<uuid>`` ref: the current one, then the previous
+    one while its grace lasts (the database's clock decides), space-separated; None when there
+    is no such endpoint."""
+    try:
+        endpoint_id = uuid.UUID(secret_ref.removeprefix(ENDPOINT_REF_PREFIX))
+    except ValueError:
+        return None
+    with conn.cursor(row_factory=tuple_row) as cur:
+        row = cur.execute(
+            "SELECT secret_encrypted, CASE WHEN previous_expires_at > now() "
+            "THEN previous_secret_encrypted END FROM webhook_endpoints WHERE id = %s",
+            (endpoint_id,),
+        ).fetchone()
+    if row is None:
+        return None
+    try:
+        return " ".join(box.decrypt(token.encode()).decode() for token in row if token)
+    except InvalidToken:
+        raise PermanentError(
+            f"webhook secret {secret_ref!r} does not decrypt with {SECRET_KEY_ENV}: it was "
+            "stored under another key (keep the old key after the new one while changing it)"
+        ) from None
+
+
+class EndpointSecretResolver:
+    """The job's resolver: ``endpoint:<uuid>`` refs from ``webhook_endpoints``, any other ref
+    from the environment.
+
+    Each lookup opens a connection of its own: senders run on several threads, a lookup is one
+    per webhook attempt (which the delivery core rate-limits), and a rotation is seen at once."""
+
+    def __init__(
+        self,
+        database_url: str,
+        box: MultiFernet | None,
+        environ: Mapping[str, str] | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self._database_url = database_url
+        self._box = box
+        self._env = os.environ if environ is None else environ
+        self._connect_timeout = max(1, int(connect_timeout))
+
+    def __call__(self, secret_ref: str) -> str | None:
+        if not secret_ref.startswith(ENDPOINT_REF_PREFIX):
+            return self._env.get(secret_ref)
+        if self._box is None:
+            raise PermanentError(
+                f"webhook secret {secret_ref!r} is stored encrypted but {SECRET_KEY_ENV} is not "
+                "set in the job's environment: set the key the API uses"
+            )
+        with psycopg.connect(
+            self._database_url, autocommit=True, connect_timeout=self._connect_timeout
+        ) as conn:
+            return endpoint_secrets(conn, secret_ref, self._box)
 
 
 def decode_secrets(value: str, secret_ref: str) -> list[bytes]:
@@ -85,6 +178,16 @@ def sign(keys: Iterable[bytes], msg_id: str, timestamp: int, body: bytes) -> str
         "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
         for key in keys
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A receiver's answer: its status, the start of its body (read only when not 2xx) and
+    its Retry-After in seconds."""
+
+    status: int
+    snippet: bytes
+    retry_after: float | None
 
 
 class WebhookSender:
@@ -119,10 +222,30 @@ class WebhookSender:
     # ------------------------------------------------------------ one attempt
 
     def send(self, delivery: Delivery) -> SendResult:
-        self.check_url(delivery.destination)
-        keys = self._keys(delivery.secret_ref)
-        body = delivery.notification.to_json()
         msg_id = f"msg_{delivery.idempotency_key}"
+        answer = self.post(
+            delivery.destination, delivery.secret_ref, msg_id, delivery.notification.to_json()
+        )
+        status = answer.status
+        if 200 <= status < 300:
+            return SendResult(provider_message_id=msg_id)
+        reason = f"webhook: HTTP {status}"
+        text = answer.snippet[:200].decode("utf-8", "replace").strip()
+        if text:
+            reason += f": {' '.join(text.split())}"
+        if status == 410:
+            raise PermanentError(reason + " (endpoint gone)", disable_destination=True)
+        if 300 <= status < 400:
+            raise PermanentError(reason + " (redirects are not followed)")
+        if status in (408, 429) or status >= 500:
+            raise TransientError(reason, retry_after=answer.retry_after)
+        raise PermanentError(reason)
+
+    def post(self, url: str, secret_ref: str | None, msg_id: str, body: bytes) -> Answer:
+        """One signed POST of ``body``, and what the receiver answered, whatever its status;
+        PermanentError or TransientError when it could not be sent or got no answer."""
+        self.check_url(url)
+        keys = self._keys(secret_ref)
         timestamp = int(self.clock())
         headers = {
             "Content-Type": "application/json",
@@ -133,7 +256,7 @@ class WebhookSender:
         }
         try:
             response = self._session().post(
-                delivery.destination,
+                url,
                 data=body,
                 headers=headers,
                 timeout=self.timeout,
@@ -161,19 +284,7 @@ class WebhookSender:
             raise TransientError(f"webhook: connection error ({type(exc).__name__})") from None
         except requests.RequestException as exc:
             raise PermanentError(f"webhook: request failed ({type(exc).__name__})") from None
-        if 200 <= status < 300:
-            return SendResult(provider_message_id=msg_id)
-        reason = f"webhook: HTTP {status}"
-        text = snippet[:200].decode("utf-8", "replace").strip()
-        if text:
-            reason += f": {' '.join(text.split())}"
-        if status == 410:
-            raise PermanentError(reason + " (endpoint gone)", disable_destination=True)
-        if 300 <= status < 400:
-            raise PermanentError(reason + " (redirects are not followed)")
-        if status in (408, 429) or status >= 500:
-            raise TransientError(reason, retry_after=retry_after)
-        raise PermanentError(reason)
+        return Answer(status, snippet, retry_after)
 
     def close(self) -> None:
         with self._sessions_lock:
@@ -224,6 +335,8 @@ class WebhookSender:
             raise PermanentError("webhook destination has no secret_ref")
         try:
             value = self.secret_resolver(secret_ref)
+        except PermanentError:
+            raise
         except Exception as exc:  # a vault hiccup: the ref is fine, try again later
             raise TransientError(
                 f"webhook secret {secret_ref!r} could not be resolved ({type(exc).__name__})"
