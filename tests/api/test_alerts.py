@@ -183,9 +183,13 @@ def test_alert_list_refuses_bad_parameters(api: ApiServer, history: History) -> 
             {"from": "yesterday"},
             {"from": "2026-01-05T14:31:00"},
         ):
-            response = client.get("/v1/alerts", params=params)
-            assert response.status_code == 422, (params, response.text)
-            assert response.headers["content-type"] == "application/problem+json"
+            for path in ("/v1/alerts", "/v1/notifications"):
+                response = client.get(path, params=params)
+                assert response.status_code == 422, (path, params, response.text)
+                assert response.headers["content-type"] == "application/problem+json"
+        too_long = "x" * 129
+        assert client.get(f"/v1/alerts/{too_long}").status_code == 422
+        assert client.post(f"/v1/alerts/{too_long}/acknowledge").status_code == 422
 
 
 def test_one_alert_has_its_values_and_outcome(api: ApiServer, history: History) -> None:
