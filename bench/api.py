@@ -19,16 +19,17 @@ HTTP rows, each with a token of its own user (a user's requests share one rate-l
 
 - **GET /healthz**: the baseline; no authentication, no store. Measured before and after the
   other rows; the ratios are against the mean of the two (the first and last show the drift).
-- **GET /v1/alerts**: the alert history list, the first page (default limit) of a user
+- **GET /v1/alerts**: the alert history list, the first page (the default 50) of a user
   holding ``--alerts`` triggered alerts (written with ``HistoryWriter.write_alerts``, as the
   job writes them).
-- **POST /v1/rules**: a new rule each time (a price level on one of 100 symbols), published to
-  the rules topic (acknowledged by the broker) and stored.
+- **POST /v1/rules**: a new rule each time (``price_crosses_above 100`` on one of 100
+  symbols), stored and published to the rules topic (acknowledged by the broker) in one
+  transaction.
 
 WebSocket fan-out: ``--ws-clients`` connections to ``/v1/inbox/ws`` of one user (each in a
 thread of its own, ``websockets``' sync client). ``--messages`` notifications are published
 one after the other with ``InAppFeed.publish`` (the job's in-app writer: XADD to the user's
-stream); each one is timed from just before the publish call to its arrival at each client,
+stream, which the route follows with XREAD BLOCK); each one is timed from just before the publish call to its arrival at each client,
 and the next is published once every client has it. The baseline is the same round trip over
 Redis alone: PUBLISH on a channel to ``--ws-clients`` redis-py subscribers in this process.
 Both rows report messages/s (round trips, one at a time: their inverse latency, not a
@@ -229,10 +230,18 @@ def http_row(
     expect: int,
     threads: int,
     duration: float,
+    valid: Callable[[httpx.Response], bool] = lambda _response: True,
 ) -> Row:
-    """``threads`` clients sending ``send`` one request after the other for ``duration`` s."""
+    """``threads`` clients sending ``send`` one request after the other for ``duration`` s;
+    one request first, whose answer must be ``expect`` and ``valid`` (a route answering
+    fast with nothing in it must not pass for a fast route)."""
     progress(f"{name}: {threads} threads, {duration:g} s")
     clients = [server.client(user_id) for _ in range(threads)]
+    first = send(clients[0], -1)
+    if first.status_code != expect or not valid(first):
+        for client in clients:
+            client.close()
+        raise BenchError(f"{name}: the first answer is {first.status_code} {first.text[:300]}")
     latencies: list[list[float]] = [[] for _ in range(threads)]
     errors: list[str] = []
     sequence = iter(range(10**12))  # unique numbers across threads (next() is atomic)
@@ -316,18 +325,28 @@ def seed_alerts(settings: Settings, user_id: str, count: int) -> None:
             writer.write_alerts(alerts[first : first + 5_000])
 
 
+ALERTS_PAGE = 50  # the route's default limit
+
+
 def get_alerts(client: httpx.Client, _n: int) -> httpx.Response:
     return client.get("/v1/alerts")
+
+
+def full_page(response: httpx.Response) -> bool:
+    return len(response.json()["items"]) == ALERTS_PAGE
 
 
 def post_rule(tag: str) -> Request:
     def send(client: httpx.Client, n: int) -> httpx.Response:
         rule = {
+            "v": 1,
             "id": f"rb{tag}-{n}",
-            "name": f"S{n % 100:03d} above 100",
+            "name": f"S{n % 100:03d} crosses above 100",
             "symbol": f"S{n % 100:03d}",
             "priority": "MEDIUM",
-            "condition": {"type": "price_above", "value": 100},
+            "mode": "recurring",
+            "cooldown_seconds": 300,
+            "conditions": {"type": "price_crosses_above", "threshold": 100},
         }
         return client.post("/v1/rules", json=rule)
 
@@ -571,15 +590,15 @@ def http_rows(
     t, d = args.threads, args.duration
     rows = [http_row(server, "GET /healthz (baseline)", None, get_healthz, 200, t, d)]
     notes = []
-    routes: list[tuple[str, str, str, Request, int]] = [
-        ("GET", "/v1/alerts", reader, get_alerts, 200),
-        ("POST", "/v1/rules", f"u-bench-{tag}-writer", post_rule(tag), 201),
+    routes: list[tuple[str, str, str, Request, int, Callable[[httpx.Response], bool]]] = [
+        ("GET", "/v1/alerts", reader, get_alerts, 200, full_page),
+        ("POST", "/v1/rules", f"u-bench-{tag}-writer", post_rule(tag), 201, lambda _r: True),
     ]
-    for method, path, user_id, send, expect in routes:
+    for method, path, user_id, send, expect, valid in routes:
         if (method, path) not in served:
             notes.append(f"{method} {path}: not served at this commit, not measured")
             continue
-        rows.append(http_row(server, f"{method} {path}", user_id, send, expect, t, d))
+        rows.append(http_row(server, f"{method} {path}", user_id, send, expect, t, d, valid))
     rows.append(http_row(server, "GET /healthz (baseline, again)", None, get_healthz, 200, t, d))
     for row in (rows[0], rows[-1]):
         row.baseline = True
@@ -593,7 +612,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short rows (~30 s in all)")
     parser.add_argument("--threads", type=int, default=4, help="HTTP client threads (4)")
     parser.add_argument("--duration", type=float, help="seconds per HTTP row (10; quick 3)")
-    parser.add_argument("--alerts", type=int, default=1_000, help="alerts of the GET user (1000)")
+    parser.add_argument(
+        "--alerts", type=int, default=1_000, help="alerts of the GET user (1000, at least 50)"
+    )
     parser.add_argument("--messages", type=int, help="fan-out messages (300; quick 100)")
     parser.add_argument("--ws-clients", type=int, default=5, help="live connections (5)")
     args = parser.parse_args()
@@ -601,6 +622,8 @@ def parse_args() -> argparse.Namespace:
     args.messages = args.messages or (100 if args.quick else 300)
     if min(args.threads, args.messages, args.ws_clients) < 1 or args.duration <= 0:
         parser.error("threads, duration, messages and ws-clients must be positive")
+    if args.alerts < ALERTS_PAGE:
+        parser.error(f"--alerts must be at least {ALERTS_PAGE} (a full first page)")
     return args
 
 
