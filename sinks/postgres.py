@@ -37,6 +37,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from pipeline.config import Dependencies
@@ -603,47 +604,16 @@ class HistoryWriter:
     # ------------------------------------------------------------ rules
 
     def write_rules(self, rules: list[Rule]) -> None:
-        """Upsert rules (last one wins per id) and replace the leaf conditions of changed ones.
-
-        As many statements for 100,000 rules as for one: the rules are copied into a table of
-        the transaction and upserted from it; the upsert returns the rules that changed, whose
-        conditions are deleted and copied in again (an unchanged rule, as in a replay, keeps its
-        row and its conditions untouched).
-        """
-        latest: dict[str, Rule] = {}  # by storage key: two spellings of one UUID are one row
-        for rule in rules:
-            key = _key_hex("rule", rule.id)
-            latest.pop(key, None)
-            latest[key] = rule
-        if not latest:
-            return
-        staged = {rule.id: _StagedRule(key, rule) for key, rule in latest.items()}
-        rows = [staged_rule.row() for staged_rule in staged.values()]
-
-        def work(conn: psycopg.Connection) -> None:
-            with conn.cursor() as cur:
-                cur.execute(CREATE_RULE_BATCH)
-                with cur.copy(COPY_RULE_BATCH) as copy:
-                    for row in rows:
-                        copy.write_row(row)
-                changed = [staged[wire_id] for (wire_id,) in cur.execute(UPSERT_RULE_BATCH)]
-                if not changed:
-                    return
-                keys = f"{{{','.join(rule.key for rule in changed)}}}"  # hex needs no quoting
-                cur.execute(DELETE_CONDITIONS, (keys,))
-                with cur.copy(COPY_CONDITIONS) as copy:
-                    for rule in changed:
-                        for condition in rule.condition_rows():
-                            copy.write_row(condition)
-
-        self._transaction(work)
+        """Upsert rules (last one wins per id) and replace the leaf conditions of changed ones
+        (``upsert_rules``), in one transaction."""
+        staged = _stage_rules(rules)
+        if staged:
+            self._transaction(lambda conn: _upsert_staged(conn, staged))
 
     def delete_rules(self, rule_ids: list[str]) -> None:
-        """Tombstones: mark the rules deleted (deleted_at, is_active = false); rows stay."""
-        keys = sorted({_key("rule", rule_id) for rule_id in rule_ids})
-        if not keys:
-            return
-        self._transaction(lambda conn: conn.execute(TOMBSTONE_RULES, (keys,)))
+        """Tombstones: mark the rules deleted (``tombstone_rules``)."""
+        if rule_ids:
+            self._transaction(lambda conn: tombstone_rules(conn, rule_ids))
 
     # ------------------------------------------------------------ alerts, notifications
 
@@ -955,6 +925,58 @@ class HistoryWriter:
 
 
 # ---------------------------------------------------------------- rows
+
+
+def upsert_rules(conn: psycopg.Connection[Any], rules: Iterable[Rule]) -> None:
+    """Upsert rules (last one wins per id) and replace the leaf conditions of changed ones, in
+    the caller's transaction: what HistoryWriter.write_rules does, for the API's writes.
+
+    As many statements for 100,000 rules as for one: the rules are copied into a table of
+    the transaction and upserted from it; the upsert returns the rules that changed, whose
+    conditions are deleted and copied in again (an unchanged rule, as in a replay, keeps its
+    row and its conditions untouched). The temporary table lives until the commit, so call
+    this once per transaction.
+    """
+    staged = _stage_rules(rules)
+    if staged:
+        _upsert_staged(conn, staged)
+
+
+def tombstone_rules(conn: psycopg.Connection[Any], rule_ids: Iterable[str]) -> None:
+    """Mark rules deleted (deleted_at, is_active = false) in the caller's transaction; rows
+    stay, because triggered_alerts references them."""
+    keys = sorted({_key("rule", rule_id) for rule_id in rule_ids})
+    if keys:
+        conn.execute(TOMBSTONE_RULES, (keys,))
+
+
+def _stage_rules(rules: Iterable[Rule]) -> dict[str, _StagedRule]:
+    """The last rule per storage key (two spellings of one UUID are one row), by wire id."""
+    latest: dict[str, Rule] = {}
+    for rule in rules:
+        key = _key_hex("rule", rule.id)
+        latest.pop(key, None)
+        latest[key] = rule
+    return {rule.id: _StagedRule(key, rule) for key, rule in latest.items()}
+
+
+def _upsert_staged(conn: psycopg.Connection[Any], staged: dict[str, _StagedRule]) -> None:
+    rows = [staged_rule.row() for staged_rule in staged.values()]
+    # Tuple rows whatever the connection's row factory (the API's connections make dicts).
+    with conn.cursor(row_factory=tuple_row) as cur:
+        cur.execute(CREATE_RULE_BATCH)
+        with cur.copy(COPY_RULE_BATCH) as copy:
+            for row in rows:
+                copy.write_row(row)
+        changed = [staged[wire_id] for (wire_id,) in cur.execute(UPSERT_RULE_BATCH)]
+        if not changed:
+            return
+        keys = f"{{{','.join(rule.key for rule in changed)}}}"  # hex needs no quoting
+        cur.execute(DELETE_CONDITIONS, (keys,))
+        with cur.copy(COPY_CONDITIONS) as copy:
+            for rule in changed:
+                for condition in rule.condition_rows():
+                    copy.write_row(condition)
 
 
 def delivery_uuid(notification_id: str, channel: str, destination: str) -> uuid.UUID:
