@@ -98,7 +98,7 @@ def test_demo_serve_serves_the_api_to_the_demo_user_until_sigint(
     try:
         wait_for(
             lambda: output.match(URL_LINE) is not None or proc.poll() is not None,
-            60,
+            75,
             "the inbox URL on the demo's stdout",
         )
         found = output.match(URL_LINE)
