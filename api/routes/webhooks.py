@@ -289,10 +289,10 @@ def test_endpoint(endpoint_id: uuid.UUID, principal: Caller, svc: Svc, box: Ciph
     row = _owned(svc, endpoint_id, principal)
     ref = f"{ENDPOINT_REF_PREFIX}{endpoint_id}"
     with svc.transaction() as conn:
-        signing = endpoint_secrets(conn, ref, box)
+        signing = endpoint_secrets(conn, ref, box, user_id=principal.user_id, url=row["url"])
     delivery = svc.settings.delivery
     sender = WebhookSender(
-        secret_resolver=lambda _ref: signing,
+        endpoint_secrets=lambda _ref, _user, _url: signing,
         allow_private_networks=set(delivery.webhook_allow_private_networks),
         read_timeout=delivery.timeout_seconds,
         ca_bundle=str(delivery.webhook_ca_bundle) if delivery.webhook_ca_bundle else None,
@@ -300,7 +300,9 @@ def test_endpoint(endpoint_id: uuid.UUID, principal: Caller, svc: Svc, box: Ciph
     message_id = f"msg_ping_{secrets.token_hex(12)}"
     body = PingEvent(endpoint_id=endpoint_id, sent_at=datetime.now(UTC))
     try:
-        answer = sender.post(row["url"], ref, message_id, body.model_dump_json().encode())
+        answer = sender.post(
+            row["url"], ref, message_id, body.model_dump_json().encode(), user_id=principal.user_id
+        )
     except DeliveryError as exc:
         return PingResult(delivered=False, status=None, message_id=message_id, error=exc.reason)
     finally:

@@ -19,13 +19,7 @@ from sinks.channels.base import Sender
 from sinks.channels.email import SendGridSender, SmtpSender
 from sinks.channels.push import FcmSender
 from sinks.channels.twilio_sms import TwilioSmsSender, TwilioVoiceSender
-from sinks.channels.webhook import (
-    EndpointSecretResolver,
-    SecretResolver,
-    WebhookSender,
-    env_secret_resolver,
-    secret_box,
-)
+from sinks.channels.webhook import EndpointSecrets, WebhookSender, secret_box
 from sinks.delivery import DeliveryCore, RetryPolicy
 from sinks.postgres import HistoryWriter
 
@@ -44,14 +38,11 @@ def build_senders(
         box = secret_box(env)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    resolver: SecretResolver = (
-        EndpointSecretResolver(database_url, box, environ, connect_timeout)
-        if database_url
-        else env_secret_resolver
-    )
     senders: dict[Channel, Sender] = {
         Channel.WEBHOOK: WebhookSender(
-            secret_resolver=resolver,
+            endpoint_secrets=(
+                EndpointSecrets(database_url, box, connect_timeout) if database_url else None
+            ),
             allow_private_networks=set(config.webhook_allow_private_networks),
             read_timeout=config.timeout_seconds,
             ca_bundle=str(config.webhook_ca_bundle) if config.webhook_ca_bundle else None,

@@ -7,11 +7,14 @@ seconds at send time) and ``webhook-signature``: space-separated ``v1,<base64 HM
 
 Secrets come from ``delivery.secret_ref`` through a resolver (default: the environment variable
 named by the ref, holding one or more space-separated ``whsec_<base64>`` secrets); a secret is
-never part of an error reason or a log line, only its ref is. ``EndpointSecretResolver`` also
-resolves ``endpoint:<uuid>`` refs, the endpoints made through the HTTP API: their secrets are
-stored in ``webhook_endpoints`` encrypted with Fernet under SMART_ALERTS_SECRET_KEY (one key, or
-several space-separated while it is changed: the first encrypts, any decrypts), and after a
-rotation the previous secret signs beside the current one until its grace period ends.
+never part of an error reason or a log line, only its ref is. An ``endpoint:<uuid>`` ref names
+an endpoint made through the HTTP API (``EndpointSecrets``): its secrets are stored in
+``webhook_endpoints`` encrypted with Fernet under SMART_ALERTS_SECRET_KEY (one key, or several
+space-separated while it is changed: the first encrypts, any decrypts), and after a rotation
+the previous secret signs beside the current one until its grace period ends. Such a secret
+signs only for its owner and its own URL: a profile naming someone else's endpoint, or the
+endpoint with another URL, gets no signature (the delivery fails), so nobody can have another
+user's secret sign what they choose.
 
 One attempt per call (sinks/channels/base.py): redirects are not followed (a 3xx is permanent),
 the response body is read up to 64 KiB at most, connect and read timeouts apply. 2xx succeeds;
@@ -62,6 +65,8 @@ SECRET_PREFIX = "whsec_"
 USER_AGENT = "VS9-Smart-Alerts-Webhook/1"
 
 SecretResolver = Callable[[str], str | None]
+# (secret ref, the notification's user, the URL) -> the endpoint's secrets, None if not theirs
+EndpointLookup = Callable[[str, str, str], str | None]
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -95,11 +100,11 @@ def secret_box(environ: Mapping[str, str] | None = None) -> MultiFernet | None:
 
 
 def endpoint_secrets(
-    conn: psycopg.Connection[Any], secret_ref: str, box: MultiFernet
+    conn: psycopg.Connection[Any], secret_ref: str, box: MultiFernet, *, user_id: str, url: str
 ) -> str | None:
     """The signing secrets of an ``endpoint:<uuid>`` ref: the current one, then the previous
-    one while its grace lasts (the database's clock decides), space-separated; None when there
-    is no such endpoint."""
+    one while its grace lasts (the database's clock decides), space-separated; None unless the
+    endpoint exists, belongs to ``user_id`` and has this ``url``."""
     try:
         endpoint_id = uuid.UUID(secret_ref.removeprefix(ENDPOINT_REF_PREFIX))
     except ValueError:
@@ -107,8 +112,9 @@ def endpoint_secrets(
     with conn.cursor(row_factory=tuple_row) as cur:
         row = cur.execute(
             "SELECT secret_encrypted, CASE WHEN previous_expires_at > now() "
-            "THEN previous_secret_encrypted END FROM webhook_endpoints WHERE id = %s",
-            (endpoint_id,),
+            "THEN previous_secret_encrypted END FROM webhook_endpoints "
+            "WHERE id = %s AND user_external_id = %s AND url = %s",
+            (endpoint_id, user_id, url),
         ).fetchone()
     if row is None:
         return None
@@ -121,28 +127,20 @@ def endpoint_secrets(
         ) from None
 
 
-class EndpointSecretResolver:
-    """The job's resolver: ``endpoint:<uuid>`` refs from ``webhook_endpoints``, any other ref
-    from the environment.
+class EndpointSecrets:
+    """The job's lookup of ``endpoint:<uuid>`` refs in ``webhook_endpoints``.
 
     Each lookup opens a connection of its own: senders run on several threads, a lookup is one
     per webhook attempt (which the delivery core rate-limits), and a rotation is seen at once."""
 
     def __init__(
-        self,
-        database_url: str,
-        box: MultiFernet | None,
-        environ: Mapping[str, str] | None = None,
-        connect_timeout: float = 5.0,
+        self, database_url: str, box: MultiFernet | None, connect_timeout: float = 5.0
     ) -> None:
         self._database_url = database_url
         self._box = box
-        self._env = os.environ if environ is None else environ
         self._connect_timeout = max(1, int(connect_timeout))
 
-    def __call__(self, secret_ref: str) -> str | None:
-        if not secret_ref.startswith(ENDPOINT_REF_PREFIX):
-            return self._env.get(secret_ref)
+    def __call__(self, secret_ref: str, user_id: str, url: str) -> str | None:
         if self._box is None:
             raise PermanentError(
                 f"webhook secret {secret_ref!r} is stored encrypted but {SECRET_KEY_ENV} is not "
@@ -151,7 +149,7 @@ class EndpointSecretResolver:
         with psycopg.connect(
             self._database_url, autocommit=True, connect_timeout=self._connect_timeout
         ) as conn:
-            return endpoint_secrets(conn, secret_ref, self._box)
+            return endpoint_secrets(conn, secret_ref, self._box, user_id=user_id, url=url)
 
 
 def decode_secrets(value: str, secret_ref: str) -> list[bytes]:
@@ -198,6 +196,7 @@ class WebhookSender:
         self,
         *,
         secret_resolver: SecretResolver = env_secret_resolver,
+        endpoint_secrets: EndpointLookup | None = None,
         allow_private_networks: set[str] | None = None,
         connect_timeout: float = 5.0,
         read_timeout: float = 10.0,
@@ -207,6 +206,7 @@ class WebhookSender:
         resolve: Callable[..., list[tuple]] = socket.getaddrinfo,  # type: ignore[type-arg]
     ) -> None:
         self.secret_resolver = secret_resolver
+        self.endpoint_secrets = endpoint_secrets
         self.allowed_networks: list[IpNetwork] = [
             ipaddress.ip_network(cidr, strict=False) for cidr in (allow_private_networks or ())
         ]
@@ -223,8 +223,9 @@ class WebhookSender:
 
     def send(self, delivery: Delivery) -> SendResult:
         msg_id = f"msg_{delivery.idempotency_key}"
+        note = delivery.notification
         answer = self.post(
-            delivery.destination, delivery.secret_ref, msg_id, delivery.notification.to_json()
+            delivery.destination, delivery.secret_ref, msg_id, note.to_json(), user_id=note.user_id
         )
         status = answer.status
         if 200 <= status < 300:
@@ -241,11 +242,14 @@ class WebhookSender:
             raise TransientError(reason, retry_after=answer.retry_after)
         raise PermanentError(reason)
 
-    def post(self, url: str, secret_ref: str | None, msg_id: str, body: bytes) -> Answer:
-        """One signed POST of ``body``, and what the receiver answered, whatever its status;
-        PermanentError or TransientError when it could not be sent or got no answer."""
+    def post(
+        self, url: str, secret_ref: str | None, msg_id: str, body: bytes, *, user_id: str
+    ) -> Answer:
+        """One signed POST of ``body`` for ``user_id``, and what the receiver answered,
+        whatever its status; PermanentError or TransientError when it could not be sent or got
+        no answer."""
         self.check_url(url)
-        keys = self._keys(secret_ref)
+        keys = self._keys(secret_ref, user_id, url)
         timestamp = int(self.clock())
         headers = {
             "Content-Type": "application/json",
@@ -330,17 +334,32 @@ class WebhookSender:
             or address.is_unspecified
         )
 
-    def _keys(self, secret_ref: str | None) -> list[bytes]:
+    def _keys(self, secret_ref: str | None, user_id: str, url: str) -> list[bytes]:
         if not secret_ref:
             raise PermanentError("webhook destination has no secret_ref")
+        endpoint = secret_ref.startswith(ENDPOINT_REF_PREFIX)
+        lookup = self.endpoint_secrets if endpoint else None
+        if endpoint and lookup is None:
+            raise PermanentError(
+                f"webhook secret {secret_ref!r} names an API endpoint, and this sender has no "
+                "database to read it from"
+            )
         try:
-            value = self.secret_resolver(secret_ref)
+            if lookup is not None:
+                value = lookup(secret_ref, user_id, url)
+            else:
+                value = self.secret_resolver(secret_ref)
         except PermanentError:
             raise
         except Exception as exc:  # a vault hiccup: the ref is fine, try again later
             raise TransientError(
                 f"webhook secret {secret_ref!r} could not be resolved ({type(exc).__name__})"
             ) from None
+        if not value and endpoint:
+            raise PermanentError(
+                f"webhook secret {secret_ref!r}: no such endpoint of user {user_id!r} to this "
+                "URL (deleted, or the profile names another user's endpoint or another URL)"
+            )
         if not value:
             raise PermanentError(f"webhook secret {secret_ref!r} is not set")
         return decode_secrets(value, secret_ref)

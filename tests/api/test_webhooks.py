@@ -28,7 +28,7 @@ from sinks.channels.base import Delivery, PermanentError
 from sinks.channels.configure import build_senders
 from sinks.channels.webhook import (
     SECRET_KEY_ENV,
-    EndpointSecretResolver,
+    EndpointSecrets,
     WebhookSender,
     secret_box,
 )
@@ -409,22 +409,45 @@ def test_the_job_signs_a_notification_with_the_endpoints_secret(
     assert json.loads(got.body)["user_id"] == owner
 
 
-def test_the_job_resolver_reads_endpoints_and_the_environment(
-    api: ApiServer, secret_key: str
+def test_an_endpoint_secret_signs_only_for_its_owner_and_its_url(
+    api: ApiServer, receiver: WebhookReceiver, secret_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with api.as_user(user()) as client:
-        made = create(client, "https://hooks.example.com/resolved")
+    alice = user()
+    with api.as_user(alice) as client:
+        made = create(client, receiver.url + "/alice")
+    ref = made["secret_ref"]
     assert api.settings.database_url is not None
-    url = api.settings.database_url
-    resolver = EndpointSecretResolver(url, box(secret_key), {"HOOK_SECRET": "whsec_env"})
-    assert resolver(made["secret_ref"]) == made["secret"]
-    assert resolver("HOOK_SECRET") == "whsec_env"  # other refs: the environment, as before
-    assert resolver(f"endpoint:{uuid.uuid4()}") is None  # deleted or never made
-    assert resolver("endpoint:not-a-uuid") is None
+    database = api.settings.database_url
+    config = DeliveryConfig(webhook_allow_private_networks=["127.0.0.1/32"])
+    sender = build_senders(config, database_url=database)[Channel.WEBHOOK]
+    try:
+        # a profile of mallory's naming alice's endpoint, with its URL or another
+        for owner, url in [(user(), made["url"]), (alice, receiver.url + "/elsewhere")]:
+            with pytest.raises(PermanentError, match="no such endpoint of user"):
+                sender.send(Delivery(notification(owner), Channel.WEBHOOK, url, 1, "dl-x", ref))
+        for unknown in (f"endpoint:{uuid.uuid4()}", "endpoint:not-a-uuid"):
+            with pytest.raises(PermanentError, match="no such endpoint"):
+                sender.send(
+                    Delivery(notification(alice), Channel.WEBHOOK, made["url"], 1, "dl-y", unknown)
+                )
+        assert receiver.received == []
+        # other refs are environment variables, as before
+        monkeypatch.setenv("LEGACY_HOOK_SECRET", made["secret"])
+        receiver.secrets = [made["secret"]]
+        sender.send(
+            Delivery(
+                notification(alice), Channel.WEBHOOK, made["url"], 1, "dl-z", "LEGACY_HOOK_SECRET"
+            )
+        )
+        assert receiver.received[-1].verified_by == (0,)
+    finally:
+        sender.close()
+    lookup = EndpointSecrets(database, box(secret_key))
+    assert lookup(ref, alice, made["url"]) == made["secret"]
     with pytest.raises(PermanentError, match=f"{SECRET_KEY_ENV} is not set"):
-        EndpointSecretResolver(url, None)(made["secret_ref"])
+        EndpointSecrets(database, None)(ref, alice, made["url"])
     with pytest.raises(PermanentError, match="does not decrypt") as refused:
-        EndpointSecretResolver(url, box(Fernet.generate_key().decode()))(made["secret_ref"])
+        EndpointSecrets(database, box(Fernet.generate_key().decode()))(ref, alice, made["url"])
     assert made["secret"] not in str(refused.value)
 
 
