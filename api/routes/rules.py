@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path as FilePath
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import psycopg
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -219,7 +220,7 @@ def create(
         if shared_template is not None:
             store.count_use(conn, shared_template)
         svc.publish(svc.settings.topics.rules, [rule])
-    return rule_response(document, 201, Location=f"/v1/rules/{rule.id}")
+    return rule_response(document, 201, Location=f"/v1/rules/{quote(rule.id, safe='')}")
 
 
 def change(
