@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -30,7 +31,7 @@ from api.secrets import cipher, new_signing_secret, seal
 from api.services import Services
 from pipeline.fields import NUL_FREE
 from pipeline.messages import MAX_WEBHOOKS, Profile, WebhookDestination, WebhookUrl
-from sinks.channels.base import DeliveryError
+from sinks.channels.base import DeliveryError, PermanentError
 from sinks.channels.webhook import ENDPOINT_REF_PREFIX, WebhookSender, endpoint_secrets
 
 Caller = Annotated[Principal, Depends(require("webhooks"))]
@@ -115,7 +116,7 @@ def _with_secret(row: dict[str, Any], secret: str) -> WebhookEndpointWithSecret:
     return WebhookEndpointWithSecret(**_endpoint(row).model_dump(), secret=secret)
 
 
-def _add_to_profile(destination: WebhookDestination) -> Any:
+def _add_to_profile(destination: WebhookDestination) -> Callable[[Profile], Profile]:
     def add(profile: Profile) -> Profile:
         destinations = profile.destinations
         hooks = list(destinations.webhooks or [])
@@ -140,7 +141,7 @@ def _add_to_profile(destination: WebhookDestination) -> Any:
     return add
 
 
-def _remove_from_profile(secret_ref: str) -> Any:
+def _remove_from_profile(secret_ref: str) -> Callable[[Profile], Profile]:
     def remove(profile: Profile) -> Profile:
         destinations = profile.destinations
         hooks = [hook for hook in destinations.webhooks or [] if hook.secret_ref != secret_ref]
@@ -288,8 +289,11 @@ def rotate_secret(
 def test_endpoint(endpoint_id: uuid.UUID, principal: Caller, svc: Svc, box: Cipher) -> PingResult:
     row = _owned(svc, endpoint_id, principal)
     ref = f"{ENDPOINT_REF_PREFIX}{endpoint_id}"
-    with svc.transaction() as conn:
-        signing = endpoint_secrets(conn, ref, box, user_id=principal.user_id, url=row["url"])
+    try:
+        with svc.transaction() as conn:
+            signing = endpoint_secrets(conn, ref, box, user_id=principal.user_id, url=row["url"])
+    except PermanentError as exc:  # stored under a key the API no longer has
+        raise Problem(503, exc.reason, kind="secret-key-invalid") from None
     delivery = svc.settings.delivery
     sender = WebhookSender(
         endpoint_secrets=lambda _ref, _user, _url: signing,

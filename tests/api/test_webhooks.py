@@ -280,6 +280,11 @@ def test_without_the_secret_key_the_routes_say_to_set_it(
         problem = assert_problem(client.get(ENDPOINT), 503)
         assert "not a Fernet key" in problem["detail"]
         assert "not-a-fernet-key" not in problem["detail"]
+        # another key: the stored secret cannot be read, and the answer says so
+        monkeypatch.setenv(SECRET_KEY_ENV, Fernet.generate_key().decode())
+        problem = assert_problem(client.post(f"{one}/test"), 503)
+        assert "does not decrypt" in problem["detail"]
+        assert made["secret"] not in problem["detail"]
     # nothing changed meanwhile
     assert stored(api, made["id"])["rotated_at"] is None
 
