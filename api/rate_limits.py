@@ -76,12 +76,17 @@ async def authenticate(scope: Scope) -> Principal | None:
     """The principal of the request's credentials, if it has valid ones; a refusal is kept
     for the route to answer (health and docs need no credentials)."""
     state = scope.setdefault("state", {})
+    connection = HTTPConnection(scope)
     headers = dict(scope["headers"])
-    if b"authorization" not in headers and b"x-api-key" not in headers:
+    in_header = b"authorization" in headers or b"x-api-key" in headers
+    # Browsers cannot set headers on a WebSocket or an EventSource: without the query's token,
+    # all of them would share the budget of their address (often one proxy's).
+    in_query = scope["path"].startswith(STREAM_PATHS) and "access_token" in connection.query_params
+    if not in_header and not in_query:
         return None
     app_state = scope["app"].state
     try:
-        token = bearer_token(HTTPConnection(scope))
+        token = bearer_token(connection) if in_header else connection.query_params["access_token"]
         principal = await run_in_threadpool(authenticate_token, app_state, token)
     except Problem as problem:
         state["auth_problem"] = problem

@@ -18,6 +18,7 @@ import redis
 
 from connectors.embedded import StackUrls
 from tests.api.conftest import ApiServer, _free_port, api_settings, running_api
+from tests.api.test_profile import api_key
 from tests.fakes.identity import IdentityProvider
 
 READ, WRITE, STREAM = 5, 3, 2
@@ -182,3 +183,18 @@ def test_a_body_over_the_limit_is_413_with_or_without_content_length(
         assert chunked.status_code == 413
         small = client.post("/v1/me", content=iter([b"z" * 512, b"z" * 512]))
         assert small.status_code == 405  # under the limit: it reaches the router
+
+
+@pytest.mark.usefixtures("fresh_window")
+def test_a_token_in_the_query_of_the_live_inbox_counts_for_its_user(
+    servers: tuple[ApiServer, ApiServer],
+) -> None:
+    api, _ = servers
+    key = api_key(api, user(), [])  # valid, but without the inbox scope: refused at once
+    for _ in range(STREAM):
+        with from_address(api) as client:
+            response = client.get("/v1/inbox/events", params={"access_token": key})
+            assert response.status_code == 403
+    with from_address(api) as elsewhere:
+        refused = elsewhere.get("/v1/inbox/events", params={"access_token": key})
+        assert refused.status_code == 429
