@@ -32,7 +32,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from api.auth import (
     Principal,
     authenticate_token,
-    bearer_token,
+    current_principal,
     require,
     services,
     unauthorized,
@@ -466,17 +466,21 @@ async def _ws_token(websocket: WebSocket) -> str | None:
 
 
 async def _ws_principal(websocket: WebSocket) -> Principal | None:
-    """The principal of the socket's token, or None after closing it with the reason."""
-    token = await _ws_token(websocket)
-    if token is None:
-        await _close(
-            websocket,
-            WS_UNAUTHORIZED,
-            "no credentials: send access_token, an Authorization header or an auth message",
-        )
-        return None
+    """The principal of the socket's token, or None after closing it with the reason. The
+    rate limiter (api/rate_limits.py) has already checked a token in a header or the query."""
+    checked: dict[str, Any] = websocket.scope.get("state", {})
     try:
-        principal = await asyncio.to_thread(authenticate_token, websocket.app.state, token)
+        if "auth_problem" in checked:
+            raise checked["auth_problem"]
+        principal: Principal | None = checked.get("principal")
+        if principal is None:
+            token = await _ws_token(websocket)
+            if token is None:
+                raise unauthorized(
+                    "no credentials: send ?access_token=, an Authorization header or an auth "
+                    "message first"
+                )
+            principal = await asyncio.to_thread(authenticate_token, websocket.app.state, token)
     except Problem as problem:
         code = WS_UNAUTHORIZED if problem.status == 401 else WS_UNAVAILABLE
         await _close(websocket, code, problem.detail)
@@ -538,15 +542,15 @@ def _stream_principal(
         Query(description="the token, for clients that cannot set headers (EventSource)"),
     ] = None,
 ) -> Principal:
-    if request.headers.get("authorization") or request.headers.get("x-api-key"):
-        token = bearer_token(request)
-    elif access_token:
-        token = access_token
-    else:
-        raise unauthorized(
-            "no credentials: send 'Authorization: Bearer <token>' or ?access_token=<token>"
-        )
-    principal = authenticate_token(request.app.state, token)
+    checked: dict[str, Any] = request.scope.get("state", {})
+    in_header = "authorization" in request.headers or "x-api-key" in request.headers
+    if not in_header and "principal" not in checked and "auth_problem" not in checked:
+        if not access_token:
+            raise unauthorized(
+                "no credentials: send 'Authorization: Bearer <token>' or ?access_token=<token>"
+            )
+        request.state.principal = authenticate_token(request.app.state, access_token)
+    principal = current_principal(request)
     if "inbox" not in principal.scopes:
         raise Problem(
             403,

@@ -162,6 +162,17 @@ def test_bad_credentials_close_with_4401_and_no_inbox_scope_with_4403(api: ApiSe
     assert code == 4403 and "'inbox' scope" in reason
 
 
+def test_a_token_in_the_query_counts_against_its_users_stream_budget(api: ApiServer) -> None:
+    from api.rate_limits import KEY_PREFIX
+
+    user = new_user()
+    with socket(api, user):
+        pass
+    with redis.Redis.from_url(api.settings.redis_url or "", decode_responses=True) as client:
+        budget = client.get(f"{KEY_PREFIX}:stream:user:{user}")
+    assert budget is not None and budget.endswith(":1")  # not the address's budget
+
+
 def test_a_malformed_after_closes_with_4400(api: ApiServer) -> None:
     code, reason = refused(ws_url(api, access_token=api.identity.token(new_user()), after="x"))
     assert code == 4400 and "after" in reason
