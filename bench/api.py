@@ -29,8 +29,9 @@ HTTP rows, each with a token of its own user (a user's requests share one rate-l
 WebSocket fan-out: ``--ws-clients`` connections to ``/v1/inbox/ws`` of one user (each in a
 thread of its own, ``websockets``' sync client). ``--messages`` notifications are published
 one after the other with ``InAppFeed.publish`` (the job's in-app writer: XADD to the user's
-stream, which the route follows with XREAD BLOCK); each one is timed from just before the publish call to its arrival at each client,
-and the next is published once every client has it. The baseline is the same round trip over
+stream, which the route follows with XREAD BLOCK); each one is timed from just before the
+publish call to its arrival at each client, and the next is published once every client has
+it. The baseline is the same round trip over
 Redis alone: PUBLISH on a channel to ``--ws-clients`` redis-py subscribers in this process.
 Both rows report messages/s (round trips, one at a time: their inverse latency, not a
 capacity) and the latency of every (message, client) pair.
