@@ -20,7 +20,7 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import redis
 import redis.asyncio as aioredis
@@ -114,10 +114,13 @@ class Marked(BaseModel):
     unread: int = Field(description="the unread count afterwards")
 
 
-class NotificationEvent(InboxItem):
+class NotificationEvent(BaseModel):
     """A feed entry, live: sent for each entry after the client's ``after`` id, in order."""
 
     type: Literal["notification"] = "notification"
+    entry_id: str
+    state: FeedState | None
+    notification: Notification
 
 
 class StateEvent(BaseModel):
@@ -140,7 +143,6 @@ class ReadyEvent(BaseModel):
     after: str = Field(description="the entry id the stream follows from")
 
 
-Item = TypeVar("Item", bound=InboxItem)
 Entries = list[tuple[str, dict[str, str]]]  # stream entries, as redis-py reads them
 LiveEvent = NotificationEvent | StateEvent | HeartbeatEvent | ReadyEvent
 
@@ -166,8 +168,8 @@ def _entry_id(value: str, where: str) -> str:
     return value
 
 
-def _item(entry_id: str, fields: dict[str, str], state: str | None, model: type[Item]) -> Item:
-    return model(
+def _item(entry_id: str, fields: dict[str, str], state: str | None) -> InboxItem:
+    return InboxItem(
         entry_id=entry_id,
         state=state,  # type: ignore[arg-type]
         notification=Notification.model_validate_json(fields["json"]),
@@ -264,7 +266,7 @@ def list_feed(
             for entry_id, fields in batch:
                 entry_state = states.get(fields["notification_id"])
                 if _matches(entry_state, state):
-                    items.append(_item(entry_id, fields, entry_state, InboxItem))
+                    items.append(_item(entry_id, fields, entry_state))
             if len(batch) < chunk:
                 break
             start = "(" + batch[-1][0]
@@ -361,7 +363,7 @@ async def _follow_stream(
                 states, [fields["notification_id"] for _, fields in entries]
             )
             for (entry_id, fields), state in zip(entries, current, strict=True):
-                await queue.put(_item(entry_id, fields, state, NotificationEvent))
+                await queue.put(NotificationEvent(**dict(_item(entry_id, fields, state))))
                 last = entry_id
 
 
