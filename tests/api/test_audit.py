@@ -96,3 +96,13 @@ def test_request_ids_are_echoed_or_made(api: ApiServer) -> None:
             assert re.fullmatch(r"[0-9a-f]{32}", answer.headers["x-request-id"])
         problem = client.get("/v1/me", headers={"X-Request-ID": "on-a-401"})
         assert (problem.status_code, problem.headers["x-request-id"]) == (401, "on-a-401")
+
+
+def test_writes_refused_by_the_body_limit_are_recorded_too(api: ApiServer) -> None:
+    request_id = f"audit-{uuid.uuid4().hex}"
+    too_large = b"x" * (api.settings.api.max_body_bytes + 1)
+    with api.as_user("audrey") as client:
+        response = client.post("/v1/rules", content=too_large, headers={"X-Request-ID": request_id})
+    assert response.status_code == 413
+    [row] = rows(api, request_id)
+    assert (row["actor"], row["path"], row["status"]) == ("audrey", "/v1/rules", 413)
