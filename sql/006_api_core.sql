@@ -17,6 +17,8 @@ CREATE INDEX idx_api_keys_user_external_id ON api_keys (user_external_id);
 COMMENT ON TABLE api_keys IS
     'API keys for server-to-server integrations. The key itself is shown once when created and '
     'never stored: key_hash is its SHA-256 (hex), prefix the lookup part of sa_<prefix>_<secret>.';
+COMMENT ON COLUMN api_keys.id IS 'The key''s id (shown in the API''s key list; not secret).';
+COMMENT ON COLUMN api_keys.user_external_id IS 'The user the key acts as, as on the wire.';
 COMMENT ON COLUMN api_keys.scopes IS 'What the key may do: rules:read, rules:write, alerts:read, ...';
 COMMENT ON COLUMN api_keys.revoked_at IS 'When the key was revoked; a revoked key is refused.';
 
@@ -40,6 +42,7 @@ CREATE INDEX idx_api_audit_log_at ON api_audit_log (at);
 COMMENT ON TABLE api_audit_log IS
     'Every write through the HTTP API (POST, PUT, PATCH, DELETE), successful or refused after '
     'authentication: who (actor, role, key), what (method, path, status), when, from where.';
+COMMENT ON COLUMN api_audit_log.id IS 'Order of recording.';
 COMMENT ON COLUMN api_audit_log.actor IS 'The user id of the token or API key that made the call.';
 COMMENT ON COLUMN api_audit_log.client_address IS 'The peer address as the API server saw it.';
 

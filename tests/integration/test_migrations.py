@@ -29,6 +29,13 @@ TABLES = {
     "alert_outcomes",
     "disabled_destinations",
     "schema_migrations",
+    # the HTTP API's own (006-009)
+    "api_keys",
+    "api_audit_log",
+    "alert_rule_versions",
+    "shared_templates",
+    "profile_documents",
+    "webhook_endpoints",
 }
 VIEWS = {"v_alerts", "v_daily_alert_counts", "v_delivery_outcomes"}
 ROLES = {"smart_alerts_writer", "smart_alerts_analyst"}
