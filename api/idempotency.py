@@ -8,6 +8,11 @@ its method, path and body are the same, a 422 problem if they differ; one that a
 the first is still running waits up to WAIT_S for its answer, then gets a 409 problem. A 5xx
 answer is not kept (the work may not have happened), so a retry does the work again; neither
 is a claim whose request died (it lapses after CLAIM_TTL_S).
+
+Answers may hold secrets shown once (a new API key, a webhook signing secret), so the stored
+answer is sealed (AES-GCM) with a key derived from the Idempotency-Key, which only the client
+has: Redis holds neither the key (its entry is named by another hash of it) nor the answer in
+the clear.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 import re
 import time
 import uuid
 from typing import Any
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -77,7 +84,8 @@ class IdempotencyMiddleware:
         fingerprint = hashlib.sha256(
             b"\n".join([scope["method"].encode(), scope["path"].encode(), body])
         ).hexdigest()
-        entry = f"{KEY_PREFIX}:{principal.user_id}:{hashlib.sha256(given).hexdigest()}"
+        entry = f"{KEY_PREFIX}:{principal.user_id}:{hashlib.sha256(b'entry:' + given).hexdigest()}"
+        sealing = hashlib.sha256(b"seal:" + given).digest()
         redis = scope["app"].state.services.aioredis
         token = uuid.uuid4().hex
         claim = json.dumps({"token": token, "fingerprint": fingerprint})
@@ -116,9 +124,11 @@ class IdempotencyMiddleware:
                     kind="idempotency-key-reused",
                 )
             else:
-                await _replay(stored, send)
+                await _replay(_open(sealing, stored["sealed"]), send)
             return
-        await self._first(scope, replay(body, receive), send, redis, entry, token, fingerprint)
+        await self._first(
+            scope, replay(body, receive), send, redis, entry, token, fingerprint, sealing
+        )
 
     async def _answer_of(self, redis: Any, entry: str, fingerprint: str) -> dict[str, Any] | None:
         """The stored answer once there is one (or a fingerprint that differs); None if the
@@ -129,7 +139,7 @@ class IdempotencyMiddleware:
             if raw is None:
                 return None  # the first request failed (5xx) or lapsed: the client retries
             value: dict[str, Any] = json.loads(raw)
-            if "status" in value or value.get("fingerprint") != fingerprint:
+            if "sealed" in value or value.get("fingerprint") != fingerprint:
                 return value
             if time.monotonic() > deadline:
                 return None
@@ -144,6 +154,7 @@ class IdempotencyMiddleware:
         entry: str,
         token: str,
         fingerprint: str,
+        sealing: bytes,
     ) -> None:
         start: Message | None = None
         chunks: list[bytes] = []
@@ -160,18 +171,18 @@ class IdempotencyMiddleware:
         try:
             await self.app(scope, receive, capture)
             if start is not None and start["status"] < 500:
-                answer = json.dumps(
+                sealed = _seal(
+                    sealing,
                     {
-                        "token": token,
-                        "fingerprint": fingerprint,
                         "status": start["status"],
                         "headers": [
                             [name.decode("latin-1"), value.decode("latin-1")]
                             for name, value in start.get("headers", [])
                         ],
                         "body": base64.b64encode(b"".join(chunks)).decode(),
-                    }
+                    },
                 )
+                answer = json.dumps({"token": token, "fingerprint": fingerprint, "sealed": sealed})
         finally:
             # If Redis fails here the claim lapses after CLAIM_TTL_S; a retry then does the work.
             with contextlib.suppress(RedisError):
@@ -199,3 +210,15 @@ async def _replay(stored: dict[str, Any], send: Send) -> None:
     headers.append((b"idempotent-replayed", b"true"))
     await send({"type": "http.response.start", "status": stored["status"], "headers": headers})
     await send({"type": "http.response.body", "body": base64.b64decode(stored["body"])})
+
+
+def _seal(key: bytes, answer: dict[str, Any]) -> str:
+    nonce = os.urandom(12)
+    sealed = AESGCM(key).encrypt(nonce, json.dumps(answer).encode(), None)
+    return base64.b64encode(nonce + sealed).decode()
+
+
+def _open(key: bytes, sealed: str) -> dict[str, Any]:
+    raw = base64.b64decode(sealed)
+    answer: dict[str, Any] = json.loads(AESGCM(key).decrypt(raw[:12], raw[12:], None))
+    return answer

@@ -3,6 +3,7 @@ it does (and can be made slow), so "the work was done once" is observable."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 import uuid
@@ -11,15 +12,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import redis
 from fastapi import APIRouter, FastAPI, Response
 from pydantic import BaseModel
 
 import tests.api.conftest as api_conftest
+from api import idempotency
 from api.app import create_app
 from api.auth import CurrentPrincipal
 from connectors.embedded import StackUrls
 from pipeline.config import Settings
 from tests.api.conftest import ApiServer, api_settings, running_api
+from tests.conftest import wait_for
 from tests.fakes.identity import IdentityProvider
 
 
@@ -154,3 +158,48 @@ def test_unauthenticated_posts_are_refused_before_the_key_is_looked_at(api: ApiS
         response = post(client, str(uuid.uuid4()), item="anon")
     assert response.status_code == 401
     assert calls_of("anon") == 0
+
+
+def test_a_request_that_waits_too_long_for_the_first_gets_409(
+    api: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(idempotency, "WAIT_S", 0.3)  # the server runs in this process
+    key, item = str(uuid.uuid4()), f"i-{uuid.uuid4().hex[:6]}"
+
+    def first() -> httpx.Response:
+        with api.as_user("ida") as client:
+            return post(client, key, item=item, slow=3.0)
+
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(first)
+        entry = (
+            f"smart-alerts:idempotency:ida:{hashlib.sha256(b'entry:' + key.encode()).hexdigest()}"
+        )
+        store = redis.Redis.from_url(api.settings.redis_url or "")
+        wait_for(lambda: bool(store.exists(entry)), 10, "the first request's claim")
+        with api.as_user("ida") as client:
+            waited = post(client, key, item=item, slow=3.0)
+        assert waited.status_code == 409
+        assert waited.headers["retry-after"] == "1"
+        assert "still being processed" in waited.json()["detail"]
+        assert running.result().status_code == 201
+    with api.as_user("ida") as client:
+        retried = post(client, key, item=item, slow=3.0)
+    assert retried.headers["idempotent-replayed"] == "true"
+    assert calls_of(item) == 1
+
+
+def test_a_created_api_key_is_replayed_but_not_kept_in_the_clear(api: ApiServer) -> None:
+    key, name = str(uuid.uuid4()), f"ci-{uuid.uuid4().hex[:6]}"
+    body = {"name": name, "scopes": ["rules:read"]}
+    with api.as_user("ida") as client:
+        first = client.post("/v1/api-keys", json=body, headers={"Idempotency-Key": key})
+        again = client.post("/v1/api-keys", json=body, headers={"Idempotency-Key": key})
+        listed = client.get("/v1/api-keys").json()["items"]
+    assert first.status_code == 201, first.text
+    assert again.json() == first.json()
+    assert [item["name"] for item in listed].count(name) == 1
+    secret = first.json()["key"]
+    stored = redis.Redis.from_url(api.settings.redis_url or "")
+    values = [stored.get(k) or b"" for k in stored.scan_iter("smart-alerts:idempotency:ida:*")]
+    assert values and not any(secret.encode() in value or key.encode() in value for value in values)
