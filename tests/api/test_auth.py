@@ -290,3 +290,16 @@ def test_api_keys_by_bearer_or_x_api_key(server: ApiServer, database_url: str) -
     revoked, _ = insert_api_key(database_url, "kim", ["rules:read"], revoked=True)
     refused(me(server, revoked), "unknown or revoked API key")
     refused(me(server, "sa_"), "malformed API key")
+
+
+def test_an_unreachable_identity_provider_is_503_not_401(
+    stack: StackUrls, database_url: str, provider: IdentityProvider
+) -> None:
+    from tests.api.conftest import _free_port
+
+    nowhere = f"http://127.0.0.1:{_free_port()}/.well-known/jwks.json"
+    settings = api_settings(stack, database_url, provider, jwks_url=nowhere)
+    with running_api(settings, provider) as down:
+        response = me(down, provider.token("ursula"))
+    assert response.status_code == 503
+    assert "key set could not be fetched" in response.json()["detail"]
