@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import redis
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
 
 from connectors.embedded import StackUrls
 from tests.api.conftest import ApiServer, _free_port, api_settings, running_api
@@ -198,3 +200,21 @@ def test_a_token_in_the_query_of_the_live_inbox_counts_for_its_user(
     with from_address(api) as elsewhere:
         refused = elsewhere.get("/v1/inbox/events", params={"access_token": key})
         assert refused.status_code == 429
+
+
+@pytest.mark.usefixtures("fresh_window")
+def test_a_websocket_over_the_stream_limit_is_refused_with_429(
+    servers: tuple[ApiServer, ApiServer],
+) -> None:
+    api, _ = servers
+    key = api_key(api, user(), [])
+    url = api.url.replace("http://", "ws://") + f"/v1/inbox/ws?access_token={key}"
+    for _ in range(STREAM):
+        with connect(url, open_timeout=10) as socket, pytest.raises(ConnectionClosed) as closed:
+            socket.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url, open_timeout=10)
+    assert refused.value.response.status_code == 429
+    assert refused.value.response.headers["Retry-After"]
+    assert b"more than 2 stream requests" in refused.value.response.body
