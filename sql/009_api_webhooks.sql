@@ -19,6 +19,10 @@ CREATE TABLE webhook_endpoints (
 COMMENT ON TABLE webhook_endpoints IS
     'A user''s webhook endpoints. A profile names one as destinations.webhooks[].secret_ref = '
     '''endpoint:<id>''; the job signs its deliveries with the secrets stored here.';
+COMMENT ON COLUMN webhook_endpoints.id IS
+    'The endpoint''s id (random; the profile''s secret_ref is endpoint:<id>).';
+COMMENT ON COLUMN webhook_endpoints.user_external_id IS
+    'The owner, as on the wire; its secret signs only that user''s notifications.';
 COMMENT ON COLUMN webhook_endpoints.secret_encrypted IS
     'The whsec_ signing secret, encrypted with Fernet under SMART_ALERTS_SECRET_KEY; it is '
     'shown once, when created or rotated, and never stored in clear.';
