@@ -6,10 +6,11 @@ ticks plus a few malformed messages, runs the dataflow to the end of its input a
 it did, read back from where it was written. Without an e-mail provider configured, e-mail is
 delivered over SMTP to a local mail catcher (the messages land in ``<state>/mail``).
 
-With ``--serve`` it then keeps the stack running and serves the HTTP API on uvicorn
+With ``--serve`` it then keeps the stack running, runs the job live on it (``smart-alerts
+run`` in a child process, its log in ``<state>/job.log``) and serves the HTTP API on uvicorn
 (127.0.0.1:8080, or a free port when that one is taken) until SIGINT/SIGTERM. The API accepts
 HS256 tokens signed with a secret made for this run only; the demo prints a token of the demo
-user, the inbox URL carrying it, and a curl example.
+user, the inbox URL carrying it, a curl example and the commands that publish a tick by hand.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ import contextlib
 import errno
 import os
 import secrets
+import shlex
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from connectors.embedded import stack_from_env_or_embedded
+from connectors.embedded import _die_with_parent_preexec, stack_from_env_or_embedded
 from connectors.history import HistoryReader
 from connectors.mail_catcher import MailCatcher
 from pipeline import metrics
@@ -53,6 +57,9 @@ SAMPLE_PUSH_AGE_LIMITS = {
     f"stale_{priority}_seconds": 100 * 365 * 86400
     for priority in ("low", "medium", "high", "critical")
 }
+# SIGTERM makes the live job close its input, drain its sinks and give provider calls
+# ``engine.shutdown_grace_seconds`` (10 s by default); past this it is killed.
+JOB_STOP_SECONDS = 60
 
 
 def run_demo(
@@ -80,9 +87,11 @@ def run_demo(
                 catcher = resources.enter_context(MailCatcher(state_dir / "mail"))
                 echo(f"e-mail: SMTP to a local mail catcher on 127.0.0.1:{catcher.port}")
                 settings = with_mail_catcher(settings, catcher.port)
+            if serve:
+                settings = with_fresh_recovery(settings, state_dir / "recovery")
             summary = run_demo_on(settings, echo, catcher)
             if serve:
-                serve_api(settings, echo)
+                serve_api(settings, echo, state_dir)
             return summary
 
 
@@ -99,6 +108,16 @@ def with_mail_catcher(settings: Settings, port: int) -> Settings:
         }
     )
     return settings.model_copy(update={"delivery": delivery})
+
+
+def with_fresh_recovery(settings: Settings, directory: Path) -> Settings:
+    """The settings with recovery snapshots in ``directory``, emptied first: the live job of
+    ``--serve`` resumes where the bounded run stopped, instead of reading the sample again (a
+    rule made meanwhile would fire on the sample's old ticks), and a snapshot of an earlier
+    run names offsets of topics that are gone with its stack."""
+    shutil.rmtree(directory, ignore_errors=True)
+    recovery = settings.recovery.model_copy(update={"directory": directory.resolve()})
+    return settings.model_copy(update={"recovery": recovery})
 
 
 def run_demo_on(
@@ -203,20 +222,84 @@ def summarize(settings: Settings, read_before: dict[tuple[str, str], float]) -> 
 
 @dataclass(frozen=True)
 class DemoAccess:
-    """How the demo's users reach the API: its address and a token of the demo user."""
+    """How the demo's users reach the API and the live job: the API's address, a token of the
+    demo user, and the servers a hand-published tick goes to."""
 
     url: str
     token: str
+    servers: dict[str, str]  # KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, REDIS_URL
+    command: str  # how this installation's ``smart-alerts`` is run
 
     def lines(self) -> list[str]:
+        exports = " ".join(f"{name}={shlex.quote(value)}" for name, value in self.servers.items())
         return [
             f"API: {self.url} (OpenAPI at {self.url}/docs)",
             f"inbox of {DEMO_USER}: {self.url}/inbox#token={self.token}",
             "try it:",
             f"  export TOKEN={self.token}",
             f'  curl -H "Authorization: Bearer $TOKEN" {self.url}/v1/inbox',
+            "publish a tick by hand (the live job evaluates it; ts is the current time):",
+            f"  export {exports}",
+            f'  echo \'{{"symbol":"AAPL","ts":"\'$(date -u +%FT%TZ)\'","price":201}}\''
+            f" > tick.jsonl && {self.command} replay tick.jsonl --topic ticks",
             "Ctrl-C to stop",
         ]
+
+
+def smart_alerts_command() -> str:
+    """The ``smart-alerts`` of this interpreter's environment, as a shell command."""
+    script = Path(sys.executable).parent / "smart-alerts"
+    if script.is_file():
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m pipeline.cli.main"
+
+
+def job_environment(settings: Settings) -> dict[str, str]:
+    """The environment of a job that runs with exactly ``settings``: this one's, without the
+    variables that configure smart-alerts (the demo's overrides are in ``settings`` already,
+    and the API's token secret is no business of the job), plus ``settings`` as variables."""
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("SMART_ALERTS_")
+        and name not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL")
+    }
+    return {**inherited, **settings.as_environment()}
+
+
+def start_job(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    """``smart-alerts run`` (unbounded) over ``settings``, its output appended to ``log_path``.
+
+    With the bounded run's recovery directory in ``settings`` it resumes from that run's last
+    snapshot: its state, and its input offsets at the end of the sample. It gets a session of
+    its own, so a Ctrl-C in the terminal reaches the demo alone, which stops it in order; and
+    it is killed if the demo dies without stopping it."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli.main", "run"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=job_environment(settings),
+            start_new_session=True,
+            preexec_fn=_die_with_parent_preexec(),
+            close_fds=True,
+        )
+
+
+def stop_job(job: subprocess.Popen[bytes], log_path: Path, echo: Echo) -> None:
+    """SIGTERM, then wait for the job to drain and exit (killed after ``JOB_STOP_SECONDS``)."""
+    if job.poll() is None:
+        job.send_signal(signal.SIGTERM)
+        try:
+            job.wait(JOB_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            echo(f"the job did not stop within {JOB_STOP_SECONDS} s: killed (log: {log_path})")
+            job.kill()
+            job.wait()
+            return
+    if job.returncode != 0:
+        echo(f"the job exited with {job.returncode} (log: {log_path})")
 
 
 def demo_api_settings(settings: Settings, port: int) -> Settings:
@@ -271,15 +354,17 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_api(settings: Settings, echo: Echo = print) -> None:
-    """Serve the API over ``settings``' stores until SIGINT/SIGTERM (a second one forces the
-    exit of open connections), then stop it."""
+def serve_api(settings: Settings, echo: Echo = print, state_dir: Path = Path(".")) -> None:
+    """Run the job live and serve the API over ``settings``' stores until SIGINT/SIGTERM (a
+    second one forces the exit of open connections), then stop the job, then the API."""
     import uvicorn
 
     from api.app import create_app
 
+    job_log = state_dir / "job.log"
     with listen("127.0.0.1", settings.api.port) as sock:
         port = int(sock.getsockname()[1])
+        job_settings = settings
         settings = demo_api_settings(settings, port)
         server = uvicorn.Server(
             uvicorn.Config(
@@ -306,21 +391,41 @@ def serve_api(settings: Settings, echo: Echo = print) -> None:
 
         handled = (signal.SIGINT, signal.SIGTERM)
         previous = {signum: signal.signal(signum, on_signal) for signum in handled}
+        job: subprocess.Popen[bytes] | None = None
         try:
             thread.start()
             while not server.started:
                 if not thread.is_alive():
                     raise commands.CommandError("the API did not start (its log above says why)")
                 time.sleep(0.05)
-            for line in DemoAccess(f"http://127.0.0.1:{port}", demo_token(settings)).lines():
+            job = start_job(job_settings, job_log)
+            echo(f"job: running live on the same topics (pid {job.pid}), its log in {job_log}")
+            bootstrap, database_url, redis_url = job_settings.require_servers()
+            servers = {
+                "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                "DATABASE_URL": database_url,
+                "REDIS_URL": redis_url,
+            }
+            access = DemoAccess(
+                f"http://127.0.0.1:{port}", demo_token(settings), servers, smart_alerts_command()
+            )
+            for line in access.lines():
                 echo(line)
             sys.stdout.flush()
+            job_reported = False
             while not stop.wait(0.5) and thread.is_alive():
-                pass
+                if not job_reported and job.poll() is not None:
+                    job_reported = True
+                    echo(
+                        f"the job stopped by itself (exit {job.returncode}): new rules and ticks "
+                        f"are not evaluated; its log: {job_log}"
+                    )
             if not stop.is_set():
                 raise commands.CommandError("the API stopped by itself (its log above says why)")
-            echo("stopping the API and the stack ...")
+            echo("stopping the job, the API and the stack ...")
         finally:
+            if job is not None:
+                stop_job(job, job_log, echo)
             server.should_exit = True
             thread.join(timeout=30)
             for signum, handler in previous.items():
