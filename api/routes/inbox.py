@@ -58,8 +58,9 @@ router = APIRouter(tags=["inbox"])
 # inside that keeps a quiet live connection open and tells the client it is still alive.
 HEARTBEAT_SECONDS = 15.0
 # How long one XREAD blocks before it is issued again: bounds how long a dead Redis
-# connection goes unnoticed.
-BLOCK_MS = 15_000
+# connection goes unnoticed. Well below the asyncio client's socket timeout (redis-py 8: 5 s
+# by default), or the read of a stream quiet that long times out and ends the live connection.
+BLOCK_MS = 2_500
 # Events waiting for a slow client; when full, the stream reader waits (no event is dropped).
 QUEUE_SIZE = 256
 # A browser sends its token as the first WebSocket message within this time.
