@@ -65,8 +65,9 @@ def _parser() -> argparse.ArgumentParser:
         demo.add_argument(
             "--serve",
             action="store_true",
-            help="then keep the stack running and serve the HTTP API on 127.0.0.1:8080 (a free "
-            "port if taken), printing a token of the demo user, until Ctrl-C",
+            help="then keep the stack and the job running live and serve the HTTP API on "
+            "127.0.0.1:8080 (a free port if taken), printing a token of the demo user and how "
+            "to publish a tick, until Ctrl-C (docs/api.md)",
         )
 
     verbs.add_parser("migrate", help="apply the SQL migrations in sql/ that are not yet applied")
