@@ -1,17 +1,22 @@
 """The SQL of the API's rules, their versions and the templates users publish
-(sql/007_api_rules.sql).
+(sql/007_api_rules.sql, sql/010_api_rules_imported.sql).
 
 A rule written through the API is a row per version in ``alert_rule_versions``, each holding
 the exact message published on alerts.rules; the row with ``is_current`` is the rule as it
-stands. A change runs in one transaction: ``lock_rule`` locks the rule's version rows
-(``SELECT ... FOR UPDATE``) and reads the current one, ``write_version`` writes ``alert_rules``
-with the job's own upsert (``sinks.postgres.upsert_rules``) and the new version, the caller
-publishes the message and waits for the broker, and the commit ends it. Changes of one rule are
-therefore serial: a second change waits for the lock, then reads the version the first wrote.
+stands. A change runs in one transaction: ``lock_rule`` locks the rule (its ``alert_rules`` row,
+then its version rows, ``SELECT ... FOR UPDATE``) and reads the current version,
+``write_version`` writes ``alert_rules`` with the job's own upsert (``sinks.postgres.
+upsert_rules``) and the new version, the caller publishes the message and waits for the broker,
+and the commit ends it. Changes of one rule are therefore serial: a second change waits for the
+lock, then reads the version the first wrote.
 
-Reads come from the current versions, never from ``alert_rules``: the job re-writes that table
-from the topic, and its upsert takes whatever version arrives last (a job that lags behind
-writes an older version back until it catches up); it also has no column for every field.
+The rules the API wrote are read from their current versions, never from ``alert_rules``: the
+job re-writes that table from the topic, and its upsert takes whatever version arrives last (a
+job that lags behind writes an older version back until it catches up); it also has no column
+for ``sessions``. A rule that reached alerts.rules from another producer (the CLI, a replay, the
+demo) has no version row: it is read from ``alert_rules`` as the job stored it ("imported"),
+and the API's first change of it writes that stored version as the first row of its history
+(change ``imported``) before the change itself, which continues from its version.
 """
 
 from __future__ import annotations
@@ -29,26 +34,39 @@ from pipeline.ids import storage_uuid
 from pipeline.messages import Priority, Rule
 from sinks.postgres import tombstone_rules, upsert_rules
 
-Change = Literal["create", "update", "enable", "disable"]
+Change = Literal["imported", "create", "update", "enable", "disable"]
 Visibility = Literal["private", "public"]
 
-# Locks every version of the rule: a concurrent change waits here, and its next statement
-# (a new snapshot) reads the version the first change committed.
+# Locks the rule: its alert_rules row first (so two first changes of an imported rule, which
+# has no version rows yet, wait for each other), then its versions. Every writer takes them in
+# this order, so two writers never deadlock. A change that waited then reads, in its next
+# statement (a new snapshot), the version the first change committed.
+LOCK_ROW = "SELECT 1 FROM alert_rules WHERE id = %s FOR UPDATE"
 LOCK_VERSIONS = "SELECT version FROM alert_rule_versions WHERE rule_id = %s FOR UPDATE"
-CURRENT_COLUMNS = """
-rule_id, version, external_id, user_external_id, document, written_by, written_at,
-rule_created_at, deleted_at
+# Every rule the API can answer, one row each, whatever wrote it: the current versions the API
+# wrote, and the rules another producer put on alerts.rules as the job stored them in
+# alert_rules (not placeholders, which have no conditions, and not deleted ones), rebuilt as
+# the message's fields (``StoredRule.of`` makes them the message). One statement, so one
+# snapshot: a rule imported meanwhile is read once, from one side.
+RULES = """
+SELECT v.rule_id AS key, v.version, v.external_id, v.user_external_id, v.document,
+       false AS imported, v.written_by, v.written_at, v.rule_created_at AS created_at,
+       v.deleted_at
+FROM alert_rule_versions v
+WHERE v.is_current
+UNION ALL
+SELECT r.id, r.version, r.external_id, r.user_external_id,
+       jsonb_build_object(
+           'id', r.external_id, 'version', r.version, 'user_id', r.user_external_id,
+           'name', r.name, 'symbol', r.symbol, 'symbols', r.symbols, 'priority', r.priority,
+           'mode', r.mode, 'cooldown_seconds', r.cooldown_seconds, 'expires_at', r.expires_at,
+           'active', r.is_active, 'channels', r.channels, 'conditions', r.conditions),
+       true, NULL::text, r.updated_at, r.created_at, NULL::timestamptz
+FROM alert_rules r
+WHERE r.deleted_at IS NULL AND r.conditions IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM alert_rule_versions v WHERE v.rule_id = r.id)
 """
-READ_CURRENT = f"""
-SELECT {CURRENT_COLUMNS} FROM alert_rule_versions WHERE rule_id = %s AND is_current
-"""
-# A live alert_rules row the API never wrote: a rule produced to alerts.rules by another
-# writer. The API must not overwrite it (the engine may hold a higher version of it).
-FOREIGN_RULE = """
-SELECT 1 FROM alert_rules
-WHERE id = %s AND deleted_at IS NULL
-  AND NOT EXISTS (SELECT 1 FROM alert_rule_versions v WHERE v.rule_id = alert_rules.id)
-"""
+READ_CURRENT = f"SELECT * FROM ({RULES}) rules WHERE key = %s"
 RETIRE_CURRENT = """
 UPDATE alert_rule_versions SET is_current = false WHERE rule_id = %s AND is_current
 """
@@ -58,12 +76,18 @@ INSERT INTO alert_rule_versions (
     rule_created_at, is_current)
 VALUES (%s, %s, %s, %s, %s, %s, %s, coalesce(%s, now()), true)
 """
+IMPORT_VERSION = """
+INSERT INTO alert_rule_versions (
+    rule_id, version, external_id, user_external_id, document, change, written_by, written_at,
+    rule_created_at, is_current)
+VALUES (%s, %s, %s, %s, %s, 'imported', NULL, %s, %s, true)
+"""
 DELETE_CURRENT = """
 UPDATE alert_rule_versions SET deleted_at = now() WHERE rule_id = %s AND is_current
 """
 LIST_RULES = f"""
-SELECT {CURRENT_COLUMNS} FROM alert_rule_versions
-WHERE is_current AND deleted_at IS NULL
+SELECT * FROM ({RULES}) rules
+WHERE deleted_at IS NULL
   AND (%(owner)s::text IS NULL OR user_external_id = %(owner)s)
   AND (%(symbol)s::text IS NULL
        OR document->>'symbol' = %(symbol)s OR document->'symbols' ? %(symbol)s)
@@ -71,8 +95,8 @@ WHERE is_current AND deleted_at IS NULL
   AND (%(priority)s::text IS NULL OR document->>'priority' = %(priority)s)
   AND (%(name)s::text IS NULL OR strpos(lower(document->>'name'), lower(%(name)s)) > 0)
   AND (%(after_at)s::timestamptz IS NULL
-       OR (rule_created_at, external_id) < (%(after_at)s, %(after_id)s::text))
-ORDER BY rule_created_at DESC, external_id DESC
+       OR (created_at, external_id) < (%(after_at)s, %(after_id)s::text))
+ORDER BY created_at DESC, external_id DESC
 LIMIT %(limit)s
 """
 LIST_VERSIONS = """
@@ -117,29 +141,37 @@ def rule_key(rule_id: str) -> uuid.UUID:
 
 @dataclass(frozen=True)
 class StoredRule:
-    """The current version of a rule."""
+    """The current version of a rule: the API's, or (``imported``) another producer's as the
+    job stored it, which has no version row yet."""
 
     key: uuid.UUID
     version: int
     rule_id: str
     owner: str
     document: dict[str, Any]
-    written_by: str
+    imported: bool
+    written_by: str | None
     written_at: datetime
     created_at: datetime
     deleted_at: datetime | None
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> StoredRule:
+        document = row["document"]
+        if row["imported"]:
+            # alert_rules has no column for sessions: such a rule reads as sessions "any".
+            fields = {name: value for name, value in document.items() if value is not None}
+            document = message_document(Rule.model_validate(fields))
         return cls(
-            key=row["rule_id"],
+            key=row["key"],
             version=row["version"],
             rule_id=row["external_id"],
             owner=row["user_external_id"],
-            document=row["document"],
+            document=document,
+            imported=row["imported"],
             written_by=row["written_by"],
             written_at=row["written_at"],
-            created_at=row["rule_created_at"],
+            created_at=row["created_at"],
             deleted_at=row["deleted_at"],
         )
 
@@ -153,7 +185,8 @@ class StoredRule:
 
 
 def read_rule(conn: Connection, rule_id: str) -> StoredRule | None:
-    """The current version of a rule (deleted or not), or None if the API never wrote it."""
+    """The current version of a rule (the API's, deleted or not, or an imported one), or None
+    if there is no such rule."""
     row = conn.execute(READ_CURRENT, (rule_key(rule_id),)).fetchone()
     return StoredRule.of(row) if row is not None else None
 
@@ -161,14 +194,27 @@ def read_rule(conn: Connection, rule_id: str) -> StoredRule | None:
 def lock_rule(conn: Connection, rule_id: str) -> StoredRule | None:
     """``read_rule`` under the rule's lock, held until the transaction ends."""
     key = rule_key(rule_id)
+    conn.execute(LOCK_ROW, (key,)).fetchall()
     conn.execute(LOCK_VERSIONS, (key,)).fetchall()
     row = conn.execute(READ_CURRENT, (key,)).fetchone()
     return StoredRule.of(row) if row is not None else None
 
 
-def written_elsewhere(conn: Connection, rule_id: str) -> bool:
-    """Whether a live rule with this id came to alert_rules from another writer of the topic."""
-    return conn.execute(FOREIGN_RULE, (rule_key(rule_id),)).fetchone() is not None
+def _import(conn: Connection, current: StoredRule) -> None:
+    """An imported rule's stored version as the first row of its history (the current one, so
+    the write that follows continues from it). Call under ``lock_rule``."""
+    conn.execute(
+        IMPORT_VERSION,
+        (
+            current.key,
+            current.version,
+            current.rule_id,
+            current.owner,
+            Jsonb(current.document),
+            current.written_at,
+            current.created_at,
+        ),
+    )
 
 
 def write_version(
@@ -180,10 +226,13 @@ def write_version(
     actor: str,
 ) -> dict[str, Any]:
     """Write ``rule`` as the rule's current version (alert_rules with the job's upsert, then
-    the version row); its document (the message's JSON) is returned. Call under
-    ``lock_rule``; a concurrent first version of the same id raises UniqueViolation."""
+    the version row; an imported ``previous`` is written as the version before it); its
+    document (the message's JSON) is returned. Call under ``lock_rule``; a concurrent first
+    version of the same id raises UniqueViolation."""
     document = message_document(rule)
     key = rule_key(rule.id)
+    if previous is not None and previous.imported:
+        _import(conn, previous)
     upsert_rules(conn, [rule])
     if previous is not None:
         conn.execute(RETIRE_CURRENT, (key,))
@@ -196,7 +245,10 @@ def write_version(
 
 
 def delete_rule(conn: Connection, current: StoredRule) -> None:
-    """The tombstone in PostgreSQL: alert_rules as the job marks it, and the current version."""
+    """The tombstone in PostgreSQL: alert_rules as the job marks it, and the current version
+    (an imported rule's stored version, written first)."""
+    if current.imported:
+        _import(conn, current)
     tombstone_rules(conn, [current.rule_id])
     conn.execute(DELETE_CURRENT, (current.key,))
 
@@ -213,7 +265,8 @@ class RuleFilter:
 def list_rules(
     conn: Connection, where: RuleFilter, after: tuple[datetime, str] | None, limit: int
 ) -> list[StoredRule]:
-    """Live rules, newest first, strictly after the (created_at, id) position ``after``."""
+    """Live rules (the API's and imported ones, in one order), newest first, strictly after
+    the (created_at, id) position ``after``."""
     rows = conn.execute(
         LIST_RULES,
         {
@@ -231,10 +284,23 @@ def list_rules(
 
 
 def list_versions(
-    conn: Connection, key: uuid.UUID, before: int | None, limit: int
+    conn: Connection, current: StoredRule, before: int | None, limit: int
 ) -> list[dict[str, Any]]:
-    """A rule's versions, newest first, below version ``before``."""
-    return conn.execute(LIST_VERSIONS, (key, before, before, limit)).fetchall()
+    """A rule's versions, newest first, below version ``before``; an imported rule not yet
+    changed through the API has one: the version the job stored."""
+    if current.imported:
+        if before is not None and current.version >= before:
+            return []
+        return [
+            {
+                "version": current.version,
+                "change": "imported",
+                "written_by": None,
+                "written_at": current.written_at,
+                "document": current.document,
+            }
+        ]
+    return conn.execute(LIST_VERSIONS, (current.key, before, before, limit)).fetchall()
 
 
 def message_document(rule: Rule) -> dict[str, Any]:

@@ -1,11 +1,14 @@
 """Rules: create (JSON, rule text, template), list, read, change, enable/disable, delete,
 versions.
 
-Every write runs in one transaction (api/rule_store.py): the rule's versions are locked, the
-new version is written to PostgreSQL, published to the rules topic and acknowledged by the
-broker, then committed. A broker that refuses rolls it back (503), and a read that follows a
-write's answer reads what it wrote. The answer is the rule exactly as published (the
-alerts.rules message), its ``ETag`` the version.
+Every write runs in one transaction (api/rule_store.py): the rule is locked, the new version
+is written to PostgreSQL, published to the rules topic and acknowledged by the broker, then
+committed. A broker that refuses rolls it back (503), and a read that follows a write's answer
+reads what it wrote. The answer is the rule exactly as published (the alerts.rules message),
+its ``ETag`` the version.
+
+Rules another producer put on alerts.rules (the CLI, a replay, the demo) are read as the job
+stored them; the first change through the API imports such a rule and continues its versions.
 """
 
 from __future__ import annotations
@@ -114,9 +117,16 @@ class RuleVersion(BaseModel):
     """One version of a rule: the message as published, what made it, who, when."""
 
     version: int
-    change: store.Change
-    written_by: str
-    written_at: datetime
+    change: store.Change = Field(
+        description="imported: the version another producer put on alerts.rules, where the "
+        "API's history of the rule starts"
+    )
+    written_by: str | None = Field(
+        description="the user id of the token or API key that wrote it; null when imported"
+    )
+    written_at: datetime = Field(
+        description="when it was written (imported: when the job stored it)"
+    )
     rule: Rule
 
 
@@ -187,20 +197,22 @@ def create(
     shared_template: str | None = None,
 ) -> JSONResponse:
     """Write ``rule`` as a new rule (version 1; a deleted rule of the same owner comes back
-    as its next version), publish it, commit; 409 if the id is in use."""
+    as its next version), publish it, commit; 409 if the id is in use (also by a rule another
+    producer put on alerts.rules: the engine holds it, so it is changed with PUT)."""
     with svc.transaction() as conn:
         current = store.lock_rule(conn, rule.id)
         version = 1
         if current is not None and current.owner == rule.user_id and not current.live:
             version = current.version + 1
         elif current is not None and current.owner == rule.user_id:
+            origin = " (it came to alerts.rules from another producer)" if current.imported else ""
             raise Problem(
                 409,
-                f"rule {rule.id!r} exists: change it with PUT /v1/rules/{rule.id} "
+                f"rule {rule.id!r} exists{origin}: change it with PUT /v1/rules/{rule.id} "
                 f"(If-Match: {etag(current.version)})",
                 kind="rule-exists",
             )
-        elif current is not None or store.written_elsewhere(conn, rule.id):
+        elif current is not None:
             raise Problem(
                 409,
                 f"the rule id {rule.id!r} is taken: choose another id or leave it out",
@@ -232,7 +244,8 @@ def change(
     make: Callable[[store.StoredRule], Rule | None],
 ) -> JSONResponse:
     """Write the rule ``make`` returns from the current one as the next version (under the
-    rule's lock, If-Match checked); None from ``make`` changes nothing."""
+    rule's lock, If-Match checked); None from ``make`` changes nothing. An imported rule's
+    first change continues from the version the job stored (``store.write_version``)."""
     with svc.transaction() as conn:
         current = writable(principal, store.lock_rule(conn, rule_id), rule_id)
         check_if_match(request, current.version, f"rule {rule_id!r}")
@@ -355,7 +368,8 @@ def list_rules(
     cursor: CursorParam = None,
     limit: LimitParam = 50,
 ) -> JSONResponse:
-    """The rules the caller may read, newest first (by creation), each as published."""
+    """The rules the caller may read, newest first (by creation), each as published: the
+    API's and those another producer put on alerts.rules (as the job stored them)."""
     everyone = user_id is None and principal.role in ("analyst", "admin")
     owner = None if everyone else for_user(principal, user_id)
     where = store.RuleFilter(owner, symbol, active, priority, name)
@@ -396,14 +410,15 @@ def list_rule_versions(
     limit: LimitParam = 50,
 ) -> JSONResponse:
     """Every version of the rule, newest first: the message as published, what made it
-    (create, update, enable, disable), who wrote it and when."""
+    (create, update, enable, disable; imported: the version another producer put on
+    alerts.rules, where the history starts), who wrote it and when."""
     position = decode_cursor(cursor, length=1)
     before = position[0] if position else None
     if before is not None and not isinstance(before, int):
         raise Problem(422, "cursor: not a cursor this API returned", kind="invalid-cursor")
     with svc.transaction() as conn:
         current = readable(principal, store.read_rule(conn, rule_id), rule_id)
-        rows = store.list_versions(conn, current.key, before, limit + 1)
+        rows = store.list_versions(conn, current, before, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     items = [

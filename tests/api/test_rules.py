@@ -8,6 +8,7 @@ import dataclasses
 import json
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +23,7 @@ from api.services import Services
 from pipeline.cli import commands
 from pipeline.messages import Rule
 from sinks.kafka import CheckedProducer
-from sinks.postgres import HistoryWriter
+from sinks.postgres import PLACEHOLDER_RULE, HistoryWriter
 from tests.api.conftest import ApiServer
 from tests.api.test_profile import api_key
 from tests.conftest import wait_for
@@ -449,3 +450,264 @@ def test_a_broker_that_refuses_leaves_nothing_committed(api: ApiServer) -> None:
     finally:
         services.close()
     assert rule_row(api, rule.id) is None
+
+
+# ---------------------------------------------------------------- rules from other producers
+
+
+def applied_with_the_cli(api: ApiServer, directory: Path, rules: list[Rule]) -> None:
+    """Rules put on alerts.rules by ``smart-alerts rules apply``, then stored by the job's
+    writer from what is on the topic (the job itself does not run in these tests)."""
+    path = directory / f"rules-{uuid.uuid4().hex[:6]}.jsonl"
+    path.write_text("".join(rule.to_json().decode() + "\n" for rule in rules))
+    assert commands.rules_apply(api.settings, path, echo=lambda line: None) == len(rules)
+    on_topic = [
+        Rule.model_validate_json(value)
+        for rule in rules
+        for value in records(api, rule.id)[-1:]
+        if value is not None
+    ]
+    assert on_topic == rules
+    with HistoryWriter(api.settings.database_url or "") as job:
+        job.write_rules(on_topic)
+
+
+def as_answered(message: dict[str, Any] | None) -> dict[str, Any]:
+    """A message as the API answers it: the CLI produces null members, the API leaves them out."""
+    assert message is not None
+    return {name: value for name, value in message.items() if value is not None}
+
+
+def cli_rule(owner: str, name: str = "cli rule", **fields: Any) -> Rule:
+    return Rule.model_validate(
+        {
+            "id": f"r-cli-{uuid.uuid4().hex[:8]}",
+            "user_id": owner,
+            "name": name,
+            "symbol": "AAPL",
+            "conditions": PRICE_ABOVE,
+            **fields,
+        }
+    )
+
+
+def test_a_rule_the_cli_put_on_the_topic_is_read_by_its_owner_only(
+    api: ApiServer, tmp_path: Path
+) -> None:
+    alice = _user()
+    rule = cli_rule(
+        alice,
+        "cli strategy",
+        version=3,
+        symbol=None,
+        symbols=["MSFT", "NVDA"],
+        priority="HIGH",
+        mode="once",
+        cooldown_seconds=90,
+        expires_at="2030-01-02T03:04:05.678Z",
+        channels=["email", "in_app"],
+        active=False,
+    )
+    applied_with_the_cli(api, tmp_path, [rule])
+    on_topic = messages(api, rule.id)
+    published = as_answered(on_topic[-1])
+    path = f"/v1/rules/{rule.id}"
+    with api.as_user(alice) as client:
+        read = client.get(path)
+        assert read.status_code == 200, read.text
+        assert read.json() == published  # the message as the CLI produced it
+        assert Rule.model_validate(read.json()) == rule
+        assert read.headers["etag"] == '"3"'
+        listed = client.get("/v1/rules").json()["items"]
+        assert listed == [published]
+        assert [
+            r["id"] for r in client.get("/v1/rules", params={"symbol": "NVDA"}).json()["items"]
+        ] == [rule.id]
+        assert client.get("/v1/rules", params={"active": "true"}).json()["items"] == []
+        versions = client.get(f"{path}/versions").json()["items"]
+        assert [(v["version"], v["change"], v["written_by"]) for v in versions] == [
+            (3, "imported", None)
+        ]
+        assert versions[0]["rule"] == published and versions[0]["written_at"]
+        # its id stays taken, and the detail says how to change it
+        again = problem(client.post("/v1/rules", json=body(id=rule.id)), 409)
+        assert f"PUT /v1/rules/{rule.id}" in again["detail"] and '"3"' in again["detail"]
+    with api.as_user(_user()) as other:
+        for response in (other.get(path), other.get(f"{path}/versions")):
+            assert problem(response, 404)["detail"] == f"no rule {rule.id!r}"
+            assert "cli strategy" not in response.text
+        assert other.get("/v1/rules").json()["items"] == []
+        taken = problem(other.post("/v1/rules", json=body(id=rule.id)), 409)
+        assert "taken" in taken["detail"] and "cli strategy" not in json.dumps(taken)
+        problem(other.put(path, json=body(), headers={"If-Match": '"3"'}), 404)
+    with api.as_user("ann", ["analyst"]) as analyst:
+        assert analyst.get(path).json() == published
+        listed = analyst.get("/v1/rules", params={"user_id": alice}).json()["items"]
+        assert listed == [published]
+    assert messages(api, rule.id) == on_topic  # nothing was written
+
+
+def test_placeholders_and_deleted_rules_of_the_job_are_not_rules(
+    api: ApiServer, tmp_path: Path
+) -> None:
+    alice = _user()
+    placeholder = f"r-ph-{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(api.settings.database_url or "") as conn:
+        conn.execute(
+            PLACEHOLDER_RULE,
+            (rule_store.rule_key(placeholder), placeholder, uuid.uuid4(), alice, 1),
+        )
+    gone = cli_rule(alice, "gone")
+    applied_with_the_cli(api, tmp_path, [gone])
+    with HistoryWriter(api.settings.database_url or "") as job:
+        job.delete_rules([gone.id])
+    with api.as_user(alice) as client:
+        problem(client.get(f"/v1/rules/{placeholder}"), 404)
+        problem(client.get(f"/v1/rules/{gone.id}"), 404)
+        assert client.get("/v1/rules").json()["items"] == []
+        # neither blocks the id: the owner makes it a rule of the API, version 1
+        assert made(client, body(id=placeholder))["version"] == 1
+
+
+def test_a_change_imports_the_rule_and_continues_its_version(
+    api: ApiServer, tmp_path: Path
+) -> None:
+    alice = _user()
+    rule = cli_rule(alice, version=5)
+    applied_with_the_cli(api, tmp_path, [rule])
+    produced = messages(api, rule.id)[-1]
+    imported = as_answered(produced)
+    path = f"/v1/rules/{rule.id}"
+    with api.as_user(alice) as client:
+        problem(client.put(path, json=body("v6")), 428)
+        stale = problem(client.put(path, json=body("v6"), headers={"If-Match": '"1"'}), 412)
+        assert stale["current_version"] == 5
+        response = client.put(path, json=body("v6"), headers={"If-Match": '"5"'})
+        assert response.status_code == 200, response.text
+        assert response.headers["etag"] == '"6"'
+        changed = response.json()
+        assert (changed["id"], changed["version"], changed["name"]) == (rule.id, 6, "v6")
+        assert client.get(path).json() == changed
+        # the job, behind, writes version 5 again: reads stay with the API's version 6
+        with HistoryWriter(api.settings.database_url or "") as job:
+            job.write_rules([rule])
+        assert client.get(path).json() == changed
+        assert [r["id"] for r in client.get("/v1/rules").json()["items"]] == [rule.id]
+        off = client.post(f"{path}/disable", headers={"If-Match": '"6"'})
+        assert off.status_code == 200 and off.json()["version"] == 7
+        versions = client.get(f"{path}/versions").json()["items"]
+        assert [(v["version"], v["change"], v["written_by"]) for v in versions] == [
+            (7, "disable", alice),
+            (6, "update", alice),
+            (5, "imported", None),
+        ]
+        assert [v["rule"] for v in versions] == [off.json(), changed, imported]
+        page = client.get(f"{path}/versions", params={"limit": 2}).json()
+        rest = client.get(f"{path}/versions", params={"cursor": page["next_cursor"]}).json()
+        assert [v["version"] for v in page["items"] + rest["items"]] == [7, 6, 5]
+    assert messages(api, rule.id) == [produced, changed, off.json()]
+    with psycopg.connect(api.settings.database_url or "") as conn:
+        row = conn.execute(
+            "SELECT version, document FROM alert_rule_versions WHERE rule_id = %s AND is_current",
+            (rule_store.rule_key(rule.id),),
+        ).fetchone()
+    assert row == (7, off.json())
+
+
+def test_deleting_an_imported_rule_is_a_tombstone_after_its_version(
+    api: ApiServer, tmp_path: Path
+) -> None:
+    alice = _user()
+    rule = cli_rule(alice, version=2)
+    applied_with_the_cli(api, tmp_path, [rule])
+    produced = messages(api, rule.id)[-1]
+    imported = as_answered(produced)
+    path = f"/v1/rules/{rule.id}"
+    with api.as_user(alice) as client:
+        assert client.get(path).json() == imported
+        problem(client.delete(path, headers={"If-Match": '"1"'}), 412)
+        assert client.delete(path, headers={"If-Match": '"2"'}).status_code == 204
+        problem(client.get(path), 404)
+        assert client.get("/v1/rules").json()["items"] == []
+        back = made(client, body(id=rule.id))  # the owner's deleted rule: its next version
+    assert back["version"] == 3
+    assert messages(api, rule.id) == [produced, None, back]
+    assert rule_row(api, rule.id) == (3, "AAPL over 200", True, None)
+
+
+def test_racing_first_changes_of_an_imported_rule_have_one_winner(
+    api: ApiServer, tmp_path: Path
+) -> None:
+    """The rule has no version row yet: both changes wait on its alert_rules row (held here),
+    so both read version 4 before either writes; one wins, the other is 412."""
+    alice = _user()
+    rule = cli_rule(alice, version=4)
+    applied_with_the_cli(api, tmp_path, [rule])
+    produced = messages(api, rule.id)[-1]
+    imported = as_answered(produced)
+    path = f"/v1/rules/{rule.id}"
+    statuses: list[int] = []
+
+    def change(name: str) -> None:
+        with api.client(api.identity.token(alice)) as racer:
+            statuses.append(
+                racer.put(path, json=body(name), headers={"If-Match": '"4"'}).status_code
+            )
+
+    threads = [threading.Thread(target=change, args=(name,)) for name in ("left", "right")]
+    with psycopg.connect(api.settings.database_url or "") as holder:
+        holder.execute(rule_store.LOCK_ROW, (rule_store.rule_key(rule.id),))
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: waiting_on_locks(api) >= 2, 30, "both changes waiting for the lock")
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(statuses) == [200, 412]
+    with api.as_user(alice) as client:
+        final = client.get(path).json()
+        versions = client.get(f"{path}/versions").json()["items"]
+    assert final["version"] == 5 and final["name"] in ("left", "right")
+    assert [(v["version"], v["change"]) for v in versions] == [(5, "update"), (4, "imported")]
+    assert [v["rule"] for v in versions] == [final, imported]
+    assert messages(api, rule.id) == [produced, final]
+
+
+def test_the_cursor_pages_through_both_sources_without_gap_or_repeat(
+    api: ApiServer, tmp_path: Path
+) -> None:
+    alice = _user()
+    with api.as_user(alice) as client:
+        first = made(client, body("api 1"))
+        cli_1 = cli_rule(alice, "cli 1")
+        applied_with_the_cli(api, tmp_path, [cli_1])
+        second = made(client, body("api 2"))
+        # two rules the job stores in one transaction share created_at: the id orders them
+        cli_2, cli_3 = cli_rule(alice, "cli 2"), cli_rule(alice, "cli 3")
+        applied_with_the_cli(api, tmp_path, [cli_2, cli_3])
+        third = made(client, body("api 3"))
+        tied = sorted([cli_2.id, cli_3.id], reverse=True)
+        expected = [third["id"], *tied, second["id"], cli_1.id, first["id"]]
+        assert [r["id"] for r in client.get("/v1/rules").json()["items"]] == expected
+        for limit in (1, 2, 4):
+            seen: list[str] = []
+            cursor = None
+            while True:
+                params: dict[str, Any] = {"limit": limit}
+                if cursor is not None:
+                    params["cursor"] = cursor
+                page = client.get("/v1/rules", params=params).json()
+                seen += [r["id"] for r in page["items"]]
+                if len(seen) == 2:
+                    # a change imports a rule between pages: it keeps its place in the list
+                    version = client.get(f"/v1/rules/{cli_1.id}").headers["etag"]
+                    changed = client.put(
+                        f"/v1/rules/{cli_1.id}", json=body("cli 1"), headers={"If-Match": version}
+                    )
+                    assert changed.status_code == 200, changed.text
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+            assert seen == expected, limit
+        assert [
+            r["id"] for r in client.get("/v1/rules", params={"name": "cli"}).json()["items"]
+        ] == [*tied, cli_1.id]
