@@ -20,10 +20,9 @@ COMMENT ON COLUMN alert_rule_versions.written_by IS
 COMMENT ON COLUMN alert_rule_versions.written_at IS
     'When it was written; for an imported version, when the job stored it (alert_rules.updated_at).';
 
--- Rule lists merge these rows with the current versions, in the same order (newest first).
+-- A user's rule list reads that user's rows of alert_rules beside their current versions.
+-- (Everybody's list, for analysts and admins, reads both tables whole: an index in creation
+-- order is not used for the merged order.)
 CREATE INDEX idx_alert_rules_user_listing
     ON alert_rules (user_external_id, created_at DESC, external_id DESC)
-    WHERE deleted_at IS NULL AND conditions IS NOT NULL;
-CREATE INDEX idx_alert_rules_listing
-    ON alert_rules (created_at DESC, external_id DESC)
     WHERE deleted_at IS NULL AND conditions IS NOT NULL;
