@@ -12,9 +12,8 @@ lock, then reads the version the first wrote.
 
 The rules the API wrote are read from their current versions, never from ``alert_rules``: the
 job re-writes that table from the topic, and its upsert takes whatever version arrives last (a
-job that lags behind writes an older version back until it catches up); it also has no column
-for ``sessions``. A rule that reached alerts.rules from another producer (the CLI, a replay, the
-demo) has no version row: it is read from ``alert_rules`` as the job stored it ("imported"),
+job that lags behind writes an older version back until it catches up). A rule that reached
+alerts.rules from another producer (the CLI, a replay, the demo) has no version row: it is read from ``alert_rules`` as the job stored it ("imported"),
 and the API's first change of it writes that stored version as the first row of its history
 (change ``imported``) before the change itself, which continues from its version.
 """
@@ -60,7 +59,8 @@ SELECT r.id, r.version, r.external_id, r.user_external_id,
            'id', r.external_id, 'version', r.version, 'user_id', r.user_external_id,
            'name', r.name, 'symbol', r.symbol, 'symbols', r.symbols, 'priority', r.priority,
            'mode', r.mode, 'cooldown_seconds', r.cooldown_seconds, 'expires_at', r.expires_at,
-           'active', r.is_active, 'channels', r.channels, 'conditions', r.conditions),
+           'active', r.is_active, 'channels', r.channels, 'conditions', r.conditions,
+           'sessions', r.sessions),
        true, NULL::text, r.updated_at, r.created_at, NULL::timestamptz
 FROM alert_rules r
 WHERE r.deleted_at IS NULL AND r.conditions IS NOT NULL
@@ -159,7 +159,6 @@ class StoredRule:
     def of(cls, row: dict[str, Any]) -> StoredRule:
         document = row["document"]
         if row["imported"]:
-            # alert_rules has no column for sessions: such a rule reads as sessions "any".
             fields = {name: value for name, value in document.items() if value is not None}
             document = message_document(Rule.model_validate(fields))
         return cls(

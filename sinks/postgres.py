@@ -77,7 +77,8 @@ CREATE_RULE_BATCH = """
 CREATE TEMP TABLE rule_batch (
     id uuid, external_id text, user_id uuid, user_external_id text, name text, symbol text,
     symbols text[], priority text, is_active boolean, cooldown_minutes int, cooldown_seconds int,
-    expires_at timestamptz, version int, mode text, channels text[], conditions jsonb
+    expires_at timestamptz, version int, mode text, channels text[], conditions jsonb,
+    sessions text
 ) ON COMMIT DROP
 """
 
@@ -92,22 +93,25 @@ ON CONFLICT (id) DO UPDATE SET
     is_active = EXCLUDED.is_active, cooldown_minutes = EXCLUDED.cooldown_minutes,
     cooldown_seconds = EXCLUDED.cooldown_seconds, expires_at = EXCLUDED.expires_at,
     version = EXCLUDED.version, mode = EXCLUDED.mode, channels = EXCLUDED.channels,
-    conditions = EXCLUDED.conditions, deleted_at = NULL, updated_at = now()
+    conditions = EXCLUDED.conditions, sessions = EXCLUDED.sessions, deleted_at = NULL,
+    updated_at = now()
 WHERE r.deleted_at IS NOT NULL
    OR (r.external_id, r.user_id, r.user_external_id, r.name, r.symbol, r.symbols, r.priority,
        r.is_active, r.cooldown_minutes, r.cooldown_seconds, r.expires_at, r.version, r.mode,
-       r.channels, r.conditions)
+       r.channels, r.conditions, r.sessions)
       IS DISTINCT FROM
       (EXCLUDED.external_id, EXCLUDED.user_id, EXCLUDED.user_external_id, EXCLUDED.name,
        EXCLUDED.symbol, EXCLUDED.symbols, EXCLUDED.priority, EXCLUDED.is_active,
        EXCLUDED.cooldown_minutes, EXCLUDED.cooldown_seconds, EXCLUDED.expires_at,
-       EXCLUDED.version, EXCLUDED.mode, EXCLUDED.channels, EXCLUDED.conditions)
+       EXCLUDED.version, EXCLUDED.mode, EXCLUDED.channels, EXCLUDED.conditions,
+       EXCLUDED.sessions)
 """
 
 UPSERT_RULE_BATCH = f"""
 INSERT INTO alert_rules AS r (
     id, external_id, user_id, user_external_id, name, symbol, symbols, priority, is_active,
-    cooldown_minutes, cooldown_seconds, expires_at, version, mode, channels, conditions)
+    cooldown_minutes, cooldown_seconds, expires_at, version, mode, channels, conditions,
+    sessions)
 SELECT * FROM rule_batch ORDER BY id
 {RULE_UPSERT_ON_CONFLICT}RETURNING r.external_id
 """
@@ -1013,6 +1017,7 @@ class _StagedRule:
             rule.mode,
             [channel.value for channel in channels] if channels is not None else None,
             json.dumps(self.tree),
+            rule.sessions,
         )
 
     def condition_rows(self) -> list[tuple[Any, ...]]:

@@ -20,6 +20,14 @@ COMMENT ON COLUMN alert_rule_versions.written_by IS
 COMMENT ON COLUMN alert_rule_versions.written_at IS
     'When it was written; for an imported version, when the job stored it (alert_rules.updated_at).';
 
+-- The trading sessions a rule watches, so a rule read back from alert_rules is the rule that
+-- was published (rows stored before this column read as NULL: the default, 'any').
+ALTER TABLE alert_rules ADD COLUMN sessions text
+    CONSTRAINT alert_rules_sessions_check CHECK (sessions IN ('any', 'regular', 'extended'));
+COMMENT ON COLUMN alert_rules.sessions IS
+    'The sessions the rule is evaluated in: any, regular or extended (docs/rules.md); NULL in '
+    'rows written before migration 010 means any.';
+
 -- A user's rule list reads that user's rows of alert_rules beside their current versions.
 -- (Everybody's list, for analysts and admins, reads both tables whole: an index in creation
 -- order is not used for the merged order.)

@@ -507,6 +507,7 @@ def test_a_rule_the_cli_put_on_the_topic_is_read_by_its_owner_only(
         expires_at="2030-01-02T03:04:05.678Z",
         channels=["email", "in_app"],
         active=False,
+        sessions="regular",
     )
     applied_with_the_cli(api, tmp_path, [rule])
     on_topic = messages(api, rule.id)
@@ -612,6 +613,21 @@ def test_a_change_imports_the_rule_and_continues_its_version(
             (rule_store.rule_key(rule.id),),
         ).fetchone()
     assert row == (7, off.json())
+
+
+def test_disabling_an_imported_rule_keeps_all_its_producer_set(
+    api: ApiServer, tmp_path: Path
+) -> None:
+    alice = _user()
+    rule = cli_rule(alice, version=2, sessions="extended", priority="CRITICAL")
+    applied_with_the_cli(api, tmp_path, [rule])
+    with api.as_user(alice) as client:
+        off = client.post(f"/v1/rules/{rule.id}/disable", headers={"If-Match": '"2"'})
+    assert off.status_code == 200, off.text
+    assert Rule.model_validate(off.json()) == rule.model_copy(
+        update={"version": 3, "active": False}
+    )
+    assert messages(api, rule.id)[-1] == off.json()
 
 
 def test_deleting_an_imported_rule_is_a_tombstone_after_its_version(
