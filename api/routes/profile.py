@@ -21,7 +21,7 @@ from api.problems import Problem
 from api.profile_store import change_profile, profile_from_document, read_profile
 from api.services import Services
 from pipeline.fields import NUL_FREE
-from pipeline.messages import Destinations, Profile
+from pipeline.messages import MAX_ID_LENGTH, Destinations, Profile
 
 router = APIRouter(prefix="/v1/profile", tags=["profile"])
 
@@ -31,9 +31,16 @@ MAX_PUSH_TOKENS = 20  # Destinations.push_tokens holds at most this many
 Reader = Annotated[Principal, Depends(require("profile:read"))]
 Writer = Annotated[Principal, Depends(require("profile:write"))]
 Svc = Annotated[Services, Depends(services)]
+# Bounded like Profile.user_id: an empty or NUL-bearing name is a 422, not a profile that
+# cannot be built.
 UserParam = Annotated[
     str | None,
-    Query(description="whose profile (analysts read any user's, admins change any user's)"),
+    Query(
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        pattern=NUL_FREE,
+        description="whose profile (analysts read any user's, admins change any user's)",
+    ),
 ]
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {

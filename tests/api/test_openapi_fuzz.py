@@ -4,8 +4,9 @@ Schemathesis reads the document the server serves at /openapi.json and sends, fo
 operation, requests that fit it and requests that do not. Every answer must be one the document
 promises: no 5xx, a documented status code and content type, a body that matches the documented
 schema, and every 4xx/5xx an ``application/problem+json`` document with type, title, status and
-detail, without a stack trace. A user's pass goes past authentication; a smaller one has no
-credentials. The live inbox's event stream never ends, so it is not fuzzed.
+detail, without a stack trace. A user's pass goes past authentication, an analyst's reads other
+users' resources; a smaller one has no credentials. The live inbox's event stream never ends, so
+it is not fuzzed.
 """
 
 from __future__ import annotations
@@ -85,13 +86,24 @@ def _schema(max_examples: int) -> Any:
 
 DOCUMENT = openapi_document()
 user_schema = _schema(25)
+analyst_schema = _schema(10)
 anonymous_schema = _schema(5)
+
+
+def _bearer(api: ApiServer, roles: list[str]) -> dict[str, str]:
+    token = api.identity.token(f"fuzz-{uuid.uuid4().hex[:8]}", roles, lifetime_s=3600)
+    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture(scope="module")
 def user_headers(api: ApiServer) -> dict[str, str]:
-    token = api.identity.token(f"fuzz-{uuid.uuid4().hex[:8]}", lifetime_s=3600)
-    return {"Authorization": f"Bearer {token}"}
+    return _bearer(api, ["user"])
+
+
+@pytest.fixture(scope="module")
+def analyst_headers(api: ApiServer) -> dict[str, str]:
+    """An analyst reads any user's resources (the user_id parameters) but changes none."""
+    return _bearer(api, ["analyst"])
 
 
 class _FromAddress(HTTPAdapter):
@@ -141,6 +153,13 @@ def test_the_fuzzed_document_is_the_served_one(api: ApiServer) -> None:
 @user_schema.parametrize()
 def test_every_operation_as_a_user(case: Any, api: ApiServer, user_headers: dict[str, str]) -> None:
     case.call_and_validate(base_url=api.url, headers=user_headers, checks=CHECKS)
+
+
+@analyst_schema.parametrize()
+def test_every_operation_as_an_analyst(
+    case: Any, api: ApiServer, analyst_headers: dict[str, str]
+) -> None:
+    case.call_and_validate(base_url=api.url, headers=analyst_headers, checks=CHECKS)
 
 
 @anonymous_schema.parametrize()

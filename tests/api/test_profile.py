@@ -206,6 +206,14 @@ def test_analysts_read_any_profile_masked_and_never_write(api: ApiServer) -> Non
     assert refused.status_code == 403 and token.status_code == 403
 
 
+@pytest.mark.parametrize("user_id", ["", "a\x00b", "x" * 129])
+def test_an_analyst_naming_an_impossible_user_gets_a_422(api: ApiServer, user_id: str) -> None:
+    with api.as_user("ann", ["analyst"]) as analyst:
+        response = analyst.get("/v1/profile", params={"user_id": user_id})
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("query.user_id: ")
+
+
 def test_another_users_profile_is_forbidden_to_a_user(api: ApiServer) -> None:
     owner, other = _user(), _user()
     with api.as_user(owner) as client:
