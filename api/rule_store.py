@@ -13,9 +13,10 @@ lock, then reads the version the first wrote.
 The rules the API wrote are read from their current versions, never from ``alert_rules``: the
 job re-writes that table from the topic, and its upsert takes whatever version arrives last (a
 job that lags behind writes an older version back until it catches up). A rule that reached
-alerts.rules from another producer (the CLI, a replay, the demo) has no version row: it is read from ``alert_rules`` as the job stored it ("imported"),
-and the API's first change of it writes that stored version as the first row of its history
-(change ``imported``) before the change itself, which continues from its version.
+alerts.rules from another producer (the CLI, a replay, the demo) has no version row: it is read
+from ``alert_rules`` as the job stored it ("imported"), and the API's first change of it writes
+that stored version as the first row of its history (change ``imported``) before the change
+itself, which continues from its version.
 """
 
 from __future__ import annotations

@@ -58,7 +58,9 @@ class Services:
             redis=redis.Redis.from_url(
                 redis_url, decode_responses=True, socket_timeout=redis_timeout
             ),
-            aioredis=aioredis.Redis.from_url(redis_url, decode_responses=True),
+            aioredis=aioredis.Redis.from_url(
+                redis_url, decode_responses=True, socket_timeout=redis_timeout
+            ),
             feed=InAppFeed(
                 redis_url, maxlen=settings.in_app.stream_maxlen, dependencies=settings.dependencies
             ),

@@ -58,9 +58,16 @@ router = APIRouter(tags=["inbox"])
 # inside that keeps a quiet live connection open and tells the client it is still alive.
 HEARTBEAT_SECONDS = 15.0
 # How long one XREAD blocks before it is issued again: bounds how long a dead Redis
-# connection goes unnoticed. Well below the asyncio client's socket timeout (redis-py 8: 5 s
-# by default), or the read of a stream quiet that long times out and ends the live connection.
-BLOCK_MS = 2_500
+# connection goes unnoticed. It must stay well below the client's socket timeout
+# ([dependencies] redis_timeout_seconds), or the read of a stream quiet that long times out and
+# ends the live connection: half of it, at most this.
+MAX_BLOCK_MS = 2_500
+
+
+def _block_ms(svc: Services) -> int:
+    return max(1, min(MAX_BLOCK_MS, int(svc.settings.dependencies.redis_timeout_seconds * 500)))
+
+
 # Events waiting for a slow client; when full, the stream reader waits (no event is dropped).
 QUEUE_SIZE = 256
 # A browser sends its token as the first WebSocket message within this time.
@@ -351,13 +358,13 @@ async def _last_entry_id(r: aioredis.Redis, key: str) -> str:
 
 
 async def _follow_stream(
-    r: aioredis.Redis, user_id: str, after: str, queue: asyncio.Queue[LiveEvent]
+    r: aioredis.Redis, user_id: str, after: str, queue: asyncio.Queue[LiveEvent], block_ms: int
 ) -> None:
     key, states = feed_key(user_id), state_key(user_id)
     last = after
     while True:
         answer: list[tuple[str, Entries]] = await r.xread(  # type: ignore[assignment]
-            {key: last}, count=100, block=BLOCK_MS
+            {key: last}, count=100, block=block_ms
         )
         for _stream, entries in answer or ():
             current: list[str | None] = await r.hmget(  # type: ignore[assignment]
@@ -404,7 +411,9 @@ async def live_events(
         start = after or await _last_entry_id(r, feed_key(user_id))
         name = f"inbox-live:{user_id}"
         readers = [
-            asyncio.create_task(_follow_stream(r, user_id, start, queue), name=f"{name}:stream"),
+            asyncio.create_task(
+                _follow_stream(r, user_id, start, queue, _block_ms(svc)), name=f"{name}:stream"
+            ),
             asyncio.create_task(_follow_states(pubsub, queue), name=f"{name}:states"),
             asyncio.create_task(_heartbeats(queue), name=f"{name}:heartbeat"),
         ]
