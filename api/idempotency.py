@@ -37,7 +37,7 @@ from api.body_limit import read_body, replay
 from api.problems import problem_response
 
 HEADER = b"idempotency-key"
-KEY_PREFIX = "smart-alerts:idempotency"
+KEY_PREFIX = "sa:api:idempotency"
 CLAIM_TTL_S = 60
 WAIT_S = 10.0
 POLL_S = 0.05

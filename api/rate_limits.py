@@ -35,7 +35,7 @@ log = logging.getLogger("smart_alerts.api.rate_limits")
 
 RouteClass = Literal["read", "write", "stream"]
 WINDOW_S = 60
-KEY_PREFIX = "smart-alerts:rate"
+KEY_PREFIX = "sa:api:rate"
 UNLIMITED = frozenset({"/healthz", "/readyz"})
 STREAM_PATHS = ("/v1/inbox/ws", "/v1/inbox/events")
 

@@ -196,7 +196,6 @@ class Api(_Section):
     rate_limit_stream_per_minute: int = Field(30, ge=1)
     idempotency_ttl_seconds: int = Field(86_400, ge=60)
     webhook_secret_grace_seconds: int = Field(86_400, ge=0)
-    page_size_max: int = Field(200, ge=1, le=10_000)
 
 
 class Settings(BaseSettings):

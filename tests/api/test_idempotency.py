@@ -172,9 +172,7 @@ def test_a_request_that_waits_too_long_for_the_first_gets_409(
 
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(first)
-        entry = (
-            f"smart-alerts:idempotency:ida:{hashlib.sha256(b'entry:' + key.encode()).hexdigest()}"
-        )
+        entry = f"sa:api:idempotency:ida:{hashlib.sha256(b'entry:' + key.encode()).hexdigest()}"
         store = redis.Redis.from_url(api.settings.redis_url or "")
         wait_for(lambda: bool(store.exists(entry)), 10, "the first request's claim")
         with api.as_user("ida") as client:
@@ -201,5 +199,5 @@ def test_a_created_api_key_is_replayed_but_not_kept_in_the_clear(api: ApiServer)
     assert [item["name"] for item in listed].count(name) == 1
     secret = first.json()["key"]
     stored = redis.Redis.from_url(api.settings.redis_url or "")
-    values = [stored.get(k) or b"" for k in stored.scan_iter("smart-alerts:idempotency:ida:*")]
+    values = [stored.get(k) or b"" for k in stored.scan_iter("sa:api:idempotency:ida:*")]
     assert values and not any(secret.encode() in value or key.encode() in value for value in values)
