@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
@@ -17,6 +19,7 @@ from pydantic import BaseModel
 from api.problems import Problem
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 DEFAULT_LIMIT = 50
 
@@ -41,12 +44,29 @@ def decode_cursor(cursor: str | None, *, length: int) -> list[Any] | None:
     except (binascii.Error, ValueError):
         position = None
     if not isinstance(position, list) or len(position) != length:
-        raise Problem(
-            422,
-            "cursor: not a cursor this API returned (pass next_cursor back unchanged)",
-            kind="invalid-cursor",
-        )
+        raise invalid_cursor()
     return position
+
+
+def invalid_cursor() -> Problem:
+    return Problem(
+        422,
+        "cursor: not a cursor this API returned (pass next_cursor back unchanged)",
+        kind="invalid-cursor",
+    )
+
+
+def time_cursor(cursor: str | None, key: Callable[[Any], K]) -> tuple[datetime, K] | None:
+    """The (time, key) position a cursor names in a list ordered by a time and then a unique
+    key (``key`` parses it: ``uuid.UUID``, ``str``); None for the first page, 422 if it is not
+    a cursor this API made."""
+    position = decode_cursor(cursor, length=2)
+    if position is None:
+        return None
+    try:
+        return datetime.fromisoformat(str(position[0])), key(position[1])
+    except (TypeError, ValueError):
+        raise invalid_cursor() from None
 
 
 CursorParam = Annotated[

@@ -64,9 +64,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx  # noqa: E402
 import redis  # noqa: E402
+from live import table  # noqa: E402
 from websockets.exceptions import InvalidStatus  # noqa: E402
 from websockets.sync.client import connect as ws_connect  # noqa: E402
 
@@ -525,21 +527,6 @@ def ws_row(server: Server, user_id: str, clients: int, messages: int) -> Row:
 
 
 # ---------------------------------------------------------------- tables
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(row: list[str]) -> str:
-        cells = [
-            cell.ljust(width) if index == 0 else cell.rjust(width)
-            for index, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ]
-        return " | ".join(cells).rstrip()
-
-    out = [line(header), "-" * len(line(header))]
-    out.extend(line(row) for row in rows)
-    return "\n".join(out)
 
 
 def ms(value: float) -> str:

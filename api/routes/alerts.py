@@ -17,7 +17,13 @@ from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel
 
 from api.auth import Principal, for_user, not_found, require, services
-from api.pagination import CursorParam, LimitParam, Page, decode_cursor, page_of
+from api.pagination import (
+    CursorParam,
+    LimitParam,
+    Page,
+    page_of,
+    time_cursor,
+)
 from api.problems import Problem
 from api.routes.profile import mask_email, mask_phone, mask_token, mask_url
 from api.services import Services
@@ -204,18 +210,28 @@ def _aware(name: str, value: datetime | None) -> datetime | None:
     return value
 
 
-def _keyset(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
-    position = decode_cursor(cursor, length=2)
-    if position is None:
-        return None
-    try:
-        return datetime.fromisoformat(position[0]), uuid.UUID(position[1])
-    except (TypeError, ValueError):
-        raise Problem(
-            422,
-            "cursor: not a cursor this API returned (pass next_cursor back unchanged)",
-            kind="invalid-cursor",
-        ) from None
+def _newest_first_page(
+    where: list[str],
+    args: list[Any],
+    time_column: str,
+    from_: datetime | None,
+    to: datetime | None,
+    cursor: str | None,
+) -> str:
+    """Adds the ``[from, to)`` range on ``time_column`` and the cursor's position to a query's
+    conditions; the ORDER BY that goes with them (time, then the row's key, newest first)."""
+    table = time_column.split(".")[0]
+    if _aware("from", from_) is not None:
+        where.append(f"{time_column} >= %s")
+        args.append(from_)
+    if _aware("to", to) is not None:
+        where.append(f"{time_column} < %s")
+        args.append(to)
+    position = time_cursor(cursor, uuid.UUID)
+    if position is not None:
+        where.append(f"({time_column}, {table}.id) < (%s, %s)")
+        args.extend(position)
+    return f" ORDER BY {time_column} DESC, {table}.id DESC"
 
 
 @router.get(
@@ -250,22 +266,8 @@ def list_alerts(
     if priority:
         where.append("t.priority = ANY(%s)")
         args.append([p.value for p in priority])
-    if _aware("from", from_) is not None:
-        where.append("t.triggered_at >= %s")
-        args.append(from_)
-    if _aware("to", to) is not None:
-        where.append("t.triggered_at < %s")
-        args.append(to)
-    position = _keyset(cursor)
-    if position is not None:
-        where.append("(t.triggered_at, t.id) < (%s, %s)")
-        args.extend(position)
-    query = (
-        ALERT_COLUMNS
-        + " WHERE "
-        + " AND ".join(where)
-        + " ORDER BY t.triggered_at DESC, t.id DESC LIMIT %s"
-    )
+    order = _newest_first_page(where, args, "t.triggered_at", from_, to, cursor)
+    query = ALERT_COLUMNS + " WHERE " + " AND ".join(where) + order + " LIMIT %s"
     with svc.transaction() as conn:
         rows = conn.execute(query, [*args, limit + 1]).fetchall()
     keys = {row["external_id"]: row["id"] for row in rows}
@@ -364,22 +366,8 @@ def list_notifications(
     if priority:
         where.append("c.highest_priority = ANY(%s)")
         args.append([p.value for p in priority])
-    if _aware("from", from_) is not None:
-        where.append("c.window_start >= %s")
-        args.append(from_)
-    if _aware("to", to) is not None:
-        where.append("c.window_start < %s")
-        args.append(to)
-    position = _keyset(cursor)
-    if position is not None:
-        where.append("(c.window_start, c.id) < (%s, %s)")
-        args.extend(position)
-    query = (
-        NOTIFICATION_COLUMNS
-        + " WHERE "
-        + " AND ".join(where)
-        + " ORDER BY c.window_start DESC, c.id DESC LIMIT %s"
-    )
+    order = _newest_first_page(where, args, "c.window_start", from_, to, cursor)
+    query = NOTIFICATION_COLUMNS + " WHERE " + " AND ".join(where) + order + " LIMIT %s"
     with svc.transaction() as conn:
         rows = conn.execute(query, [*args, limit + 1]).fetchall()
         deliveries: dict[uuid.UUID, list[Delivery]] = {}

@@ -18,7 +18,13 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from api.auth import SCOPES, Principal, for_user, hash_api_key, new_api_key, not_found, require
 from api.auth import services as services_dependency
-from api.pagination import CursorParam, LimitParam, Page, decode_cursor, page_of
+from api.pagination import (
+    CursorParam,
+    LimitParam,
+    Page,
+    page_of,
+    time_cursor,
+)
 from api.problems import Problem
 from api.services import Services
 from pipeline.fields import NUL_FREE
@@ -144,7 +150,7 @@ def list_keys(
 ) -> Page[ApiKey]:
     # Keys are credentials: another user's list is for admins, not for readers (analysts).
     user = for_user(principal, user_id, write=True)
-    after = _position(cursor)
+    after = time_cursor(cursor, uuid.UUID) or (None, None)
     with svc.transaction() as conn:
         rows = conn.execute(
             f"SELECT {COLUMNS} FROM api_keys WHERE user_external_id = %(user)s "
@@ -180,18 +186,3 @@ def revoke_key(key_id: uuid.UUID, principal: Caller, svc: Svc) -> Response:
     if row is None:
         raise not_found("API key", str(key_id))
     return Response(status_code=204)
-
-
-def _position(cursor: str | None) -> list[Any]:
-    """The (created_at, id) a cursor names, [None, None] for the first page; 422 otherwise."""
-    position = decode_cursor(cursor, length=2)
-    if position is None:
-        return [None, None]
-    try:
-        return [datetime.fromisoformat(position[0]), uuid.UUID(position[1])]
-    except (TypeError, ValueError):
-        raise Problem(
-            422,
-            "cursor: not a cursor this API returned (pass next_cursor back unchanged)",
-            kind="invalid-cursor",
-        ) from None

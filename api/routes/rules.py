@@ -27,7 +27,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api import rule_store as store
 from api.auth import Principal, for_user, not_found, require, services
-from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
+from api.pagination import (
+    CursorParam,
+    LimitParam,
+    Page,
+    decode_cursor,
+    encode_cursor,
+    invalid_cursor,
+    time_cursor,
+)
 from api.preconditions import check_if_match, etag
 from api.problems import Problem
 from api.services import Services
@@ -172,21 +180,6 @@ def _rule_of(body: RuleInput, *, rule_id: str, owner: str, version: int) -> Rule
         return Rule.model_validate(document)
     except ValidationError as exc:
         raise invalid_rule(exc) from None
-
-
-def _position(cursor: str | None) -> tuple[datetime, str] | None:
-    """A (created_at, id) cursor; 422 if it is not one this API made."""
-    position = decode_cursor(cursor, length=2)
-    if position is None:
-        return None
-    try:
-        return datetime.fromisoformat(str(position[0])), str(position[1])
-    except ValueError:
-        raise Problem(
-            422,
-            "cursor: not a cursor this API returned (pass next_cursor back unchanged)",
-            kind="invalid-cursor",
-        ) from None
 
 
 def create(
@@ -374,7 +367,7 @@ def list_rules(
     owner = None if everyone else for_user(principal, user_id)
     where = store.RuleFilter(owner, symbol, active, priority, name)
     with svc.transaction() as conn:
-        rows = store.list_rules(conn, where, _position(cursor), limit + 1)
+        rows = store.list_rules(conn, where, time_cursor(cursor, str), limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = (
@@ -415,7 +408,7 @@ def list_rule_versions(
     position = decode_cursor(cursor, length=1)
     before = position[0] if position else None
     if before is not None and not isinstance(before, int):
-        raise Problem(422, "cursor: not a cursor this API returned", kind="invalid-cursor")
+        raise invalid_cursor()
     with svc.transaction() as conn:
         current = readable(principal, store.read_rule(conn, rule_id), rule_id)
         rows = store.list_versions(conn, current, before, limit + 1)

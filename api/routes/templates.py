@@ -17,7 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api import rule_store as store
 from api.auth import Principal, not_found, require, services
-from api.pagination import CursorParam, LimitParam, Page, decode_cursor, encode_cursor
+from api.pagination import (
+    CursorParam,
+    LimitParam,
+    Page,
+    encode_cursor,
+    time_cursor,
+)
 from api.problems import Problem
 from api.routes.rules import writable
 from api.services import Services
@@ -159,13 +165,7 @@ def list_shared_templates(
 ) -> Page[SharedTemplate]:
     """Public templates and the caller's private ones (analysts and admins: every one),
     newest first, with their use counts."""
-    position = decode_cursor(cursor, length=2)
-    try:
-        after = (datetime.fromisoformat(str(position[0])), str(position[1])) if position else None
-    except ValueError:
-        raise Problem(
-            422, "cursor: not a cursor this API returned", kind="invalid-cursor"
-        ) from None
+    after = time_cursor(cursor, str)
     with svc.transaction() as conn:
         rows = store.list_templates(
             conn,

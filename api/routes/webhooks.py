@@ -24,7 +24,13 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Principal, not_found, require, services
-from api.pagination import CursorParam, LimitParam, Page, decode_cursor, page_of
+from api.pagination import (
+    CursorParam,
+    LimitParam,
+    Page,
+    page_of,
+    time_cursor,
+)
 from api.problems import Problem
 from api.profile_store import change_profile
 from api.secrets import cipher, new_signing_secret, seal
@@ -206,7 +212,7 @@ def create_endpoint(
 def list_endpoints(
     principal: Caller, svc: Svc, cursor: CursorParam = None, limit: LimitParam = 50
 ) -> Page[WebhookEndpoint]:
-    after = _position(cursor)
+    after = time_cursor(cursor, uuid.UUID) or (None, None)
     with svc.transaction() as conn:
         rows = conn.execute(
             f"SELECT {COLUMNS} FROM webhook_endpoints WHERE user_external_id = %(user)s "
@@ -329,18 +335,3 @@ def _owned(svc: Services, endpoint_id: uuid.UUID, principal: Principal) -> dict[
     if row is None:
         raise not_found("webhook endpoint", str(endpoint_id))
     return row
-
-
-def _position(cursor: str | None) -> list[Any]:
-    """The (created_at, id) a cursor names, [None, None] for the first page; 422 otherwise."""
-    position = decode_cursor(cursor, length=2)
-    if position is None:
-        return [None, None]
-    try:
-        return [datetime.fromisoformat(position[0]), uuid.UUID(position[1])]
-    except (TypeError, ValueError):
-        raise Problem(
-            422,
-            "cursor: not a cursor this API returned (pass next_cursor back unchanged)",
-            kind="invalid-cursor",
-        ) from None
