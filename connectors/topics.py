@@ -3,7 +3,8 @@
 ``create_topics`` is idempotent: a topic that already exists is left as it is (its partition
 count and configuration are not changed) and is simply not reported as created. Compacted
 topics (``alerts.rules``, ``portfolio.positions``, ``users.profiles``) get
-``cleanup.policy=compact``.
+``cleanup.policy=compact`` and, when given, ``delete.retention.ms`` (how long a tombstone
+stays); the others ``retention.ms`` when given, else the broker's default.
 
 Every admin client here sets ``allow.auto.create.topics=false``: some brokers (Tansu among them)
 create a topic as a side effect of a metadata request that names it, which would hide a missing
@@ -32,6 +33,10 @@ class TopicSpec:
     partitions: int
     compacted: bool = False
     replication: int = 1
+    # Delete-policy topics: records older than this go (retention.ms); None: the broker's default.
+    retention_ms: int | None = None
+    # Compacted topics: how long a tombstone stays (delete.retention.ms); None: the broker's.
+    tombstone_retention_ms: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -42,14 +47,35 @@ class TopicSpec:
             raise ValueError(
                 f"topic {self.name!r}: replication must be >= 1, not {self.replication}"
             )
+        if self.compacted and self.retention_ms is not None:
+            raise ValueError(
+                f"topic {self.name!r} is compacted: it keeps the newest record of every key, "
+                "so a time retention would delete live keys"
+            )
+        if not self.compacted and self.tombstone_retention_ms is not None:
+            raise ValueError(f"topic {self.name!r}: only compacted topics have tombstones")
+        for key, value in (
+            ("retention", self.retention_ms),
+            ("tombstone retention", self.tombstone_retention_ms),
+        ):
+            if value is not None and value < 1:
+                raise ValueError(f"topic {self.name!r}: {key} must be >= 1 ms, not {value}")
+
+    def config(self) -> dict[str, str]:
+        """The topic-level configuration the broker is asked for at creation."""
+        if self.compacted:
+            config = {"cleanup.policy": "compact"}
+            if self.tombstone_retention_ms is not None:
+                config["delete.retention.ms"] = str(self.tombstone_retention_ms)
+            return config
+        return {} if self.retention_ms is None else {"retention.ms": str(self.retention_ms)}
 
     def to_new_topic(self) -> NewTopic:
-        config = {"cleanup.policy": "compact"} if self.compacted else {}
         return NewTopic(
             self.name,
             num_partitions=self.partitions,
             replication_factor=self.replication,
-            config=config,
+            config=self.config(),
         )
 
 

@@ -53,18 +53,38 @@ def echo_stderr(text: str) -> None:
 # ---------------------------------------------------------------- topics, schema
 
 
+def _hours_ms(hours: float | None) -> int | None:
+    return None if hours is None else round(hours * 3_600_000)
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """The nine topics with the partitions, replicas and retention of ``[partitions]``."""
     t, p = settings.topics, settings.partitions
+
+    def kept(name: str, partitions: int, hours: float | None) -> TopicSpec:
+        return TopicSpec(
+            name, partitions, replication=p.replication_factor, retention_ms=_hours_ms(hours)
+        )
+
+    def compacted(name: str) -> TopicSpec:
+        return TopicSpec(
+            name,
+            p.reference,
+            compacted=True,
+            replication=p.replication_factor,
+            tombstone_retention_ms=_hours_ms(p.reference_tombstone_hours),
+        )
+
     return [
-        TopicSpec(t.ticks, p.market),
-        TopicSpec(t.options_flow, p.market),
-        TopicSpec(t.rules, p.reference, compacted=True),
-        TopicSpec(t.positions, p.reference, compacted=True),
-        TopicSpec(t.profiles, p.reference, compacted=True),
-        TopicSpec(t.feedback, p.feedback),
-        TopicSpec(t.triggered, p.outputs),
-        TopicSpec(t.notifications, p.outputs),
-        TopicSpec(t.dlq, p.outputs),
+        kept(t.ticks, p.market, p.market_retention_hours),
+        kept(t.options_flow, p.market, p.market_retention_hours),
+        compacted(t.rules),
+        compacted(t.positions),
+        compacted(t.profiles),
+        kept(t.feedback, p.feedback, p.feedback_retention_hours),
+        kept(t.triggered, p.outputs, p.outputs_retention_hours),
+        kept(t.notifications, p.outputs, p.outputs_retention_hours),
+        kept(t.dlq, p.outputs, p.outputs_retention_hours),
     ]
 
 
@@ -73,9 +93,12 @@ def topics_create(settings: Settings, echo: Echo = print) -> list[str]:
     specs = topic_specs(settings)
     created = create_topics(bootstrap, specs)
     for spec in specs:
-        state = "created" if spec.name in created else "exists"
-        policy = "compact" if spec.compacted else "delete"
-        echo(f"{spec.name:<24} {spec.partitions:>3} partitions  cleanup.policy={policy:<8} {state}")
+        state = "created" if spec.name in created else "exists (left as it is)"
+        config = " ".join(f"{key}={value}" for key, value in spec.config().items())
+        echo(
+            f"{spec.name:<24} {spec.partitions:>3} partitions x{spec.replication}  "
+            f"{config or 'broker defaults'}  {state}"
+        )
     return created
 
 

@@ -2,8 +2,9 @@
 
 ``render_email`` turns a notification into (subject, text, html): the title is the subject, each
 line of the message is one line of the text body and one ``<br>``-separated line of the (escaped)
-HTML body, and both bodies end with the user's settings/unsubscribe link, which also goes into a
-``List-Unsubscribe`` header. Senders do one attempt each (sinks/channels/base.py):
+HTML body, and with a settings URL template configured (``delivery.settings_url``) both bodies
+end with the user's settings/unsubscribe link, which also goes into a ``List-Unsubscribe``
+header; without one, neither is there. Senders do one attempt each (sinks/channels/base.py):
 
 - ``SendGridSender`` posts to ``/v3/mail/send`` through the ``sendgrid`` client; 4xx other than
   429 is permanent (a 400 about the recipient address disables the destination), 429 and 5xx
@@ -47,25 +48,34 @@ _WHITESPACE = re.compile(r"\s+")
 # ---------------------------------------------------------------- rendering
 
 
-def settings_url_for(template: str, user_id: str) -> str:
-    """The settings/unsubscribe URL of one user: ``template`` with ``{user_id}`` URL-quoted."""
+def settings_url_for(template: str | None, user_id: str) -> str | None:
+    """The settings/unsubscribe URL of one user: ``template`` with ``{user_id}`` URL-quoted;
+    None without a template."""
+    if template is None:
+        return None
     return template.format(user_id=quote(user_id, safe=""))
 
 
-def render_email(notification: Notification, settings_url: str) -> tuple[str, str, str]:
+def render_email(notification: Notification, settings_url: str | None) -> tuple[str, str, str]:
     """(subject, plain text body, HTML body) of one notification."""
     subject = _WHITESPACE.sub(" ", notification.title).strip() or DEFAULT_SUBJECT
     lines = notification.message.splitlines() or [""]
-    text = "\n".join([subject, "", *lines, "", "--", f"{SETTINGS_LINK_TEXT}: {settings_url}", ""])
+    footer = ["--", f"{SETTINGS_LINK_TEXT}: {settings_url}", ""] if settings_url else []
+    text = "\n".join([subject, "", *lines, "", *footer])
     body = "<br>\n".join(html.escape(line) for line in lines)
+    html_footer = (
+        "<hr>\n"
+        f'<p><a href="{html.escape(settings_url, quote=True)}">'
+        f"{html.escape(SETTINGS_LINK_TEXT)}</a></p>\n"
+        if settings_url
+        else ""
+    )
     html_body = (
         "<!DOCTYPE html>\n"
         '<html><head><meta charset="utf-8"></head><body>\n'
         f"<h2>{html.escape(subject)}</h2>\n"
         f"<p>{body}</p>\n"
-        "<hr>\n"
-        f'<p><a href="{html.escape(settings_url, quote=True)}">'
-        f"{html.escape(SETTINGS_LINK_TEXT)}</a></p>\n"
+        f"{html_footer}"
         "</body></html>\n"
     )
     return subject, text, html_body
@@ -105,7 +115,7 @@ class SendGridSender:
         api_key: str,
         from_address: str,
         *,
-        settings_url_template: str,
+        settings_url_template: str | None,
         from_name: str | None = None,
         host: str = "https://api.sendgrid.com",
         timeout: float = 10.0,
@@ -125,7 +135,7 @@ class SendGridSender:
         sender: dict[str, str] = {"email": self.from_address}
         if self.from_name:
             sender["name"] = self.from_name
-        return {
+        body: dict[str, Any] = {
             "personalizations": [{"to": [{"email": delivery.destination}]}],
             "from": sender,
             "subject": subject,
@@ -133,12 +143,14 @@ class SendGridSender:
                 {"type": "text/plain", "value": text},
                 {"type": "text/html", "value": html_body},
             ],
-            "headers": {"List-Unsubscribe": f"<{settings_url}>"},
             "custom_args": {
                 "notification_id": notification.notification_id,
                 "idempotency_key": delivery.idempotency_key,
             },
         }
+        if settings_url:
+            body["headers"] = {"List-Unsubscribe": f"<{settings_url}>"}
+        return body
 
     def send(self, delivery: Delivery) -> SendResult:
         body = self.request_body(delivery)
@@ -209,7 +221,7 @@ class SmtpSender:
         port: int,
         from_address: str,
         *,
-        settings_url_template: str,
+        settings_url_template: str | None,
         security: SmtpSecurity = "starttls",
         username: str | None = None,
         password: str | None = None,
@@ -256,7 +268,8 @@ class SmtpSender:
         message["Subject"] = subject
         message["Date"] = format_datetime(notification.window_end)
         message["Message-ID"] = self.message_id(delivery.idempotency_key)
-        message["List-Unsubscribe"] = f"<{settings_url}>"
+        if settings_url:
+            message["List-Unsubscribe"] = f"<{settings_url}>"
         message["X-VS9-Notification-Id"] = notification.notification_id
         message.set_content(text)
         message.add_alternative(html_body, subtype="html")

@@ -20,7 +20,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from connectors.embedded import free_ports
 from pipeline.messages import Channel, Notification, Priority
 from sinks.channels.base import Delivery, PermanentError, TransientError
-from sinks.channels.email import SendGridSender, SmtpSender, render_email
+from sinks.channels.email import SETTINGS_LINK_TEXT, SendGridSender, SmtpSender, render_email
 from tests.fakes.sendgrid import FakeSendGrid
 from tests.fakes.smtp import Recorder
 from tests.fakes.tls import self_signed
@@ -69,6 +69,29 @@ def test_render_email_escapes_html_and_links_settings() -> None:
     assert "<h2>SPY &lt;calls&gt; &amp; puts</h2>" in html
     assert 'href="https://alerts.example.com/settings?user=user%201%262"' in html
     assert "<calls>" not in html
+
+
+def test_without_a_settings_url_no_link_and_no_unsubscribe_header(
+    sendgrid: FakeSendGrid, smtp: tuple[Controller, Recorder]
+) -> None:
+    _, text, html = render_email(notification(), None)
+    assert SETTINGS_LINK_TEXT not in text and SETTINGS_LINK_TEXT not in html
+    assert "example" not in text + html
+
+    SendGridSender("SG.k", FROM, settings_url_template=None, host=sendgrid.url, timeout=5).send(
+        delivery()
+    )
+    body: dict[str, Any] = FakeSendGrid.json_body(sendgrid.received[0])
+    assert "headers" not in body
+    assert {part["value"] for part in body["content"]} == {text, html}
+
+    controller, recorder = smtp
+    SmtpSender(
+        "127.0.0.1", controller.port, FROM, settings_url_template=None, security="none"
+    ).send(delivery())
+    message = parse(recorder.messages[0][2])
+    assert message["List-Unsubscribe"] is None
+    assert SETTINGS_LINK_TEXT not in message.as_string()
 
 
 # ---------------------------------------------------------------- SendGrid

@@ -89,6 +89,7 @@ def test_the_job_delivers_email_and_signed_webhooks_once_across_replays(
         smtp_host="127.0.0.1",
         smtp_port=mailbox.port,
         smtp_security="none",
+        settings_url="https://app.vs9.example.com/settings?user={user_id}",
     )
     t = settings.topics
     user = f"u-{uuid.uuid4().hex[:8]}"
@@ -129,7 +130,8 @@ def test_the_job_delivers_email_and_signed_webhooks_once_across_replays(
         ("alerts@vs9.example.com", ["trader@example.org"])
     ]
     mail = email.message_from_bytes(mailbox.messages[0][2], policy=email.policy.default)
-    assert "TSLA" in str(mail["Subject"]) and mail["List-Unsubscribe"]
+    assert "TSLA" in str(mail["Subject"])
+    assert mail["List-Unsubscribe"] == f"<https://app.vs9.example.com/settings?user={user}>"
     assert [r.path for r in receiver.received] == [f"/hooks/{user}"] * 2
     assert all(r.verified_by == (0,) for r in receiver.received)
     assert len({r.headers["webhook-id"] for r in receiver.received}) == 1  # the retry is the same
