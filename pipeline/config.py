@@ -56,10 +56,24 @@ class Topics(_Section):
 
 
 class Partitions(_Section):
+    """What ``topics create`` gives each kind of topic: partitions, replicas, retention.
+    Existing topics are left as they are."""
+
     market: int = Field(6, ge=1)
     reference: int = Field(3, ge=1)
     feedback: int = Field(3, ge=1)
     outputs: int = Field(6, ge=1)
+    # Copies of every partition; 1 suits a one-broker dev stack, production clusters want 3.
+    replication_factor: int = Field(1, ge=1, le=32)
+    # Time retention (retention.ms) per kind; None leaves the broker's default. Without recovery
+    # a restart re-reads the market topics from their start, so this also bounds that replay.
+    market_retention_hours: float | None = Field(72.0, gt=0)
+    feedback_retention_hours: float | None = Field(720.0, gt=0)  # the learning engine's input
+    outputs_retention_hours: float | None = Field(168.0, gt=0)
+    # Reference topics are compacted (kept by key, not by time); a tombstone (a deleted rule or
+    # position) stays this long (delete.retention.ms). A job stopped for longer than this may
+    # never see the delete after compaction, so keep it above the longest outage you expect.
+    reference_tombstone_hours: float = Field(168.0, gt=0)
 
 
 class Engine(_Section):
@@ -133,7 +147,9 @@ class Delivery(_Section):
     # E-mail: SendGrid or SMTP
     email_provider: Literal["sendgrid", "smtp"] | None = None
     email_from: str | None = None
-    settings_url: str = "https://app.example.com/settings/notifications?user={user_id}"
+    # The user's notification settings page, "{user_id}" filled in: the link at the foot of every
+    # e-mail and its List-Unsubscribe header. Unset, e-mails carry neither.
+    settings_url: str | None = None
     sendgrid_host: str = "https://api.sendgrid.com"
     smtp_host: str | None = None
     smtp_port: int = Field(587, ge=1, le=65535)
