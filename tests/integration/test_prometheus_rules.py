@@ -244,3 +244,40 @@ def test_dashboards_are_provisioned_against_the_datasource() -> None:
         for variable in dashboard["templating"]["list"]:
             assert variable["datasource"]["uid"] == source["uid"], path.name
     assert len(uids) == len(DASHBOARDS)
+
+
+def host_file(service: dict[str, Any], container_path: str) -> Path | None:
+    """The repository file a docker-compose service sees at ``container_path``, through its bind
+    mounts (short or long syntax), or None."""
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, _, rest = volume.partition(":")
+            target = rest.partition(":")[0]
+        else:
+            source, target = volume.get("source", ""), volume.get("target", "")
+        if not source.startswith("./"):
+            continue  # a named volume
+        if container_path == target or container_path.startswith(target.rstrip("/") + "/"):
+            return (ROOT / source / container_path[len(target) :].lstrip("/")).resolve()
+    return None
+
+
+def test_docker_compose_mounts_the_rules_and_dashboards() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    for rule_file in config["rule_files"]:
+        seen = host_file(services["prometheus"], f"/etc/prometheus/{rule_file}")
+        assert seen == PROMETHEUS / rule_file, f"the prometheus service does not mount {rule_file}"
+    assert "grafana" in services, "docker-compose.yml has no grafana service"
+    grafana = services["grafana"]
+    for kind in ("datasources/prometheus.yml", "dashboards/smart-alerts.yml"):
+        seen = host_file(grafana, f"/etc/grafana/provisioning/{kind}")
+        assert seen == GRAFANA / "provisioning" / kind, f"grafana does not mount {kind}"
+    provider = yaml.safe_load(
+        (GRAFANA / "provisioning" / "dashboards" / "smart-alerts.yml").read_text()
+    )
+    folder = provider["providers"][0]["options"]["path"]
+    for path in DASHBOARDS:
+        assert host_file(grafana, f"{folder}/{path.name}") == path, (
+            f"grafana does not see {path.name}"
+        )
