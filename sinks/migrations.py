@@ -18,11 +18,14 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 
 import psycopg
 
-DEFAULT_DIRECTORY = Path(__file__).resolve().parents[1] / "sql"
+# The repository's sql/, which the wheel ships as the package sinks.sql (see pyproject.toml): found
+# through the import system, so it is the same files from a wheel, an editable install or a zip.
+DEFAULT_DIRECTORY: Traversable = resources.files("sinks.sql")
 FILE_PATTERN = re.compile(r"^(?P<version>\d+)_(?P<name>[A-Za-z0-9_]+)\.sql$")
 # pg_advisory_lock key of "migrations of this project in this database" (advisory locks are
 # per database): the first 8 bytes of sha256("vs9-smart-alerts:schema_migrations"), signed.
@@ -49,7 +52,7 @@ class MigrationError(RuntimeError):
 class Migration:
     version: int
     name: str
-    path: Path
+    path: Traversable
     sql: str
     checksum: str
 
@@ -58,12 +61,14 @@ class Migration:
         return self.path.name
 
 
-def discover(directory: Path = DEFAULT_DIRECTORY) -> list[Migration]:
+def discover(directory: Traversable = DEFAULT_DIRECTORY) -> list[Migration]:
     """The migration files of ``directory``, by version; refuses misnamed or duplicate files."""
     if not directory.is_dir():
         raise MigrationError(f"migration directory {directory} does not exist")
     found: dict[int, Migration] = {}
-    for path in sorted(directory.glob("*.sql")):
+    for path in sorted(
+        (p for p in directory.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name
+    ):
         match = FILE_PATTERN.match(path.name)
         if match is None:
             raise MigrationError(
@@ -88,7 +93,7 @@ def discover(directory: Path = DEFAULT_DIRECTORY) -> list[Migration]:
 def migrate(
     database_url: str,
     *,
-    directory: Path = DEFAULT_DIRECTORY,
+    directory: Traversable = DEFAULT_DIRECTORY,
     log: Callable[[str], None] = print,
 ) -> list[str]:
     """Apply the pending migrations of ``directory``; returns the file names applied."""
@@ -112,7 +117,7 @@ def migrate(
     return applied_now
 
 
-def pending(database_url: str, *, directory: Path = DEFAULT_DIRECTORY) -> list[str]:
+def pending(database_url: str, *, directory: Traversable = DEFAULT_DIRECTORY) -> list[str]:
     """The file names ``migrate`` would apply now (raises if an applied file was changed)."""
     migrations = discover(directory)
     with psycopg.connect(database_url, autocommit=True) as conn:

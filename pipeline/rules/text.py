@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn, TypeGuard, cast
 
@@ -62,7 +63,7 @@ __all__ = [
     "update_docs",
 ]
 
-_GRAMMAR = Path(__file__).with_name("grammar.lark")
+_GRAMMAR = resources.files("pipeline.rules").joinpath("grammar.lark")  # package data
 DOC_BEGIN = "<!-- grammar:begin (copied from pipeline/rules/grammar.lark, do not edit) -->"
 DOC_END = "<!-- grammar:end -->"
 

@@ -1,0 +1,1 @@
+"""The numbered migrations, shipped as the package ``sinks.sql`` (see pyproject.toml)."""
