@@ -214,6 +214,15 @@ class Api(_Section):
     webhook_secret_grace_seconds: int = Field(86_400, ge=0)
 
 
+class Logging(_Section):
+    """The job's and the API's log on stderr (docs/operations.md, "Logs")."""
+
+    # "auto": text for a person when stderr is a terminal, JSON lines otherwise (a container,
+    # a file, a pipe: what log collectors read); "json" or "text" force one.
+    format: Literal["auto", "json", "text"] = "auto"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # -v makes it DEBUG
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SMART_ALERTS_", env_nested_delimiter="__", extra="forbid"
@@ -243,6 +252,7 @@ class Settings(BaseSettings):
     delivery: Delivery = Field(default_factory=Delivery)
     dependencies: Dependencies = Field(default_factory=Dependencies)
     api: Api = Field(default_factory=Api)
+    logging: Logging = Field(default_factory=Logging)
 
     @classmethod
     def settings_customise_sources(

@@ -44,7 +44,9 @@ from pipeline.evaluate.engine import EvaluateShard
 from pipeline.evaluate.routing import RuleRouter, all_user_shards, user_shard_of
 from pipeline.event_time import Progress, ProgressReporter, Watermark
 from pipeline.ingest import Partitioning, PartitionIngest, Route, part_name, route_of
+from pipeline.logs import Lifetime, alert_fields, lifetime, server_summary
 from pipeline.messages import (
+    Channel,
     DeadLetter,
     Notification,
     Priority,
@@ -699,6 +701,7 @@ def _alert(kv: tuple[str, object]) -> TriggeredAlert | None:
     if not isinstance(item, TriggeredAlert):
         return None
     metrics.ALERTS.labels(priority=item.priority.value).inc()
+    log.info("alert triggered", extra=alert_fields(item))
     return item
 
 
@@ -810,7 +813,36 @@ def run(settings: Settings, *, bounded: bool = False) -> int:
     Returns 0 when the input ended (bounded) or SIGTERM stopped it, 130 after SIGINT: sources
     end their input, the steps keep their state, the sinks drain and close, and with recovery on
     the last snapshot covers everything read, so the next start resumes where this one stopped.
+    Logs a line when it starts (the configuration, without secrets) and when it stops (why).
     """
+    with lifetime(log, "job", job_summary(settings, bounded=bounded)) as life:
+        life.reason = "input read to its end" if bounded else "input ended"
+        return _run(settings, bounded, life)
+
+
+def job_summary(settings: Settings, *, bounded: bool) -> dict[str, Any]:
+    """What the start line says about the job: servers without passwords, topics, recovery,
+    the channels with a provider configured, the processes."""
+    senders = build_senders(settings.delivery)
+    for sender in senders.values():
+        sender.close()
+    engine, recovery = settings.engine, settings.recovery
+    return {
+        **server_summary(
+            settings.kafka_bootstrap_servers, settings.database_url, settings.redis_url
+        ),
+        "topics": settings.topics.model_dump(),
+        "recovery": "on" if recovery.directory is not None else "off",
+        "recovery_directory": str(recovery.directory) if recovery.directory else None,
+        "channels": sorted([Channel.IN_APP.value, *(channel.value for channel in senders)]),
+        "bounded": bounded,
+        "process_id": engine.process_id or 0,
+        "processes": len(engine.addresses or []) or 1,
+        "workers_per_process": engine.workers_per_process,
+    }
+
+
+def _run(settings: Settings, bounded: bool, life: Lifetime) -> int:
     # Every record allocates a few dozen short-lived objects: with the default threshold (700)
     # the cyclic collector ran thousands of times a second, a quarter of the job's CPU.
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
@@ -845,6 +877,7 @@ def run(settings: Settings, *, bounded: bool = False) -> int:
             raise
     if received:
         log.info("stopped on %s: input closed, state kept, deliveries drained", received[0].name)
+        life.reason = f"{received[0].name} received"
         return 130 if received[0] is signal.SIGINT else 0
     return 0
 

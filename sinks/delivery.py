@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+from pipeline.logs import delivery_fields, mask_destination
 from pipeline.messages import Channel, Notification
 from pipeline.metrics import DELIVERY_ATTEMPTS, DELIVERY_SECONDS
 from sinks.channels.base import Delivery, PermanentError, Sender, SendResult, TransientError
@@ -302,8 +303,9 @@ class DeliveryCore:
     ) -> None:  # fmt: skip
         if channel not in self.queues:
             log.warning(
-                "no sender for channel %s; %s stays PENDING", channel, notification.notification_id
-            )
+                "no sender for channel %s; %s stays PENDING", channel, notification.notification_id,
+                extra=delivery_fields(notification, channel.value, destination, "PENDING", attempt),
+            )  # fmt: skip
             return
         key = (notification.notification_id, destination)
         with self._jobs_lock:
@@ -314,6 +316,9 @@ class DeliveryCore:
                 log.warning(
                     "%s queue full: %s stays PENDING until the next resume",
                     channel.value, notification.notification_id,
+                    extra=delivery_fields(
+                        notification, channel.value, destination, "PENDING", attempt
+                    ),
                 )  # fmt: skip
                 return
             held.add(key)
@@ -349,7 +354,10 @@ class DeliveryCore:
                     self._in_hand[name] = job
                 self._attempt(job)
             except Exception:  # a bug must not kill the worker; the row stays open for resume
-                log.exception("delivery worker error for %s", job.notification.notification_id)
+                log.exception(
+                    "delivery worker error for %s", job.notification.notification_id,
+                    extra=_job_fields(job, "SENDING"),
+                )  # fmt: skip
                 self._done(job)
             finally:
                 with self._jobs_lock:
@@ -370,6 +378,11 @@ class DeliveryCore:
             if self._claim(job) is not None:
                 self._fail(job, _expired(job.attempt - 1, job.last_error), retry=False)
                 DELIVERY_ATTEMPTS.labels(channel=channel, outcome="expired").inc()
+                log.warning(
+                    "expired %s via %s: past the channel's deadline before attempt %d",
+                    note.notification_id, channel, job.attempt,
+                    extra={**_job_fields(job, "FAILED"), "outcome": "expired"},
+                )  # fmt: skip
             return
         breaker = self.breakers[sender.provider]
         limited = max(
@@ -388,6 +401,11 @@ class DeliveryCore:
         if claim.disabled_reason is not None:
             self._fail(job, f"destination disabled: {claim.disabled_reason}", retry=False)
             DELIVERY_ATTEMPTS.labels(channel=channel, outcome="disabled").inc()
+            log.warning(
+                "disabled %s via %s: the destination is disabled (%s)",
+                note.notification_id, channel, claim.disabled_reason,
+                extra={**_job_fields(job, "FAILED"), "outcome": "disabled"},
+            )  # fmt: skip
             return
         key = f"{note.notification_id}:{channel}:{destination}"
         delivery = Delivery(note, job.channel, destination, job.attempt, key, job.secret_ref)
@@ -434,8 +452,12 @@ class DeliveryCore:
             logging.INFO if outcome == "delivered" else logging.WARNING,
             "%s %s via %s to %s: attempt %d, %.0f ms, %s",
             outcome, job.notification.notification_id, channel,
-            loggable_destination(job.channel, job.destination), job.attempt, seconds * 1000,
-            detail,
+            mask_destination(channel, job.destination), job.attempt, seconds * 1000, detail,
+            extra={
+                **_job_fields(job, _STATUS_AFTER[outcome]),
+                "outcome": outcome,
+                "duration_ms": round(seconds * 1000, 1),
+            },
         )  # fmt: skip
 
     def _claim(self, job: _Job) -> Claim | None:
@@ -479,7 +501,13 @@ def _send(sender: Sender, delivery: Delivery) -> SendResult:
     except (PermanentError, TransientError):
         raise
     except Exception as exc:
-        log.exception("%s sender raised %s", sender.provider, type(exc).__name__)
+        log.exception(
+            "%s sender raised %s", sender.provider, type(exc).__name__,
+            extra=delivery_fields(
+                delivery.notification, delivery.channel.value, delivery.destination, "SENDING",
+                delivery.attempt,
+            ),
+        )  # fmt: skip
         raise TransientError(
             f"{sender.provider}: unexpected {type(exc).__name__}: {exc}"[:500]
         ) from exc
@@ -491,11 +519,16 @@ def _expired(attempts: int, last_error: str | None) -> str:
     return f"deadline exceeded after {attempts} attempts; last error: {last_error}"
 
 
-def loggable_destination(channel: Channel, destination: str) -> str:
-    """Webhook paths and push tokens are credentials of a sort: logs show only their start."""
-    if channel is Channel.WEBHOOK:
-        scheme, _, rest = destination.partition("://")
-        return f"{scheme}://{rest.split('/', 1)[0]}/…"
-    if channel is Channel.PUSH:
-        return destination[:8] + "…"
-    return destination
+def _job_fields(job: _Job, status: str) -> dict[str, object]:
+    return delivery_fields(
+        job.notification, job.channel.value, job.destination, status, job.attempt
+    )
+
+
+# The row's status after an attempt with each outcome.
+_STATUS_AFTER = {
+    "delivered": "DELIVERED",
+    "retry": "RETRYING",
+    "permanent_error": "FAILED",
+    "expired": "FAILED",
+}

@@ -31,6 +31,7 @@ from datetime import timedelta
 
 from pipeline.config import Personalization
 from pipeline.ids import follow_up_id, storage_uuid
+from pipeline.logs import delivery_fields, notification_fields, remember_rules
 from pipeline.messages import Channel, Destinations, Notification, Priority
 from pipeline.personalize.consolidation import compose
 from pipeline.personalize.desk import Dispatch
@@ -101,6 +102,7 @@ class NotificationSink:
             for dispatch in dispatches:
                 note = self._to_send(dispatch, sent)
                 if note is not None:
+                    remember_rules(note, dispatch.alerts)
                     plan.append((note, self._plan(note, dispatch.destinations, now)))
             return plan
 
@@ -110,6 +112,16 @@ class NotificationSink:
         )
         handovers: list[tuple[Notification, Channel, str, str | None]] = []
         for note, open_deliveries in stored:
+            log.info(
+                "notification stored",
+                extra={
+                    **notification_fields(note),
+                    "priority": note.highest_priority.value,
+                    "channels": [channel.value for channel in note.channels],
+                    "follow_up_of": note.follow_up_of,
+                    "open_deliveries": len(open_deliveries),
+                },
+            )
             for d in open_deliveries:
                 if d.channel == Channel.IN_APP.value:
                     self._deliver_in_app(note, d.destination)
@@ -169,7 +181,10 @@ class NotificationSink:
                 plan += [PlannedDelivery(channel.value, t, ref) for t, ref in targets]
         for d in plan:
             if d.status != "PENDING":
-                log.warning("%s for %s not delivered: %s", d.channel, note.notification_id, d.error)
+                log.warning(
+                    "%s for %s not delivered: %s", d.channel, note.notification_id, d.error,
+                    extra=delivery_fields(note, d.channel, d.destination, d.status, 0),
+                )  # fmt: skip
         return plan
 
     def _deliver_in_app(self, notification: Notification, destination: str) -> None:
@@ -180,6 +195,10 @@ class NotificationSink:
             self._history.mark_failed(nid, Channel.IN_APP.value, destination, str(exc), retry=True)
             raise
         self._history.mark_delivered(nid, Channel.IN_APP.value, destination, entry_id)
+        log.info(
+            "delivered %s via in_app", nid,
+            extra=delivery_fields(notification, Channel.IN_APP.value, destination, "DELIVERED", 1),
+        )  # fmt: skip
 
     def _resume_in_app(self) -> None:
         """In-app rows a crash left open: the feed is idempotent, so adding them is safe."""

@@ -370,6 +370,7 @@ def serve_api(settings: Settings, echo: Echo = print, state_dir: Path = Path("."
             uvicorn.Config(
                 create_app(settings),
                 log_level="info",
+                log_config=None,  # the lines go through pipeline/logs.py's set-up
                 proxy_headers=False,
                 lifespan="on",
                 # open WebSocket/SSE streams must not hold the shutdown for long

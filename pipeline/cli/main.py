@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -11,6 +10,8 @@ from pathlib import Path
 from connectors.files import FileFormatError
 from pipeline.cli import commands
 from pipeline.config import ConfigError, Settings, load_settings
+from pipeline.config import Logging as LoggingConfig
+from pipeline.logs import configure as configure_logs
 from pipeline.rules.templates import TemplateError
 from pipeline.rules.text import RuleTextError
 from sinks.files import UnsupportedOutput
@@ -165,11 +166,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    _configure_logging(args)
     try:
         return _dispatch(args)
     except (
@@ -185,6 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("smart-alerts: interrupted", file=sys.stderr)
         return 130
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """[logging] of the configuration; a configuration that does not load leaves the defaults
+    here and is reported by the verb that needs it."""
+    try:
+        config = load_settings(args.config).logging
+    except ConfigError:
+        config = LoggingConfig()
+    configure_logs(config.format, "DEBUG" if args.verbose else config.level)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 
 from pipeline.messages import Channel, Notification
 from sinks.channels.base import Delivery, PermanentError, SendResult, TransientError
-from sinks.delivery import DeliveryCore, RetryPolicy, loggable_destination
+from sinks.delivery import DeliveryCore, RetryPolicy
 from sinks.postgres import HistoryWriter
 
 pytestmark = pytest.mark.integration
@@ -133,15 +133,6 @@ def attempts_counted(channel: str, outcome: str) -> float:
         "smart_alerts_delivery_attempts_total", {"channel": channel, "outcome": outcome}
     )
     return value or 0.0
-
-
-def test_logs_show_only_the_start_of_webhook_urls_and_push_tokens() -> None:
-    assert (
-        loggable_destination(Channel.WEBHOOK, "https://hooks.example.com/T000/B000/secret")
-        == "https://hooks.example.com/…"
-    )
-    assert loggable_destination(Channel.PUSH, "fcm-token-0123456789") == "fcm-toke…"
-    assert loggable_destination(Channel.EMAIL, "a@example.com") == "a@example.com"
 
 
 def test_permanent_errors_fail_at_once(history: HistoryWriter, database_url: str) -> None:
