@@ -35,7 +35,7 @@ def test_documented_and_deployed_configurations_load(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
     operations = (root / "docs" / "operations.md").read_text()
     (example,) = re.findall(r"```toml\n(.*?)```", operations, re.DOTALL)
-    manifests = yaml.safe_load_all((root / "deploy/kubernetes/smart-alerts.yaml").read_text())
+    manifests = yaml.safe_load_all((root / "deploy/kubernetes/config.yaml").read_text())
     (config_map,) = [m for m in manifests if m["kind"] == "ConfigMap"]
     for name, text in (("operations", example), ("k8s", config_map["data"]["config.toml"])):
         path = tmp_path / f"{name}.toml"
