@@ -47,6 +47,7 @@ from confluent_kafka import (
 )
 
 from connectors.topics import admin_client
+from pipeline.metrics import CONSUMER_LAG
 
 __all__ = [
     "READER_GROUP_ID",
@@ -63,6 +64,9 @@ log = logging.getLogger(__name__)
 READER_GROUP_ID = "smart-alerts-reader"
 # How long a position must stay above the high watermark of the fetch responses to be lost.
 LOST_AFTER_S = 2.0
+# The consumer-lag gauge is refreshed at most this often per partition: it reads librdkafka's
+# cached high watermark (no request), but not on every batch of a busy partition.
+LAG_REFRESH_S = 2.0
 
 OnLostOffsets = Literal["stop", "earliest", "latest"]
 
@@ -215,6 +219,8 @@ class PartitionReader:
         self._behind_since: float | None = None  # the position above the fetched end since
         self._async_error: KafkaError | None = None
         self._last_warning = 0.0
+        self._lag = CONSUMER_LAG.labels(topic=topic, partition=str(partition))
+        self._lag_due = 0.0
         config = dict(_CONSUMER_DEFAULTS)
         config.update(
             {
@@ -293,11 +299,16 @@ class PartitionReader:
         if not records:
             self._check_position(consumer)
         self._raise_async_error()
+        now = time.monotonic()
+        if now >= self._lag_due:
+            self._lag_due = now + LAG_REFRESH_S
+            self._report_lag(consumer)
         return records
 
     def close(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
+            self._report_lag(consumer)
             consumer.close()
 
     def __enter__(self) -> PartitionReader:
@@ -333,6 +344,13 @@ class PartitionReader:
                 f"Kafka topic {self.topic!r} on {self.bootstrap} has no partition "
                 f"{self.partition} (it has {len(topic.partitions)})"
             )
+
+    def _report_lag(self, consumer: Consumer) -> None:
+        """The consumer-lag gauge: the high watermark of the last fetch response (what Tansu
+        and Kafka both report truly there) minus the next offset to read."""
+        high = consumer.get_watermark_offsets(self._tp, cached=True)[1]
+        if high >= 0:  # -1001 until the first fetch response
+            self._lag.set(max(0, high - self._next_offset))
 
     def _check_position(self, consumer: Consumer) -> None:
         """Lost offsets on a broker that answers a fetch past the end with nothing (Tansu): the

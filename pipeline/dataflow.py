@@ -48,11 +48,14 @@ from pipeline.logs import Lifetime, alert_fields, lifetime, server_summary
 from pipeline.messages import (
     Channel,
     DeadLetter,
+    Feedback,
     Notification,
+    OptionsFlow,
     Priority,
     Profile,
     Rule,
     RuleTombstone,
+    Tick,
     TriggeredAlert,
 )
 from pipeline.personalize.desk import (
@@ -182,6 +185,8 @@ class _IngestPartition(StatefulSourcePartition[object, int]):
         WRITE_FAILURES.raise_first()
         if STOP.is_set():
             raise StopIteration
+        status = metrics.STATUS
+        status.polled()
         if not self._reference and not self._gate.open:
             self._idle_until = time.monotonic() + 0.02
             return []
@@ -189,9 +194,14 @@ class _IngestPartition(StatefulSourcePartition[object, int]):
         at_end = self._reader.at_end
         if self._reference and at_end:
             self._gate.reached_end(self._ingest.part)
+        if not status.reference_loaded:
+            status.reference_loaded = self._gate.open
         items, newest = self._ingest.records(records)
         if records:
             _count_read(self._ingest, records, items)
+            _keep_send_times(records, items)
+        if newest is not None:
+            status.saw_event_time("ingest", newest)
         marker = self._reporter.after_batch(newest, len(records), at_end, time.time())
         if marker is not None:
             items.extend(self._ingest.markers(marker))
@@ -206,6 +216,9 @@ class _IngestPartition(StatefulSourcePartition[object, int]):
         return datetime.now(UTC) + timedelta(seconds=self._idle_until - time.monotonic())
 
     def snapshot(self) -> int:
+        # Bytewax asks every source partition at each epoch's end, with recovery on (stateful
+        # steps and sinks only when they changed): the age gauge's tick.
+        metrics.STATUS.snapshot_taken()
         return self._reader.next_offset
 
     def close(self) -> None:
@@ -218,6 +231,19 @@ def _count_read(ingest: PartitionIngest, records: list[SourceRecord], items: lis
     if dead:
         metrics.EVENTS.labels(topic=topic, outcome="dead_letter").inc(dead)
     metrics.EVENTS.labels(topic=topic, outcome="ok").inc(len(records) - dead)
+
+
+def _keep_send_times(records: list[SourceRecord], items: list[object]) -> None:
+    """Each tick and flow print keeps its record's Kafka timestamp (its send time) as
+    ``sent_ms``, outside its fields (never serialized, never compared), for the tick-to-alert
+    histogram. ``records`` and ``items`` correspond one to one (pipeline/ingest.py)."""
+    for record, item in zip(records, items, strict=True):
+        if type(item) is tuple and type(item[1]) in _MARKET_EVENTS:
+            _set_attribute(item[1], "sent_ms", record.timestamp_ms)
+
+
+_MARKET_EVENTS = (Tick, OptionsFlow)
+_set_attribute = object.__setattr__  # the models are frozen; this bypasses only the check
 
 
 class KafkaInput(FixedPartitionedSource[object, int]):
@@ -502,7 +528,9 @@ class _ShardLogic(op.StatefulBatchLogic[object, object, EvaluateShard]):
         self.bounded = bounded
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[object], bool]:
-        return self.shard.process(values, time.time()), RETAIN
+        out = self.shard.process(values, time.time())
+        _observe_evaluate(values, out)
+        return out, RETAIN
 
     def on_notify(self) -> tuple[Iterable[object], bool]:
         return self.shard.watermark_due(time.time()), RETAIN
@@ -527,6 +555,7 @@ class _DeskLogic(op.StatefulBatchLogic[object, object, DeskShard]):
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[object], bool]:
         now = None if self.bounded else time.time()
+        _observe_personalize(values)
         return self.shard.process(values, now), RETAIN
 
     def on_notify(self) -> tuple[Iterable[object], bool]:
@@ -540,6 +569,45 @@ class _DeskLogic(op.StatefulBatchLogic[object, object, DeskShard]):
 
     def snapshot(self) -> DeskShard:
         return self.shard
+
+
+def _observe_evaluate(values: list[Any], out: list[Any]) -> None:
+    """Evaluation's newest event time (the last event of a batch: they come in read order), and
+    the tick-to-alert time of each alert whose triggering event is in this batch (matched by
+    event time). Alerts of a bar close, or of events held at start-up, are not observed."""
+    for item in reversed(values):
+        if type(item) in _MARKET_EVENTS:
+            metrics.STATUS.saw_event_time("evaluate", item.ts)
+            break
+    alerts = [item for item in out if type(item) is TriggeredAlert]
+    if not alerts:
+        return
+    sent = {
+        item.ts: item.__dict__.get("sent_ms") for item in values if type(item) in _MARKET_EVENTS
+    }
+    now = time.time()
+    for alert in alerts:
+        sent_ms = sent.get(alert.triggered_at)
+        if sent_ms is not None:
+            metrics.TICK_TO_ALERT.labels(priority=alert.priority.value).observe(
+                now - sent_ms / 1000
+            )
+
+
+def _observe_personalize(values: list[Any]) -> None:
+    """Personalization's newest event time: an alert's, a feedback's, or the watermark it was
+    told (evaluation's ``complete_before``), whichever of them came last in the batch."""
+    for item in reversed(values):
+        kind = type(item)
+        if kind is TriggeredAlert:
+            metrics.STATUS.saw_event_time("personalize", item.triggered_at)
+        elif kind is Feedback:
+            metrics.STATUS.saw_event_time("personalize", item.ts)
+        elif kind is Watermark and item.complete_before is not None:
+            metrics.STATUS.saw_event_time("personalize", item.complete_before)
+        else:
+            continue
+        return
 
 
 def _wall(seconds: float | None) -> datetime | None:
@@ -718,6 +786,9 @@ def _to_record(item: TriggeredAlert | Notification | DeadLetter, topics: Topics)
         return OutgoingRecord(topics.triggered, item.user_id.encode(), item.to_json())
     if isinstance(item, Notification):
         return OutgoingRecord(topics.notifications, item.user_id.encode(), item.to_json())
+    metrics.DEAD_LETTERS.labels(
+        topic=item.source_topic or "unknown", reason=metrics.dead_letter_reason(item.error)
+    ).inc()
     key = item.key.encode() if item.key is not None else None
     return OutgoingRecord(topics.dlq, key, item.to_json())
 
@@ -857,6 +928,7 @@ def _run(settings: Settings, bounded: bool, life: Lifetime) -> int:
         )
         epoch = timedelta(seconds=recovery.snapshot_seconds)
     WRITE_FAILURES.clear()
+    metrics.STATUS.reset(recovery_on=recovery_config is not None)
     with _stop_on_signals() as received:
         try:
             cli_main(

@@ -19,11 +19,13 @@ claim succeeds sends. Destinations a provider called dead are recorded and not t
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import random
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ from typing import Protocol
 
 from pipeline.logs import delivery_fields, mask_destination
 from pipeline.messages import Channel, Notification
-from pipeline.metrics import DELIVERY_ATTEMPTS, DELIVERY_SECONDS
+from pipeline.metrics import CIRCUIT_OPEN, DELIVERY_ATTEMPTS, DELIVERY_SECONDS, OUTBOX_DEPTH
 from sinks.channels.base import Delivery, PermanentError, Sender, SendResult, TransientError
 from sinks.postgres import Claim, DeliveryRecord, OpenDelivery
 
@@ -76,6 +78,12 @@ class CircuitBreaker:
         self.failures = 0
         self.opened_at: float | None = None
         self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        """Calls are refused now (open, and the cooldown before the trial call not over)."""
+        opened_at = self.opened_at
+        return opened_at is not None and self.clock() - opened_at < self.cooldown
 
     def allow(self) -> bool:
         with self._lock:
@@ -131,6 +139,7 @@ class Outbox(Protocol):
     ) -> None: ...  # fmt: skip
     def disable_destination(self, channel: str, destination: str, reason: str) -> None: ...
     def open_deliveries(self, channels: Iterable[str], limit: int) -> list[OpenDelivery]: ...
+    def outbox_depth(self, channels: Iterable[str]) -> dict[tuple[str, str], int]: ...
     def release_claim(self, notification_id: str, channel: str, destination: str) -> None: ...
 
 
@@ -209,6 +218,11 @@ class DeliveryCore:
                     daemon=True,
                 )  # fmt: skip
             )
+        _CORES.add(self)
+        for channel, sender in senders.items():
+            CIRCUIT_OPEN.labels(channel=channel.value).set_function(
+                functools.partial(_any_open, sender.provider)
+            )
         for thread in self._threads:
             thread.start()
 
@@ -246,12 +260,20 @@ class DeliveryCore:
             self._enqueue(note, channel, destination, 1, now, ref)
 
     def resume(self) -> int:
-        """Queue the open rows of this core's channels (after a restart): returns how many."""
+        """Queue the open rows of this core's channels (after a restart): returns how many.
+        Also refreshes the outbox-depth gauge of these channels."""
+        channels = [channel.value for channel in self.senders]
         with self._outbox_lock:
             rows = self.outbox.open_deliveries(
-                [channel.value for channel in self.senders],
+                channels,
                 self.queue_size * len(self.senders),  # no more than the queues can take
             )
+            depth = self.outbox.outbox_depth(channels)
+        for channel in channels:
+            for status in OPEN_STATUSES:
+                OUTBOX_DEPTH.labels(channel=channel, status=status).set(
+                    depth.get((channel, status), 0)
+                )
         for row in rows:
             due = row.next_attempt_at.timestamp() if row.next_attempt_at is not None else None
             self._enqueue(
@@ -484,6 +506,19 @@ class DeliveryCore:
             )  # fmt: skip
         if not retry:
             self._done(job)
+
+
+OPEN_STATUSES = ("PENDING", "SENDING", "RETRYING")
+
+# Every core of this process (one per worker): a provider's circuit gauge is 1 while any of
+# their breakers for it is open.
+_CORES: weakref.WeakSet[DeliveryCore] = weakref.WeakSet()
+
+
+def _any_open(provider: str) -> float:
+    return float(
+        any(core.breakers[provider].is_open for core in list(_CORES) if provider in core.breakers)
+    )
 
 
 def _idle_until(jobs: queue.PriorityQueue[_Job], end: float) -> bool:

@@ -288,6 +288,13 @@ ORDER BY d.created_at
 LIMIT %s
 """
 
+# The open rows by channel and status: the ops page's outbox depth (docs/operations.md).
+OUTBOX_DEPTH = """
+SELECT channel, status, count(*) FROM delivery_logs
+WHERE channel = ANY(%s) AND status IN ('PENDING', 'SENDING', 'RETRYING')
+GROUP BY channel, status
+"""
+
 # A RETRYING row is claimable from one second before its next_attempt_at: the attempt's own
 # timer and PostgreSQL's clock may differ that much, a second worker's early scan may not.
 CLAIM_DELIVERY = """
@@ -863,6 +870,15 @@ class HistoryWriter:
         def work(conn: psycopg.Connection) -> Claim:
             row = conn.execute(CLAIM_DELIVERY, params).fetchone()
             return Claim(False) if row is None else Claim(True, row[0])
+
+        return self._transaction(work)
+
+    def outbox_depth(self, channels: Iterable[str]) -> dict[tuple[str, str], int]:
+        """How many rows of these channels are open, by (channel, status)."""
+
+        def work(conn: psycopg.Connection) -> dict[tuple[str, str], int]:
+            rows = conn.execute(OUTBOX_DEPTH, (list(channels),)).fetchall()
+            return {(channel, status): int(count) for channel, status, count in rows}
 
         return self._transaction(work)
 

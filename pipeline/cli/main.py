@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from connectors.files import FileFormatError
 from pipeline.cli import commands
@@ -15,6 +17,9 @@ from pipeline.logs import configure as configure_logs
 from pipeline.rules.templates import TemplateError
 from pipeline.rules.text import RuleTextError
 from sinks.files import UnsupportedOutput
+
+if TYPE_CHECKING:
+    from connectors.ops_server import OpsServer
 
 DESCRIPTION = """\
 VS-9 Smart Alerts: a streaming alert engine for options trading.
@@ -46,7 +51,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read every input topic to its current end, then stop (replays, batch runs)",
     )
-    run.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics")
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve /metrics, /healthz and /readyz on this port (overrides [ops] port; "
+        "default 9464 on [ops] host, 127.0.0.1)",
+    )
 
     for name in ("demo", "dev"):
         demo = verbs.add_parser(
@@ -261,10 +273,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     settings.require_servers()
     if not args.verbose:  # the one-line reason below says it; -v keeps Rust's backtraces
         os.environ["RUST_BACKTRACE"] = "0"
-    if args.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(args.metrics_port)
+    ops = _serve_ops(settings, args.metrics_port)
     try:
         return run(settings, bounded=args.bounded)
     except BaseException as exc:
@@ -273,6 +282,31 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
             raise
         print(f"smart-alerts: stopped: {reason}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    finally:
+        if ops is not None:
+            ops.close()
+
+
+def _serve_ops(settings: Settings, port: int | None) -> OpsServer | None:
+    """The ops endpoints. A port named by --metrics-port or [ops] port that cannot be bound is
+    a configuration error; the default one taken (several jobs on one host) only loses them."""
+    from connectors.ops_server import serve
+
+    try:
+        return serve(settings, port=port)
+    except OSError as exc:
+        where = f"{settings.ops.host}:{settings.ops.port if port is None else port}"
+        if port is None and "port" not in settings.ops.model_fields_set:
+            logging.getLogger("smart_alerts.ops").warning(
+                "no ops endpoints: cannot listen on %s (%s); set [ops] port or --metrics-port",
+                where,
+                exc.strerror or exc,
+            )
+            return None
+        raise ConfigError(
+            f"cannot serve the ops endpoints on {where}: {exc.strerror or exc}; choose another "
+            "[ops] host/port or --metrics-port"
+        ) from None
 
 
 EXIT_UNAVAILABLE = 3
