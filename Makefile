@@ -13,10 +13,17 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	@# The inbox page's browser test drives Debian's headless Chromium (skipped without it).
-	@if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && [ "$$(id -u)" = 0 ]; then \
-		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	@# Debian tools the tests drive, installed as root when missing (one apt-get update):
+	@# headless Chromium for the inbox page's browser test, and promtool (Debian's prometheus)
+	@# for `promtool check metrics` on the job's metrics page and `promtool test rules`.
+	@if [ "$$(id -u)" = 0 ]; then \
+		missing=""; \
+		{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || missing="chromium chromium-driver"; \
+		[ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
+		if [ -n "$$missing" ]; then \
+			export DEBIAN_FRONTEND=noninteractive; \
+			apt-get update -qq && apt-get install -y -qq $$missing; \
+		fi; \
 	fi
 	touch $(STAMP)
 

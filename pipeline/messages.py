@@ -613,6 +613,11 @@ class DeadLetter(Message):
     error: Text
     ts: Timestamp
 
+    def to_json(self) -> bytes:
+        # key and value are required, null when the record had none (its schema says so), so
+        # they are written even when None, unlike the optional fields of other messages.
+        return self.model_dump_json().encode()
+
 
 # ---------------------------------------------------------------- decoding
 

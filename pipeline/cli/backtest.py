@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from connectors.files import count_rows, merged_by_time
+from connectors.files import SortedRows, count_rows, merged_by_time
 from connectors.kafka import SourceRecord
 from pipeline.cli.commands import Echo, Summary, load_rules
 from pipeline.config import Settings
@@ -93,13 +93,20 @@ def run_backtest(
 
     topics = settings.topics
     rule_list = load_rules(rules, user_id=user_id)
+    # (topic, file, the columns it cannot do without: ts and the message key's, key function)
     sources = [
-        (topics.positions, positions, _position_key),
-        (topics.ticks, ticks, _field("symbol")),
-        (topics.options_flow, flow, _field("underlying")),
+        (topics.positions, positions, ("user_id", "symbol"), _position_key),
+        (topics.ticks, ticks, ("symbol",), _field("symbol")),
+        (topics.options_flow, flow, ("underlying",), _field("underlying")),
     ]
-    present = [(topic, path, key) for topic, path, key in sources if path is not None]
-    counts = [count_rows(path) for _, path, _ in present]
+    # Every file is read and checked here, before the dataflow: an error raised inside it
+    # reaches the operator as a Rust panic.
+    present = [
+        (topic, SortedRows(path, required), key)
+        for topic, path, required, key in sources
+        if path is not None
+    ]
+    counts = [count_rows(rows.path) for _, rows, _ in present]
     total = sum(c for c in counts if c is not None) if all(c is not None for c in counts) else None
     bar = Progress(total) if progress else None
     collector = _Collector((topics.triggered, topics.dlq))

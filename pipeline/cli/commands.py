@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from connectors import dependencies
 from connectors.files import count_rows, read_rows
 from connectors.kafka import PartitionReader, SourceRecord, list_partitions
 from connectors.topics import TopicSpec, create_topics
@@ -48,6 +51,158 @@ class CommandError(RuntimeError):
 
 def echo_stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- failures
+
+EXIT_INPUT = 2  # usage, configuration or input file: fix it and run again
+EXIT_UNAVAILABLE = 3  # a server did not answer: a restart later may succeed
+MAX_LINE = 600
+
+CONFIG_HINT = "docs/operations.md (Configuration) lists every key with its default"
+FILE_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What the CLI prints (one or two lines) and the exit status, for an expected failure."""
+
+    code: int
+    cause: str
+    fix: str | None = None
+    # A rule text's error is followed by the text with a caret under the fault: kept as it is.
+    caret: bool = False
+
+    def lines(self) -> list[str]:
+        cause = self.cause if self.caret else _one_line(self.cause)
+        lines = [f"smart-alerts: error: {cause}"]
+        if self.fix:
+            lines.append(f"smart-alerts: {_one_line(self.fix)}")
+        return lines
+
+
+def explain_failure(exc: BaseException) -> Failure | None:
+    """The expected failure in ``exc``'s chain of causes (Bytewax wraps an operator's exception
+    in its own), as a Failure; None for anything else, which is a bug to show in full."""
+    import psycopg
+    import redis
+
+    from connectors.dependencies import DependencyRefused, DependencyUnavailable
+    from connectors.files import FileFormatError
+    from connectors.kafka import KafkaReadError, LostOffsetsError, MissingTopicError
+    from connectors.topics import TopicAdminError
+    from pipeline.config import ConfigError
+    from pipeline.rules.templates import TemplateError
+    from pipeline.rules.text import RuleTextError
+    from sinks.files import UnsupportedOutput
+    from sinks.kafka import KafkaDeliveryError
+    from sinks.postgres import DatabaseUnavailableError
+    from sinks.redis_store import RedisUnavailableError
+
+    for cause in _chain(exc):
+        if isinstance(cause, ConfigError):
+            return Failure(EXIT_INPUT, str(cause), CONFIG_HINT)
+        if isinstance(cause, MissingTopicError):
+            return Failure(
+                EXIT_UNAVAILABLE, str(cause), "create the topics: smart-alerts topics create"
+            )
+        if isinstance(cause, LostOffsetsError):  # its message says what to choose
+            return Failure(EXIT_UNAVAILABLE, str(cause))
+        if isinstance(cause, RuleTextError):
+            return Failure(EXIT_INPUT, str(cause), caret=True)
+        if isinstance(
+            cause,
+            (
+                CommandError,
+                FileFormatError,
+                TemplateError,
+                UnsupportedOutput,
+                DependencyRefused,
+            ),
+        ):
+            return Failure(EXIT_INPUT, str(cause))
+        if isinstance(cause, FILE_ERRORS) and cause.filename is not None:
+            return Failure(EXIT_INPUT, f"{cause.filename}: {cause.strerror or cause}")
+        if isinstance(cause, DependencyUnavailable):
+            return Failure(EXIT_UNAVAILABLE, str(cause))
+        if isinstance(cause, (KafkaReadError, KafkaDeliveryError, TopicAdminError)):
+            return Failure(
+                EXIT_UNAVAILABLE,
+                str(cause),
+                "check KAFKA_BOOTSTRAP_SERVERS and that the broker is running",
+            )
+        if isinstance(cause, (DatabaseUnavailableError, psycopg.OperationalError)):
+            return Failure(
+                EXIT_UNAVAILABLE,
+                f"PostgreSQL: {cause}" if isinstance(cause, psycopg.Error) else str(cause),
+                "check DATABASE_URL and that PostgreSQL is running",
+            )
+        if isinstance(cause, (RedisUnavailableError, redis.ConnectionError, redis.TimeoutError)):
+            return Failure(
+                EXIT_UNAVAILABLE,
+                f"Redis: {cause}" if isinstance(cause, redis.RedisError) else str(cause),
+                "check REDIS_URL and that Redis is running",
+            )
+    return None
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        yield current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_LINE else text[: MAX_LINE - 3] + "..."
+
+
+# ---------------------------------------------------------------- start-up checks
+
+SERVERS = ("kafka", "postgres", "redis")
+
+
+def wait_for_servers(settings: Settings, *names: str) -> None:
+    """Wait for the named servers (``SERVERS``) as ``[dependencies] startup_wait_seconds``
+    allows, in the order given; DependencyUnavailable when one never answers."""
+    bootstrap, database_url, redis_url = settings.require_servers()
+    made = {
+        "kafka": lambda: dependencies.kafka(bootstrap),
+        "postgres": lambda: dependencies.postgres(database_url),
+        "redis": lambda: dependencies.redis_server(redis_url),
+    }
+    dependencies.wait_for_dependencies([made[name]() for name in names], settings.dependencies)
+
+
+def check_recovery_directory(settings: Settings) -> None:
+    """A recovery directory the job cannot create or write fails here, naming it, rather than
+    at the first snapshot inside the dataflow."""
+    directory = settings.recovery.directory
+    if directory is None:
+        return
+    probe = directory / f".smart-alerts-write-test-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+        for part in directory.glob("part-*.sqlite3"):
+            if not os.access(part, os.R_OK | os.W_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(part))
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename not in (None, str(directory)) else ""
+        raise CommandError(
+            f"recovery directory {directory} is not usable: {exc.strerror or exc}{where}; "
+            f"make it a directory writable by uid {os.getuid()}, or change [recovery] directory"
+        ) from exc
 
 
 # ---------------------------------------------------------------- topics, schema
@@ -90,6 +245,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 def topics_create(settings: Settings, echo: Echo = print) -> list[str]:
     bootstrap = settings.require_servers()[0]
+    wait_for_servers(settings, "kafka")
     specs = topic_specs(settings)
     created = create_topics(bootstrap, specs)
     for spec in specs:
@@ -103,6 +259,7 @@ def topics_create(settings: Settings, echo: Echo = print) -> list[str]:
 
 
 def run_migrations(settings: Settings, echo: Echo = print) -> list[str]:
+    wait_for_servers(settings, "postgres")
     applied = migrate(settings.require_servers()[1], log=echo)
     echo(f"{len(applied)} migration(s) applied" if applied else "schema is up to date")
     return applied
@@ -163,9 +320,11 @@ def publish(
 
 def replay(settings: Settings, path: Path, topic_name: str, echo: Echo = print) -> int:
     topic, model = topic_of(settings, topic_name)
+    total = count_rows(path)  # also a missing or unreadable file, before waiting for the broker
+    wait_for_servers(settings, "kafka")
     producer = CheckedProducer(settings.require_servers()[0])
     try:
-        sent = publish(producer, topic, load_messages(path, model), total=count_rows(path))
+        sent = publish(producer, topic, load_messages(path, model), total=total)
     finally:
         producer.close()
     echo(f"replayed {sent} messages from {path} to {topic}")
@@ -176,6 +335,7 @@ def rules_apply(
     settings: Settings, path: Path, echo: Echo = print, *, user_id: str | None = None
 ) -> int:
     rules = load_rules(path, user_id=user_id)
+    wait_for_servers(settings, "kafka")
     producer = CheckedProducer(settings.require_servers()[0])
     try:
         sent = publish(producer, settings.topics.rules, rules)
@@ -278,6 +438,7 @@ def rules_from_template(
     rule = instantiate(name, symbol=symbol, user_id=user_id, params=values)
     echo(rule_json(rule))
     if settings is not None:
+        wait_for_servers(settings, "kafka")
         producer = CheckedProducer(settings.require_servers()[0])
         try:
             publish(producer, settings.topics.rules, [rule])

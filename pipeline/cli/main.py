@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from connectors.files import FileFormatError
 from pipeline.cli import commands
 from pipeline.config import ConfigError, Settings, load_settings
 from pipeline.config import Logging as LoggingConfig
 from pipeline.logs import configure as configure_logs
-from pipeline.rules.templates import TemplateError
-from pipeline.rules.text import RuleTextError
-from sinks.files import UnsupportedOutput
-
-if TYPE_CHECKING:
-    from connectors.ops_server import OpsServer
 
 DESCRIPTION = """\
 VS-9 Smart Alerts: a streaming alert engine for options trading.
@@ -38,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on a failure, show the traceback (and Rust's backtrace) instead of the one-line "
+        "error",
+    )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     run = verbs.add_parser(
@@ -51,14 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read every input topic to its current end, then stop (replays, batch runs)",
     )
-    run.add_argument(
-        "--metrics-port",
-        type=int,
-        default=None,
-        metavar="PORT",
-        help="serve /metrics, /healthz and /readyz on this port (overrides [ops] port; "
-        "default 9464 on [ops] host, 127.0.0.1)",
-    )
+    run.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics")
 
     for name in ("demo", "dev"):
         demo = verbs.add_parser(
@@ -179,21 +169,22 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _configure_logging(args)
+    if not (args.debug or args.verbose):
+        # An expected failure is reported in a line or two below; Rust's backtrace of the
+        # panic Bytewax turns an exception into would bury it. -v and --debug keep it.
+        os.environ["RUST_BACKTRACE"] = "0"
     try:
         return _dispatch(args)
-    except (
-        ConfigError,
-        commands.CommandError,
-        FileFormatError,
-        RuleTextError,
-        TemplateError,
-        UnsupportedOutput,
-    ) as exc:
-        print(f"smart-alerts: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("smart-alerts: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        failure = None if args.debug else commands.explain_failure(exc)
+        if failure is None:
+            raise
+        for line in failure.lines():
+            print(line, file=sys.stderr)
+        return failure.code
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
@@ -240,6 +231,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.openapi:
             openapi_command(settings, args.openapi)
             return 0
+        commands.wait_for_servers(settings, *commands.SERVERS)
         return serve(settings, host=args.host, port=args.port)
     if args.verb == "backtest":
         from pipeline.cli.backtest import backtest_command
@@ -271,45 +263,23 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.dataflow import run
 
     settings.require_servers()
-    if not args.verbose:  # the one-line reason below says it; -v keeps Rust's backtraces
-        os.environ["RUST_BACKTRACE"] = "0"
-    ops = _serve_ops(settings, args.metrics_port)
+    commands.check_recovery_directory(settings)
+    commands.wait_for_servers(settings, *commands.SERVERS)
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port)
     try:
         return run(settings, bounded=args.bounded)
     except BaseException as exc:
         reason = _stopping_failure(exc)
-        if reason is None:
+        if reason is None or args.debug:
             raise
         print(f"smart-alerts: stopped: {reason}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    finally:
-        if ops is not None:
-            ops.close()
 
 
-def _serve_ops(settings: Settings, port: int | None) -> OpsServer | None:
-    """The ops endpoints. A port named by --metrics-port or [ops] port that cannot be bound is
-    a configuration error; the default one taken (several jobs on one host) only loses them."""
-    from connectors.ops_server import serve
-
-    try:
-        return serve(settings, port=port)
-    except OSError as exc:
-        where = f"{settings.ops.host}:{settings.ops.port if port is None else port}"
-        if port is None and "port" not in settings.ops.model_fields_set:
-            logging.getLogger("smart_alerts.ops").warning(
-                "no ops endpoints: cannot listen on %s (%s); set [ops] port or --metrics-port",
-                where,
-                exc.strerror or exc,
-            )
-            return None
-        raise ConfigError(
-            f"cannot serve the ops endpoints on {where}: {exc.strerror or exc}; choose another "
-            "[ops] host/port or --metrics-port"
-        ) from None
-
-
-EXIT_UNAVAILABLE = 3
+EXIT_UNAVAILABLE = commands.EXIT_UNAVAILABLE
 
 
 def _stopping_failure(exc: BaseException) -> BaseException | None:
