@@ -226,6 +226,24 @@ class Logging(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # -v makes it DEBUG
 
 
+class Ops(_Section):
+    """The job's ops endpoints: /metrics, /healthz, /readyz (docs/operations.md, "Health and
+    metrics"). ``smart-alerts run --metrics-port`` overrides the port."""
+
+    # Loopback by default: the page names topics and versions; a container sets 0.0.0.0 so
+    # that Prometheus and the kubelet reach it.
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)  # 9464: Prometheus's registered exporter port
+    # /healthz answers 503 when the dataflow has not polled its input for this long: a wedged
+    # worker (a live job polls every partition many times a second, even when idle).
+    stall_seconds: float = Field(60.0, gt=0, le=3600)
+    # Each /readyz dependency check (broker, PostgreSQL, Redis) gives up after this long, so a
+    # probe answers within the kubelet's timeout even when a server hangs.
+    check_timeout_seconds: float = Field(2.0, gt=0, le=60)
+    # How often the readiness checks run for the smart_alerts_ready gauge.
+    ready_interval_seconds: float = Field(10.0, gt=0, le=3600)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SMART_ALERTS_", env_nested_delimiter="__", extra="forbid"
@@ -255,6 +273,7 @@ class Settings(BaseSettings):
     delivery: Delivery = Field(default_factory=Delivery)
     dependencies: Dependencies = Field(default_factory=Dependencies)
     api: Api = Field(default_factory=Api)
+    ops: Ops = Field(default_factory=Ops)
     logging: Logging = Field(default_factory=Logging)
 
     @classmethod

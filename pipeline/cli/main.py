@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.cli import commands
 from pipeline.config import ConfigError, Settings, load_settings
 from pipeline.config import Logging as LoggingConfig
 from pipeline.logs import configure as configure_logs
+
+if TYPE_CHECKING:
+    from connectors.ops_server import OpsServer
 
 DESCRIPTION = """\
 VS-9 Smart Alerts: a streaming alert engine for options trading.
@@ -48,7 +53,14 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read every input topic to its current end, then stop (replays, batch runs)",
     )
-    run.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics")
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve /metrics, /healthz and /readyz on this port (overrides [ops] port; "
+        "default 9464 on [ops] host, 127.0.0.1)",
+    )
 
     for name in ("demo", "dev"):
         demo = verbs.add_parser(
@@ -264,12 +276,10 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
     settings.require_servers()
     commands.check_recovery_directory(settings)
-    commands.wait_for_servers(settings, *commands.SERVERS)
-    if args.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(args.metrics_port)
+    # Served before the wait for the servers: /readyz then names the one still unreachable.
+    ops = _serve_ops(settings, args.metrics_port)
     try:
+        commands.wait_for_servers(settings, *commands.SERVERS)
         return run(settings, bounded=args.bounded)
     except BaseException as exc:
         reason = _stopping_failure(exc)
@@ -277,6 +287,31 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
             raise
         print(f"smart-alerts: stopped: {reason}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    finally:
+        if ops is not None:
+            ops.close()
+
+
+def _serve_ops(settings: Settings, port: int | None) -> OpsServer | None:
+    """The ops endpoints. A port named by --metrics-port or [ops] port that cannot be bound is
+    a configuration error; the default one taken (several jobs on one host) only loses them."""
+    from connectors.ops_server import serve
+
+    try:
+        return serve(settings, port=port)
+    except OSError as exc:
+        where = f"{settings.ops.host}:{settings.ops.port if port is None else port}"
+        if port is None and "port" not in settings.ops.model_fields_set:
+            logging.getLogger("smart_alerts.ops").warning(
+                "no ops endpoints: cannot listen on %s (%s); set [ops] port or --metrics-port",
+                where,
+                exc.strerror or exc,
+            )
+            return None
+        raise ConfigError(
+            f"cannot serve the ops endpoints on {where}: {exc.strerror or exc}; choose another "
+            "[ops] host/port or --metrics-port"
+        ) from None
 
 
 EXIT_UNAVAILABLE = commands.EXIT_UNAVAILABLE
