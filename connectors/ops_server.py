@@ -56,7 +56,10 @@ class Probes:
         bootstrap, database_url, redis_url = settings.require_servers()
         timeout = self._ops.check_timeout_seconds
         # Long-lived clients: a check reuses their connections instead of opening new ones.
-        self._admin = admin_client(bootstrap, {"socket.timeout.ms": max(10, int(timeout * 1000))})
+        # librdkafka's own connection errors stay quiet (log_level 0): /readyz reports the broker.
+        self._admin = admin_client(
+            bootstrap, {"socket.timeout.ms": max(10, int(timeout * 1000)), "log_level": 0}
+        )
         self._redis = redis.Redis.from_url(
             redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
