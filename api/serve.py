@@ -12,7 +12,8 @@ import uvicorn
 
 from api.app import create_app
 from pipeline.config import Settings
-from pipeline.logs import lifetime, mask_url, server_summary
+from pipeline.logs import lifetime, server_summary
+from pipeline.masking import mask_url
 
 log = logging.getLogger("smart_alerts.api")
 

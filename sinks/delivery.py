@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from pipeline.logs import delivery_fields, mask_destination
+from pipeline.logs import delivery_fields
+from pipeline.masking import mask_destination
 from pipeline.messages import Channel, Notification
 from pipeline.metrics import CIRCUIT_OPEN, DELIVERY_ATTEMPTS, DELIVERY_SECONDS, OUTBOX_DEPTH
 from sinks.channels.base import Delivery, PermanentError, Sender, SendResult, TransientError

@@ -25,9 +25,9 @@ from api.pagination import (
     time_cursor,
 )
 from api.problems import Problem
-from api.routes.profile import mask_email, mask_phone, mask_token, mask_url
 from api.services import Services
 from pipeline.ids import storage_uuid
+from pipeline.masking import mask_destination
 from pipeline.messages import (
     Channel,
     Feedback,
@@ -418,16 +418,3 @@ def _delivery(row: dict[str, Any], *, masked: bool) -> Delivery:
         last_attempt_at=row["last_attempt_at"],
         error_message=row["error_message"],
     )
-
-
-def mask_destination(channel: str, destination: str) -> str:
-    """A delivery's destination as an analyst sees it (the in-app feed's key is no contact)."""
-    if channel == Channel.EMAIL:
-        return mask_email(destination)
-    if channel in (Channel.SMS, Channel.VOICE):
-        return mask_phone(destination)
-    if channel == Channel.PUSH:
-        return mask_token(destination)
-    if channel == Channel.WEBHOOK:
-        return mask_url(destination)
-    return destination

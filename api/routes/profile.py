@@ -21,6 +21,7 @@ from api.problems import Problem
 from api.profile_store import change_profile, profile_from_document, read_profile
 from api.services import Services
 from pipeline.fields import NUL_FREE
+from pipeline.masking import mask_email, mask_phone, mask_token, mask_url
 from pipeline.messages import MAX_ID_LENGTH, Destinations, Profile
 
 router = APIRouter(prefix="/v1/profile", tags=["profile"])
@@ -92,24 +93,6 @@ def _masked(name: str, value: Any) -> Any:
     if name == "url":
         return mask_url(value)
     return "***"
-
-
-def mask_email(email: str) -> str:
-    local, _, domain = email.rpartition("@")
-    return f"{local[:1]}***@{domain}"
-
-
-def mask_phone(phone: str) -> str:
-    return phone[:2] + "*" * max(len(phone) - 6, 3) + phone[-4:]
-
-
-def mask_token(token: str) -> str:
-    return "***" + token[-4:]
-
-
-def mask_url(url: str) -> str:
-    scheme, _, _ = url.partition("://")
-    return f"{scheme}://***"
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -200,7 +200,7 @@ def test_analysts_read_any_profile_masked_and_never_write(api: ApiServer) -> Non
         "email": "a***@example.com",
         "phone": "+1******4567",
         "push_tokens": ["***1234"],
-        "webhook": {"url": "https://***", "secret_ref": "wh-1"},
+        "webhook": {"url": "https://hooks.example.com/…", "secret_ref": "wh-1"},
     }
     assert "alice" not in seen.text and "abcdefgh" not in seen.text
     assert refused.status_code == 403 and token.status_code == 403

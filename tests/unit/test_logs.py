@@ -18,10 +18,10 @@ from pipeline.logs import (
     configure,
     delivery_fields,
     lifetime,
-    mask_destination,
     redact,
     remember_rules,
 )
+from pipeline.masking import mask_destination
 from pipeline.messages import Channel, Notification, Priority, TriggeredAlert
 
 
