@@ -3,6 +3,9 @@ rest, on the port given by --metrics-port (a real ``smart-alerts run`` on the em
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from connectors.embedded import StackUrls, free_ports
@@ -65,3 +68,30 @@ def test_readyz_names_an_unreachable_redis_while_healthz_stays_200(
         assert status == 200, health
         status, page = job.get("/metrics")
         assert "smart_alerts_ready 0.0" in page
+
+
+def test_healthz_answers_503_while_the_dataflow_is_wedged_and_200_once_it_moves_again(
+    stack: StackUrls, database_url: str, tmp_path: Path
+) -> None:
+    """A worker blocked on its input (tests/integration/wedge/sitecustomize.py blocks every
+    partition read while a flag file exists) stops polling: /healthz says so once
+    ``[ops] stall_seconds`` have passed, and recovers when the reads go on."""
+    settings = job_settings(
+        stack,
+        database_url,
+        engine={"shard_count": 2, "user_shard_count": 1},
+        ops={"stall_seconds": 2},
+    )
+    flag = tmp_path / "wedged"
+    wedge = str(Path(__file__).parent / "wedge")
+    env = {"SMART_ALERTS_TEST_WEDGE": str(flag), "PYTHONPATH": f"{wedge}{os.pathsep}{os.getcwd()}"}
+    with ops_job(settings, extra_env=env) as job:
+        wait_for(lambda: job.get("/healthz")[0] == 200, 60, "/healthz to answer 200")
+        flag.touch()
+        wait_for(lambda: job.get("/healthz")[0] == 503, 30, "/healthz to answer 503")
+        status, health = job.get_json("/healthz")
+        assert status == 503, health
+        assert health["status"] == "stalled"
+        assert "has not polled its input" in health["reason"]
+        flag.unlink()
+        wait_for(lambda: job.get("/healthz")[0] == 200, 30, "/healthz to answer 200 again")
