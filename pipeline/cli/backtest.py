@@ -9,16 +9,19 @@ collected and written to OUT instead of Kafka and the stores.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import polars as pl
+
 from connectors.files import SortedRows, count_rows, merged_by_time
 from connectors.kafka import SourceRecord
 from pipeline.cli.commands import Echo, Summary, load_rules
+from pipeline.cli.report import alerts_per_day, alerts_per_rule, write_report
 from pipeline.config import Settings
 from pipeline.messages import DeadLetter, Rule, TriggeredAlert
 from sinks.files import FORMATS, UnsupportedOutput, write_alerts
@@ -33,6 +36,51 @@ class BacktestResult:
     dead_letters: list[DeadLetter]
     rows: int
     seconds: float
+    rules: list[Rule] = field(default_factory=list)
+    # The accepted ticks' symbol, ts and price, for the report; kept only when asked for.
+    prices: pl.DataFrame | None = None
+
+
+@dataclass
+class _PriceTap:
+    """Keeps each tick record's symbol, time and price as it enters the dataflow, so the
+    report draws what the dataflow read, after every input option the backtest applies."""
+
+    topic: str
+    offsets: list[int] = field(default_factory=list)
+    symbols: list[str] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)
+    prices: list[float] = field(default_factory=list)
+
+    def __call__(self, records: Iterator[SourceRecord]) -> Iterator[SourceRecord]:
+        for record in records:
+            if record.topic == self.topic and record.value and record.timestamp_ms is not None:
+                row = json.loads(record.value)
+                price = row.get("price")
+                if isinstance(price, int | float | str) and "symbol" in row:
+                    try:
+                        self.prices.append(float(price))
+                    except ValueError:
+                        pass  # a dead letter: the dataflow says why
+                    else:
+                        self.offsets.append(record.offset)
+                        self.symbols.append(str(row["symbol"]))
+                        self.times.append(record.timestamp_ms)
+            yield record
+
+    def frame(self, rejected: set[int]) -> pl.DataFrame:
+        frame = pl.DataFrame(
+            {
+                "offset": self.offsets,
+                "symbol": self.symbols,
+                "ts": self.times,
+                "price": self.prices,
+            },
+            schema={"offset": pl.Int64, "symbol": pl.String, "ts": pl.Int64, "price": pl.Float64},
+        )
+        return frame.filter(~pl.col("offset").is_in(list(rejected))).select(
+            "symbol", pl.col("ts").cast(pl.Datetime("ms", "UTC")), "price"
+        )
 
 
 @dataclass
@@ -88,6 +136,7 @@ def run_backtest(
     positions: Path | None = None,
     progress: bool = True,
     user_id: str | None = None,
+    keep_prices: bool = False,
 ) -> BacktestResult:
     from pipeline.dataflow import Writers, file_inputs, run_in_this_thread
 
@@ -114,8 +163,11 @@ def run_backtest(
     def reference() -> Iterator[SourceRecord]:
         return iter(_rule_records(topics.rules, rule_list))
 
+    tap = _PriceTap(topics.ticks) if keep_prices else None
+
     def market() -> Iterator[SourceRecord]:
-        return merged_by_time(present)
+        records = merged_by_time(present)
+        return tap(records) if tap is not None else records
 
     inputs = file_inputs(settings, reference, market, progress=bar)
     started = time.monotonic()
@@ -125,7 +177,11 @@ def run_backtest(
     if bar is not None:
         bar(rows, final=True)
     alerts = sorted(collector.alerts, key=lambda a: (a.triggered_at, a.alert_id))
-    return BacktestResult(alerts, collector.dead_letters, rows, seconds)
+    prices = None
+    if tap is not None:
+        rejected = {d.offset for d in collector.dead_letters if d.source_topic == topics.ticks}
+        prices = tap.frame(rejected)
+    return BacktestResult(alerts, collector.dead_letters, rows, seconds, rule_list, prices)
 
 
 def _rule_records(topic: str, rules: list[Rule]) -> list[SourceRecord]:
@@ -151,11 +207,9 @@ def summarize(result: BacktestResult, out: Path) -> Summary:
     summary.add(
         "rows rejected", len(result.dead_letters), "see below" if result.dead_letters else ""
     )
-    for rule_id, count in sorted(Counter(a.rule_id for a in result.alerts).items()):
+    for rule_id, count in alerts_per_rule(result.alerts):
         summary.add(f"alerts: {rule_id}", count, "")
-    for day, count in sorted(
-        Counter(a.triggered_at.date().isoformat() for a in result.alerts).items()
-    ):
+    for day, count in alerts_per_day(result.alerts):
         summary.add(f"alerts on {day}", count, "")
     summary.add("alerts", len(result.alerts), str(out))
     return summary
@@ -171,14 +225,34 @@ def backtest_command(
     out: Path,
     echo: Echo = print,
     user_id: str | None = None,
+    report: Path | None = None,
 ) -> BacktestResult:
     if out.suffix.lower() not in FORMATS:
         raise UnsupportedOutput(f"{out}: write .parquet, .csv or .jsonl")
+    if report is not None and report.suffix.lower() not in (".html", ".htm"):
+        raise UnsupportedOutput(f"{report}: the report is an HTML page; name it .html")
     result = run_backtest(
-        settings, rules=rules, ticks=ticks, flow=flow, positions=positions, user_id=user_id
+        settings,
+        rules=rules,
+        ticks=ticks,
+        flow=flow,
+        positions=positions,
+        user_id=user_id,
+        keep_prices=report is not None,
     )
     write_alerts(result.alerts, out)
-    echo(summarize(result, out).render())
+    summary = summarize(result, out)
+    if report is not None and result.prices is not None:
+        write_report(
+            report,
+            alerts=result.alerts,
+            rules=result.rules,
+            prices=result.prices,
+            rows=result.rows,
+            seconds=result.seconds,
+        )
+        summary.add("report", len(result.alerts), str(report))
+    echo(summary.render())
     for letter in result.dead_letters[:5]:
         echo(f"rejected {letter.source_topic} row {letter.offset}: {letter.error}")
     if len(result.dead_letters) > 5:

@@ -155,6 +155,12 @@ def _parser() -> argparse.ArgumentParser:
     backtest.add_argument("--positions", type=Path)
     backtest.add_argument("--out", type=Path, required=True)
     backtest.add_argument("--user", help="user of rule texts that name none")
+    backtest.add_argument(
+        "--report",
+        type=Path,
+        metavar="HTML",
+        help="also write a self-contained chart of the prices, alerts and indicators (.html)",
+    )
 
     api = verbs.add_parser(
         "api",
@@ -256,6 +262,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             positions=args.positions,
             out=args.out,
             user_id=args.user,
+            report=args.report,
         )
         return 0
     if args.verb == "run":
