@@ -10,6 +10,7 @@ collected and written to OUT instead of Kafka and the stores.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Iterator
@@ -18,16 +19,51 @@ from pathlib import Path
 
 import polars as pl
 
-from connectors.files import SortedRows, count_rows, merged_by_time
+from connectors.files import FileFormatError, InputOptions, SortedRows, merged_by_time
 from connectors.kafka import SourceRecord
-from pipeline.cli.commands import Echo, Summary, load_rules
+from pipeline.cli.commands import CommandError, Echo, Summary, load_rules
 from pipeline.cli.report import alerts_per_day, alerts_per_rule, write_report
 from pipeline.config import Settings
-from pipeline.messages import DeadLetter, Rule, TriggeredAlert
+from pipeline.messages import DeadLetter, OptionsFlow, Position, Rule, Tick, TriggeredAlert
 from sinks.files import FORMATS, UnsupportedOutput, write_alerts
 from sinks.kafka import OutgoingRecord
 
 PROGRESS_WIDTH = 30
+DEFAULT_MAX_REJECTED = "1%"
+ROWS_NAMED = 5  # row numbers named for each reason of rejection
+
+
+@dataclass(frozen=True)
+class TickInput:
+    """How to read the ticks file when it is not exactly the tick fields (docs/operations.md,
+    Backtest input); flow and positions files get the time zone and the symbol clean-up."""
+
+    tz: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    symbol: str | None = None
+    bar_seconds: float | None = None
+
+
+def parse_max_rejected(text: str) -> tuple[float, bool]:
+    """``"10"`` (rows) or ``"1%"`` (a share of the rows read) as (limit, is_share)."""
+    value = text.strip()
+    share = value.endswith("%")
+    try:
+        limit = float(value[:-1] if share else value)
+    except ValueError:
+        limit = -1.0
+    if not (limit >= 0 and (share or limit.is_integer())) or (share and limit > 100):
+        raise FileFormatError(
+            f"--max-rejected: {text!r} is not a row count or a percentage (e.g. 10 or 1%)"
+        )
+    return limit, share
+
+
+def rejected_allowed(text: str, rows: int) -> int:
+    """How many rejected rows a run of ``rows`` rows tolerates: a share is rounded up to whole
+    rows, so that one bad row in a small file does not end its run."""
+    limit, share = parse_max_rejected(text)
+    return math.ceil(limit * rows / 100 - 1e-9) if share else int(limit)
 
 
 @dataclass
@@ -137,26 +173,61 @@ def run_backtest(
     progress: bool = True,
     user_id: str | None = None,
     keep_prices: bool = False,
+    tick_input: TickInput | None = None,
+    echo: Echo | None = None,
 ) -> BacktestResult:
     from pipeline.dataflow import Writers, file_inputs, run_in_this_thread
 
     topics = settings.topics
     rule_list = load_rules(rules, user_id=user_id)
-    # (topic, file, the columns it cannot do without: ts and the message key's, key function)
+    how = tick_input or TickInput()
+    ticks_options = InputOptions(
+        fields=frozenset(Tick.model_fields),
+        symbol_fields=("symbol", "underlying"),
+        tz=how.tz,
+        columns=how.columns,
+        symbol=how.symbol,
+        bars=True,
+        bar_seconds=how.bar_seconds,
+    )
+    # (topic, file, the columns it cannot do without: ts and the message key's, key function,
+    # how to read it)
     sources = [
-        (topics.positions, positions, ("user_id", "symbol"), _position_key),
-        (topics.ticks, ticks, ("symbol",), _field("symbol")),
-        (topics.options_flow, flow, ("underlying",), _field("underlying")),
+        (
+            topics.positions,
+            positions,
+            ("user_id", "symbol"),
+            _position_key,
+            InputOptions(
+                fields=frozenset(Position.model_fields),
+                symbol_fields=("symbol", "underlying"),
+                tz=how.tz,
+            ),
+        ),
+        (topics.ticks, ticks, ("symbol",), _field("symbol"), ticks_options),
+        (
+            topics.options_flow,
+            flow,
+            ("underlying",),
+            _field("underlying"),
+            InputOptions(
+                fields=frozenset(OptionsFlow.model_fields),
+                symbol_fields=("underlying", "contract"),
+                tz=how.tz,
+            ),
+        ),
     ]
     # Every file is read and checked here, before the dataflow: an error raised inside it
     # reaches the operator as a Rust panic.
     present = [
-        (topic, SortedRows(path, required), key)
-        for topic, path, required, key in sources
+        (topic, SortedRows(path, required, options), key)
+        for topic, path, required, key, options in sources
         if path is not None
     ]
-    counts = [count_rows(rows.path) for _, rows, _ in present]
-    total = sum(c for c in counts if c is not None) if all(c is not None for c in counts) else None
+    for _, source, _ in present:
+        for notice in source.notices:
+            (echo or _quiet)(notice)
+    total = sum(len(source) for _, source, _ in present)
     bar = Progress(total) if progress else None
     collector = _Collector((topics.triggered, topics.dlq))
 
@@ -173,7 +244,7 @@ def run_backtest(
     started = time.monotonic()
     run_in_this_thread(settings, Writers(records=lambda: collector), inputs)
     seconds = time.monotonic() - started
-    rows = sum(c or 0 for c in counts)
+    rows = total
     if bar is not None:
         bar(rows, final=True)
     alerts = sorted(collector.alerts, key=lambda a: (a.triggered_at, a.alert_id))
@@ -182,6 +253,10 @@ def run_backtest(
         rejected = {d.offset for d in collector.dead_letters if d.source_topic == topics.ticks}
         prices = tap.frame(rejected)
     return BacktestResult(alerts, collector.dead_letters, rows, seconds, rule_list, prices)
+
+
+def _quiet(text: str) -> None:
+    pass
 
 
 def _rule_records(topic: str, rules: list[Rule]) -> list[SourceRecord]:
@@ -226,9 +301,12 @@ def backtest_command(
     echo: Echo = print,
     user_id: str | None = None,
     report: Path | None = None,
+    tick_input: TickInput | None = None,
+    max_rejected: str = DEFAULT_MAX_REJECTED,
 ) -> BacktestResult:
     if out.suffix.lower() not in FORMATS:
         raise UnsupportedOutput(f"{out}: write .parquet, .csv or .jsonl")
+    parse_max_rejected(max_rejected)  # a bad value is refused before the run, not after it
     if report is not None and report.suffix.lower() not in (".html", ".htm"):
         raise UnsupportedOutput(f"{report}: the report is an HTML page; name it .html")
     result = run_backtest(
@@ -239,6 +317,8 @@ def backtest_command(
         positions=positions,
         user_id=user_id,
         keep_prices=report is not None,
+        tick_input=tick_input,
+        echo=echo,
     )
     write_alerts(result.alerts, out)
     summary = summarize(result, out)
@@ -253,8 +333,28 @@ def backtest_command(
         )
         summary.add("report", len(result.alerts), str(report))
     echo(summary.render())
-    for letter in result.dead_letters[:5]:
-        echo(f"rejected {letter.source_topic} row {letter.offset}: {letter.error}")
-    if len(result.dead_letters) > 5:
-        echo(f"... and {len(result.dead_letters) - 5} more rejected rows")
+    for line in rejection_reasons(result.dead_letters):
+        echo(line)
+    allowed = rejected_allowed(max_rejected, result.rows)
+    rejected = len(result.dead_letters)
+    if rejected and (rejected > allowed or rejected >= result.rows):
+        raise CommandError(
+            f"{rejected:,} of {result.rows:,} rows rejected, more than --max-rejected "
+            f"{max_rejected} allows ({allowed:,}); the reasons are listed above"
+        )
     return result
+
+
+def rejection_reasons(letters: list[DeadLetter]) -> list[str]:
+    """One line per file and reason: how many rows, and the first few row numbers."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for letter in letters:
+        groups.setdefault((letter.source_topic, letter.error), []).append(letter.offset)
+    lines = []
+    for (topic, error), offsets in sorted(groups.items(), key=lambda item: -len(item[1])):
+        offsets.sort()
+        named = ", ".join(str(o) for o in offsets[:ROWS_NAMED])
+        more = f" and {len(offsets) - ROWS_NAMED:,} more" if len(offsets) > ROWS_NAMED else ""
+        where = f"row {named}" if len(offsets) == 1 else f"{len(offsets):,} rows ({named}{more})"
+        lines.append(f"rejected {topic} {where}: {error}")
+    return lines

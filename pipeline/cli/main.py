@@ -155,6 +155,32 @@ def _parser() -> argparse.ArgumentParser:
     backtest.add_argument("--positions", type=Path)
     backtest.add_argument("--out", type=Path, required=True)
     backtest.add_argument("--user", help="user of rule texts that name none")
+    # Backtest input (docs/operations.md): files as traders have them, not only message fields.
+    backtest.add_argument(
+        "--tz",
+        metavar="ZONE",
+        help="read timestamps without a zone in ZONE (e.g. America/New_York); without it they "
+        "are an error",
+    )
+    backtest.add_argument(
+        "--columns",
+        metavar="FIELD=COLUMN,...",
+        help="which ticks file column holds a field, e.g. ts=timestamp,price=c",
+    )
+    backtest.add_argument("--symbol", help="the symbol of a ticks file without a symbol column")
+    backtest.add_argument(
+        "--bar",
+        metavar="LENGTH",
+        help="length of the bars of an OHLCV ticks file (1m, 5m, 1h, 1d); default: the most "
+        "common gap between its bars",
+    )
+    backtest.add_argument(
+        "--max-rejected",
+        default="1%",
+        metavar="N|P%",
+        help="end with exit 2 when more rows than this are rejected (default 1%%, rounded up "
+        "to whole rows); a run whose every row is rejected always fails",
+    )
     backtest.add_argument(
         "--report",
         type=Path,
@@ -252,7 +278,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         commands.wait_for_servers(settings, *commands.SERVERS)
         return serve(settings, host=args.host, port=args.port)
     if args.verb == "backtest":
-        from pipeline.cli.backtest import backtest_command
+        from connectors.files import parse_column_map, parse_duration
+        from pipeline.cli.backtest import TickInput, backtest_command
 
         backtest_command(
             settings,
@@ -263,6 +290,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             out=args.out,
             user_id=args.user,
             report=args.report,
+            tick_input=TickInput(
+                tz=args.tz,
+                columns=parse_column_map(args.columns) if args.columns else {},
+                symbol=args.symbol,
+                bar_seconds=parse_duration(args.bar) if args.bar else None,
+            ),
+            max_rejected=args.max_rejected,
         )
         return 0
     if args.verb == "run":
