@@ -410,9 +410,24 @@ def rule_json(rule: Rule) -> str:
 def rules_parse(
     text: str, *, user_id: str | None = None, rule_id: str | None = None, echo: Echo = print
 ) -> Rule:
-    from pipeline.rules.text import parse_rule
+    """Print the rule JSON of rule text or, when the text does not parse, of a plain-English
+    sentence; for a sentence, stderr says the rule text it was read as and the unused words."""
+    from pipeline.rules.english import EnglishRuleError, parse_english
+    from pipeline.rules.text import RuleTextError, parse_rule
 
-    rule = parse_rule(text, user_id=user_id, rule_id=rule_id)
+    try:
+        rule = parse_rule(text, user_id=user_id, rule_id=rule_id)
+    except RuleTextError as formal_error:
+        try:
+            english = parse_english(text, user_id=user_id, rule_id=rule_id)
+        except EnglishRuleError as exc:
+            if not exc.english:
+                raise formal_error from None
+            raise CommandError(f"{exc}; as rule text: {formal_error.reason}") from None
+        rule = english.rule
+        echo_stderr(f"understood: {english.canonical}")
+        if english.unused:
+            echo_stderr(f"words not used: {' '.join(english.unused)}")
     echo(rule_json(rule))
     return rule
 

@@ -1,0 +1,627 @@
+"""Plain-English rules: a sentence a trader types, read as rule text.
+
+"alert me when AAPL drops below 180" becomes ``AAPL price < 180``, which ``parse_rule`` then
+parses: the formal grammar (``grammar.lark``) stays the one definition of a rule, and this
+module only rewrites phrases into it. The reading is deterministic: a fixed list of patterns
+over the lowercased sentence, tried in order, each consuming the words it matched so that a
+later, looser pattern (a bare price level) cannot take the words of an earlier one (an RSI
+level). Words no pattern used and that are not filler are reported, so a person sees what
+was ignored.
+
+Chart words ("on the 5 minute chart", "daily") apply to every indicator of the sentence.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+from pipeline.messages import Rule
+from pipeline.rules.text import RuleTextError, format_duration, format_rule, parse_rule
+
+__all__ = ["EnglishRuleError", "Reading", "parse_english", "read_english"]
+
+
+class EnglishRuleError(ValueError):
+    """The sentence could not be read as a rule; the message says what was understood.
+
+    ``english`` is whether it read as English at all (a filler phrase or a condition was
+    found): when not, the text was more likely rule text with a mistake, and the rule text
+    error (with its caret) is the better one to show.
+    """
+
+    def __init__(self, message: str, *, english: bool = True) -> None:
+        super().__init__(message)
+        self.english = english
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a sentence was read as: the formal text, and the words nothing used."""
+
+    formal: str
+    unused: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class English:
+    rule: Rule
+    formal: str
+    canonical: str
+    unused: tuple[str, ...]
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# Words that look like tickers but are the vocabulary of the sentence.
+_NOT_TICKERS = _words(
+    "I A ME OK RSI IV IVR SMA EMA MA DMA BB ATM OTM ITM DTE OI PNL ET PM AM ASAP ALERT US USD "
+    "AND OR HOD LOD VWAP MACD ETF IF WHEN THE MY PUT CALL PUTS CALLS SWEEP SWEEPS BLOCK"
+)
+_TICKER = re.compile(r"\$?([A-Z]{1,5}(?:\.[A-Z])?)(?:'s|’s)?")
+_CASHTAG = re.compile(r"\$([A-Za-z]{1,5})")
+# Words that carry no meaning of their own here: used silently.
+_NOISE = _words(
+    "the a an please stock stocks shares share it its of to that and or , . ! ? ; : ' ( ) s "
+    "when whenever if then just has have had there is are about with dollars bucks"
+)
+_TOKEN = re.compile(
+    r"\$?[+-]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)[A-Za-z%]*|[A-Za-z$][A-Za-z0-9.'’/&-]*[A-Za-z0-9]"
+    r"|[A-Za-z]|>=|<=|[<>%(),.!?;:]"
+)
+_SCALES = {"thousand": "k", "grand": "k", "k": "k", "million": "m", "mm": "m", "mil": "m",
+           "m": "m", "billion": "b", "bn": "b", "b": "b"}  # fmt: skip
+_NUMBER_WORDS = {"one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+                 "seven": "7", "eight": "8", "nine": "9", "ten": "10", "fifteen": "15",
+                 "twenty": "20", "thirty": "30", "fifty": "50"}  # fmt: skip
+
+N = r"[+-]?(?:\d+(?:\.\d+)?|\.\d+)"
+MONEY = rf"\$?{N}[kmb]?"
+UNIT = (
+    r"(?:seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h|days?|d|weeks?|wks?|w|"
+    r"months?|years?|yrs?)"
+)
+DUR = (
+    rf"(?:(?:the )?(?:last |past |next )?(?:{N}|an?|half an?) ?{UNIT}\b"
+    rf"|(?:the )?(?:last|past) {UNIT}\b)"
+)
+VERB = (
+    r"(?:(?:is|are|goes|go|gets|get|moves|move|trades|trade|stays|heads|reads|prints|climbs|"
+    r"climb|rise|drop|fall|dip|sink|slide|rally|rises|jumps|spikes|surges|pops|rallies|drops|falls|dips|sinks|slides|declines|slips|"
+    r"tanks|runs|pushes|trading|getting|going|rising|dropping|falling|moving|comes in|"
+    r"hits|reaches|goes up|goes down|moves up|moves down|is trading|is now|trades at) )?"
+)
+ABOVE = (
+    r"(?:above|over|exceeds|tops|greater than|higher than|more than|bigger than|past|north of|>=?)"
+)
+BELOW = r"(?:below|under|beneath|less than|lower than|smaller than|south of|<=?)"
+CMP = rf"{VERB}(?:(?P<above>{ABOVE})|(?P<below>{BELOW})) (?:the )?"
+CROSS = (
+    r"(?:crosses|cross|crossed|crossing|breaks|break|broke|breaking|breaks out|breaks down|"
+    r"punches|pierces|slices|cuts|blasts|busts) (?P<down>down )?(?:(?:out|up) )?"
+    r"(?:(?P<xabove>above|over|through|past|into)|(?P<xbelow>below|under|beneath)) (?:the |its )?"
+)
+MA = r"(?:simple moving average|moving average|ma|sma|dma)"
+SUBJECT = r"(?:(?:the )?(?:price|stock|shares|it|share price|underlying)(?: price)? )?"
+
+
+def _seconds(amount: str, unit: str) -> int:
+    count = {"a": 1.0, "an": 1.0, "half a": 0.5, "half an": 0.5}.get(amount.strip())
+    value = float(amount) if count is None else count
+    u = unit.rstrip("s") if unit not in ("s", "secs") else "s"
+    size = {"": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600,
+            "hr": 3600, "hour": 3600, "d": 86400, "day": 86400, "w": 604800, "wk": 604800,
+            "week": 604800, "month": 2592000, "year": 31536000, "yr": 31536000}[u]  # fmt: skip
+    return round(value * size)
+
+
+_DUR_PARTS = re.compile(rf"(?:the )?(?:last |past |next )?(?P<n>{N}|an?|half an?)? ?(?P<u>{UNIT})$")
+
+
+def _duration(text: str) -> str:
+    match = _DUR_PARTS.search(text.strip())
+    if match is None:
+        raise ValueError(text)
+    return format_duration(_seconds(match["n"] or "1", match["u"]))
+
+
+def _timeframe(amount: str | None, unit: str) -> str:
+    seconds = _seconds(amount or "1", unit)
+    return format_duration(seconds) if seconds != 604800 else "7d"
+
+
+def _plain(number: str) -> str:
+    return number.lstrip("$").rstrip("%")
+
+
+@dataclass
+class _Context:
+    timeframe: str | None = None
+
+
+Build = Callable[[re.Match[str], _Context], str]
+
+
+def _cmp(match: re.Match[str]) -> str:
+    groups = match.groupdict()
+    if groups.get("xabove") or groups.get("xbelow"):
+        return ">" if _xdir(match) == "above" else "<"
+    return ">" if groups["above"] else "<"
+
+
+def _xdir(match: re.Match[str]) -> str:
+    return "below" if match["xbelow"] or match["down"] else "above"
+
+
+def _indicator(period: str | None, timeframe: str | None, ctx: _Context) -> str:
+    tf = timeframe or ctx.timeframe
+    parts = [p for p in (period, tf) if p]
+    return f"({', '.join(parts)})" if parts else ""
+
+
+def _period_unit(period: str | None, unit: str | None) -> tuple[str | None, str | None]:
+    """``50-day`` is 50 daily bars, ``20 bar`` 20 bars of the sentence's chart, but
+    ``5-minute`` and ``4-hour`` are the chart: 5-minute bars."""
+    if unit is None or unit.startswith(("bar", "period")):
+        return period, None
+    if unit.startswith(("day", "week")):
+        return period, _timeframe(None, unit)
+    return None, _timeframe(period, unit)
+
+
+def _rsi_args(period: str | None, tf: str | None, ctx: _Context) -> str:
+    # the grammar takes the period first: a chart alone needs the default period spelt out
+    return _indicator(period or ("14" if tf or ctx.timeframe else None), tf, ctx)
+
+
+def _rsi(m: re.Match[str], ctx: _Context) -> str:
+    period, tf = _period_unit(m["p"] or m["p2"], m["pu"])
+    return f"rsi{_rsi_args(period, tf, ctx)} {_cmp(m)} {_plain(m['n'])}"
+
+
+def _rsi_named(m: re.Match[str], ctx: _Context) -> str:
+    period, tf = _period_unit(m["p"], m["pu"])
+    level = m["n"] or ("70" if m["kind"] == "overbought" else "30")
+    sign = ">" if m["kind"] == "overbought" else "<"
+    return f"rsi{_rsi_args(period, tf, ctx)} {sign} {level}"
+
+
+def _price_sma(m: re.Match[str], ctx: _Context) -> str:
+    period, tf = _period_unit(m["p"] or m["p2"] or m["p2b"] or "20", m["pu"])
+    if tf is None and m["ma"] == "dma":
+        tf = "1d"
+    return f"price crosses {_xdir(m)} sma{_indicator(period, tf, ctx)}"
+
+
+def _sma_cross(m: re.Match[str], ctx: _Context) -> str:
+    _, tf = _period_unit(m["p"], m["pu"])
+    tf = tf or ctx.timeframe
+    fast, slow = sorted((int(m["p"]), int(m["q"])))
+    suffix = f", {tf}" if tf else ""
+    return f"sma({fast}) crosses {_xdir(m)} sma({slow}{suffix})"
+
+
+def _golden(m: re.Match[str], ctx: _Context) -> str:
+    return f"{m['gd']} cross" + (f" {ctx.timeframe}" if ctx.timeframe else "")
+
+
+def _bollinger(m: re.Match[str], ctx: _Context) -> str:
+    upper = m["band"] in ("upper", "top")
+    args = [a for a in (m["bp"], m["bs"], ctx.timeframe) if a]
+    suffix = f"({', '.join(args)})" if args else ""
+    if upper:
+        return f"close above upper bollinger{suffix}"
+    return f"close below lower bollinger{suffix}"
+
+
+def _new_extreme(m: re.Match[str], ctx: _Context) -> str:
+    if m["n"] is None:
+        return f"new {m['hl']}" + (f" {ctx.timeframe}" if ctx.timeframe else "")
+    count = int(m["n"])
+    unit = m["u"]
+    if unit.startswith("bar"):
+        return f"new {m['hl']} {count} bars" + (f" {ctx.timeframe}" if ctx.timeframe else "")
+    # trading days: 5 a week, 21 a month, 252 a year (52 weeks is 252, as traders mean it)
+    bars = {"day": count, "week": 252 if count == 52 else count * 5, "month": count * 21,
+            "year": count * 252}[unit.rstrip("s")]  # fmt: skip
+    return f"new {m['hl']} {bars} bars 1d"
+
+
+def _volume_spike(m: re.Match[str], ctx: _Context) -> str:
+    parts = []
+    if m["x"]:
+        parts.append(f"{m['x']}x")
+    if m["p"]:
+        parts.append(f"{m['p']} bars")
+    if ctx.timeframe:
+        parts.append(ctx.timeframe)
+    return " ".join(["volume spike", *parts])
+
+
+def _iv_rank(m: re.Match[str], ctx: _Context) -> str:
+    text = f"iv_rank > {_plain(m['n'])}"
+    if m["days"]:
+        text += f" over {m['days']} days"
+    elif m["span"]:
+        days = {"year": 252, "1 year": 252, "52 weeks": 252, "6 months": 126}[m["span"]]
+        text += f" over {days} days"
+    return text
+
+
+def _iv_change(m: re.Match[str], ctx: _Context) -> str:
+    down = m["verb"] in ("drops", "falls", "crush", "crushes", "collapses", "down", "sinks",
+                         "declines", "dips", "crush of", "drop", "fall", "drops by")  # fmt: skip
+    sign = "-" if down else ""
+    return f"iv change {sign}{_plain(m['n'])}% in {_duration(m['dur'])}"
+
+
+def _greek(m: re.Match[str], ctx: _Context) -> str:
+    name = "iv" if m["g"].startswith(("iv", "implied")) else m["g"]
+    return f"{name} {_cmp(m)} {_plain(m['n'])}"
+
+
+def _spread(m: re.Match[str], ctx: _Context) -> str:
+    return f"spread > {_plain(m['n'])}%"
+
+
+_RIGHT = {"call": "call", "calls": "call", "put": "put", "puts": "put"}
+_MONEYNESS = {"otm": "otm", "out of the money": "otm", "itm": "itm", "in the money": "itm",
+              "atm": "atm", "at the money": "atm"}  # fmt: skip
+
+
+def _flow_prefix(m: re.Match[str]) -> str:
+    words = []
+    if m["mny"]:
+        words.append(_MONEYNESS[m["mny"]])
+    if m["right"]:
+        words.append(_RIGHT[m["right"]])
+    return " ".join(words + [""])
+
+
+def _sweep(m: re.Match[str], ctx: _Context) -> str:
+    kind = "sweep" if m["kind"].startswith("sweep") else "block"
+    text = _flow_prefix(m) + kind
+    if m["m"]:
+        text += f" premium >= {_plain(m['m'])}"
+    return text
+
+
+def _premium(m: re.Match[str], ctx: _Context) -> str:
+    return _flow_prefix(m) + f"premium > {_plain(m['m'])}"
+
+
+def _unusual(m: re.Match[str], ctx: _Context) -> str:
+    return "unusual volume" + (f" {m['x']}x" if m["x"] else "")
+
+
+def _repeated(m: re.Match[str], ctx: _Context) -> str:
+    count = _NUMBER_WORDS.get(m["c"], m["c"])
+    return f"repeated hits {count} in {_duration(m['dur'])}"
+
+
+def _put_call(m: re.Match[str], ctx: _Context) -> str:
+    text = f"put/call premium ratio {_cmp(m)} {_plain(m['n'])}"
+    if m["dur"]:
+        text += f" in {_duration(m['dur'])}"
+    return text
+
+
+def _percent_move(m: re.Match[str], ctx: _Context) -> str:
+    up = m["dir"] in _UP_MOVES
+    return f"{'up' if up else 'down'} {_plain(m['n'])}% in {_duration(m['dur'])}"
+
+
+def _price_cross(m: re.Match[str], ctx: _Context) -> str:
+    return f"price crosses {_xdir(m)} {_plain(m['n'])}"
+
+
+def _price_level(m: re.Match[str], ctx: _Context) -> str:
+    return f"price {_cmp(m)} {_plain(m['n'])}"
+
+
+_UP_MOVES = _words(
+    "up rises rise gains gain jumps jump climbs climb rallies rally spikes spike surges surge "
+    "pops pop rips soars runs"
+) | {"is up", "goes up", "moves up", "trades up"}
+_DOWN_MOVES = _words(
+    "down drops drop falls fall dips dip sinks sink slides slide declines decline loses lose "
+    "tanks tank plunges plunge plummets craters slips"
+)
+_DOWN_PHRASES = {"is down", "goes down", "moves down", "trades down"}
+_MOVE = "|".join(sorted(_UP_MOVES | _DOWN_MOVES | _DOWN_PHRASES, key=len, reverse=True))
+
+# Conditions, tried in this order; each consumes the words it matched.
+_CONDITIONS: list[tuple[str, Build]] = [
+    (rf"(?:(?:any|big|large|huge|massive|whale|unusual|giant) )?"
+     rf"(?:(?P<mny>out of the money|in the money|at the money|otm|itm|atm) )?"
+     rf"(?:(?P<right>calls?|puts?) )?(?:options? )?(?P<kind>sweeps?|block trades?|blocks?)"
+     rf"(?: (?:of|over|above|worth|at least|bigger than|larger than|greater than|more than|>=?)"
+     rf"(?: (?:over|more than))? (?P<m>{MONEY})(?: (?:in )?(?:premium|notional))?)?", _sweep),
+    (rf"(?:(?P<mny>out of the money|in the money|at the money|otm|itm|atm) )?"
+     rf"(?:(?P<right>calls?|puts?) )?(?:options? )?(?:prints?|trades?|orders?|flow|buys?)? ?"
+     rf"(?:with )?(?:a )?premium (?:of )?{ABOVE} (?P<m>{MONEY})", _premium),
+    (rf"(?:(?P<mny>out of the money|in the money|at the money|otm|itm|atm) )?"
+     # "trades over 1,000" alone is a price: a print needs "call", "put" or "option"
+     rf"(?:(?P<right>calls?|puts?) (?:options? )?|options? )(?:prints?|trades?|orders?|buys?) "
+     rf"(?:of |worth )?{ABOVE} (?P<m>{MONEY})(?: (?:in )?premium)?", _premium),
+    (rf"put[/ -](?:to[- ])?call (?:premium )?ratio (?:of )?{CMP}(?P<n>{N})"
+     rf"(?: (?:in|over|within) (?P<dur>{DUR}))?", _put_call),
+    (rf"unusual (?:options? )?(?:volume|activity)(?: (?:of |at )?(?P<x>{N}) ?(?:x|times)"
+     rf"(?: (?:the )?(?:open interest|oi))?)?", _unusual),
+    (rf"(?:same contract |contract )?(?:gets )?(?:hit|hits|bought|traded|printed|repeated hits)"
+     rf" (?P<c>\d+|two|three|four|five|ten) (?:times )?(?:in|within) (?P<dur>{DUR})", _repeated),
+    (rf"(?:iv|implied volatility|implied vol|vol) ?rank (?:is |goes |gets |hits )?"
+     rf"{ABOVE} (?P<n>{N}%?)(?: (?:over|lookback|on|in) (?:the )?(?:last |past )?"
+     rf"(?:(?P<days>\d+) (?:trading )?days|(?P<span>year|1 year|52 weeks|6 months)))?", _iv_rank),
+    (rf"(?:the )?(?:iv|implied volatility|implied vol) (?P<verb>crush of|crush|crushes|collapses|"
+     rf"drops by|drops|falls|drop|fall|down|sinks|declines|dips|rises|jumps|spikes|up|climbs|"
+     rf"gains|pops|surges) (?:by )?(?:more than |over )?(?P<n>{N})% (?:or more )?"
+     rf"(?:in|within|over) (?P<dur>{DUR})", _iv_change),
+    (rf"(?P<g>iv|implied volatility|implied vol|delta|gamma|theta|vega) {CMP}(?P<n>{N}%?)", _greek),
+    (rf"(?:the )?(?:bid[- /]ask |bid ask )?spread (?:widens |gets |goes |is |blows out )?"
+     rf"(?:to |beyond |wider than |{ABOVE} )?(?P<n>{N})%", _spread),
+    (r"(?:a )?(?P<gd>golden|death) cross", _golden),
+    (rf"(?:the )?(?P<p>\d+)[ -]?(?:(?P<pu>day|period|bar|week|hour|minute)s? )?(?:{MA} )?"
+     rf"{CROSS}(?P<q>\d+)(?: (?:day|period|bar|week|hour|minute)s?(?: {MA})?| {MA})", _sma_cross),
+    (rf"{SUBJECT}{CROSS}(?:(?P<p>\d+)[ -]?(?:(?P<pu>day|period|bar|week|hour|minute)s? )?)?"
+     rf"(?P<ma>{MA})(?: \( (?P<p2>\d+) \)| (?P<p2b>\d+))?", _price_sma),
+    (rf"{SUBJECT}(?:closes? |goes |breaks |moves |trades |pierces |pokes |is |gets )?"
+     rf"(?:above |over |outside |through |below |under |beneath )?(?:the )?"
+     rf"(?P<band>upper|lower|top|bottom) (?:bollinger|bb)(?: bands?)?"
+     rf"(?: \( (?P<bp>\d+) , (?P<bs>{N}) \))?", _bollinger),
+    (rf"(?:(?:(?P<p>\d+)[ -]?(?:(?P<pu>day|period|bar|hour|minute)s? )?)?rsi "
+     rf"(?:\( (?P<p2>\d+) \) )?)?(?:is |gets |goes |getting |becomes |turns )?"
+     rf"(?P<kind>overbought|oversold)(?: (?:at|above|below|over|under) (?P<n>{N}))?", _rsi_named),
+    (rf"(?:(?P<p>\d+)[ -]?(?:(?P<pu>day|period|bar|hour|minute)s? )?)?rsi"
+     rf"(?: \( (?P<p2>\d+) \))? (?:{CMP}|{CROSS})(?P<n>{N})", _rsi),
+    (r"(?:makes |hits |sets |prints |reaches |at |is at )?(?:a )?(?:fresh |new )"
+     r"(?:(?P<n>\d+)[ -]?(?P<u>days?|weeks?|months?|years?|bars?) )?(?P<hl>high|low)s?",
+     _new_extreme),
+    (r"(?:makes |hits |sets |prints |reaches |at |is at )?(?:a )?(?P<n>\d+)[ -]?"
+     r"(?P<u>days?|weeks?|months?|years?|bars?) (?P<hl>high|low)s?", _new_extreme),
+    (rf"volume (?:spikes?|surges?|jumps|explodes|is|goes|hits)(?: (?:to |over |above )?(?P<x>{N})"
+     rf" ?(?:x|times)(?: (?:the )?(?:(?P<p>\d+)[ -]?(?:bar|period|day)s? )?"
+     rf"(?:average|avg|normal|usual)(?: volume)?)?)?", _volume_spike),
+    (rf"(?P<x>{N}) ?(?:x|times) (?:the )?(?:(?P<p>\d+)[ -]?(?:bar|period|day)s? )?"
+     rf"(?:average|avg|normal|usual) volume", _volume_spike),
+    (rf"{SUBJECT}(?P<dir>{_MOVE}) (?:by )?(?:more than |over |at least )?(?P<n>{N})% "
+     rf"(?:or more )?(?:in|within|over|during) (?P<dur>{DUR})", _percent_move),
+    (rf"{SUBJECT}{CROSS}(?P<n>{MONEY})", _price_cross),
+    (rf"{SUBJECT}{CMP}(?P<n>{MONEY})", _price_level),
+]  # fmt: skip
+
+_TIMEFRAMES = [
+    rf"(?:on|using|with|from|for) (?:the |a )?(?P<n>\d+)? ?(?P<u>{UNIT}) "
+    r"(?:chart|timeframe|time frame|candles?|candlesticks?|bars?)",
+    r"(?:on|using) (?:the |a )?(?P<q>\d+[smhd]|daily|hourly|weekly)"
+    r"(?: chart| timeframe| candles| bars)?",
+    rf"(?P<n>\d+) ?(?P<u>{UNIT}) (?:chart|timeframe|candles?|candlesticks?)",
+    r"(?P<n>\d+)[ -]?(?P<u>minute|min|hour|hr)s? (?=rsi|bollinger|volume)",
+    r"(?P<q>daily|hourly|weekly)(?: chart| candles)?",
+]
+
+_OPTIONS: list[tuple[str, Callable[[re.Match[str]], str]]] = [
+    (r"(?:with |at |as )?(?:a )?(?P<p>low|medium|normal|high|critical|top|urgent) priority",
+     lambda m: "priority " + {"normal": "medium", "top": "critical", "urgent": "high"}.get(
+         m["p"], m["p"])),
+    (r"(?:it'?s )?(?:urgent|asap)", lambda m: "priority high"),
+    (rf"(?:at most|no more than|not more than|max|maximum) (?:once|one alert) "
+     rf"(?:an?|per|every) (?P<d>{DUR}|{UNIT})", lambda m: f"cooldown {_duration(m['d'])}"),
+    (rf"(?:with )?(?:a )?cooldown (?:of )?(?P<d>{DUR})", lambda m: f"cooldown {_duration(m['d'])}"),
+    (rf"(?:wait|quiet|silence|snooze) (?:for )?(?P<d>{DUR}) (?:between|after)(?: alerts)?",
+     lambda m: f"cooldown {_duration(m['d'])}"),
+    (r"(?:just |only )?(?:once|one time|a single time)(?: only)?", lambda m: "once"),
+    (r"every time|each time|repeatedly", lambda m: "recurring"),
+]  # fmt: skip
+
+_FILLER = re.compile(
+    r"(?:(?:hey|hi|ok|okay|yo) )?(?:please )?(?:(?:can|could|would) you )?(?:please )?"
+    r"(?:(?:alert|notify|ping|tell|warn|text|email|message|buzz|remind|wake) me"
+    r"|let me know|i want to know|i'?d like to know|i want an alert|give me an? (?:alert|heads up)"
+    r"|send me an? (?:alert|notification)|(?:set|create|add|make) (?:up )?an? (?:alert|rule)"
+    r"|watch for|heads up|alert)(?: please)?"
+    r"(?: (?:if|when|whenever|as soon as|in case|the moment|for|that|on))?"
+)
+
+_VOCABULARY = _words(
+    "rsi iv ivr sma ema ma dma moving average bollinger bb delta gamma theta vega spread "
+    "sweep sweeps block blocks premium volume rank high low cross golden death call calls put "
+    "puts ratio oversold overbought percent chart candles minute minutes hour hourly daily "
+    "weekly day days above below over under crosses breaks"
+)
+
+_FILLER_ANYWHERE = re.compile(r"\b(?:as soon as|the moment|in case|if|when|whenever)\b")
+
+
+@cache
+def _whole_words(pattern: str) -> re.Pattern[str]:
+    # matches start and end at word edges, so "on" is never the start of "once"
+    return re.compile(rf"(?<![^ ])(?:{pattern})(?![^ ])")
+
+
+class _Sentence:
+    """The sentence as lowercased tokens, with the tokens each match consumes."""
+
+    def __init__(self, text: str) -> None:
+        self.originals: list[str] = []
+        norms: list[str] = []
+        self.symbols: list[str] = []
+        raw = _TOKEN.findall(text)
+        for i, token in enumerate(raw):
+            ticker = _TICKER.fullmatch(token) or _CASHTAG.fullmatch(token)
+            if ticker and (token.startswith("$") or ticker[1] not in _NOT_TICKERS):
+                self.symbols.append(ticker[1].upper())
+                # "on AMD", "for NVDA": the preposition belongs to the symbol
+                if norms and norms[-1] in ("on", "for", "in", "about", "of"):
+                    norms[-1] = ""
+                continue
+            norm = token.lower().replace("’", "'")
+            if norm.endswith("'s"):
+                norm = norm[:-2]
+            next_word = raw[i + 1].lower() if i + 1 < len(raw) else ""
+            number = re.fullmatch(r"(\$?)([+-]?[\d,]*\.?\d+)([a-z%]*)", norm)
+            if number:
+                digits = number[2].replace(",", "")
+                suffix = number[3]
+                suffix = {"pct": "%", "mm": "m", "bn": "b"}.get(suffix, suffix)
+                norm = digits + suffix
+                if not suffix and next_word in _SCALES and next_word not in ("m", "b", "k"):
+                    norm += _SCALES[next_word]
+                    raw[i + 1] = ""
+                elif not suffix and next_word in ("percent", "pct", "%"):
+                    norm += "%"
+                    raw[i + 1] = ""
+            elif norm in _NUMBER_WORDS and next_word and re.match(r"\d|%", next_word) is None:
+                if next_word in ("times", "percent") or re.match(UNIT + "$", next_word):
+                    norm = _NUMBER_WORDS[norm]
+            elif norm == "" or token == "":
+                continue
+            # "5-minute", "50-day": the number and its unit as two words
+            for part in re.split(r"(?<=\d)-(?=[a-z])", norm):
+                self.originals.append(token)
+                norms.append(part)
+        keep = [(o, n) for o, n in zip(self.originals, norms, strict=True) if n]
+        self.originals = [o for o, _ in keep]
+        self.norms = [n for _, n in keep]
+        self.used = [False] * len(self.norms)
+        self.starts: list[int] = []
+        offset = 0
+        for norm in self.norms:
+            self.starts.append(offset)
+            offset += len(norm) + 1
+        self.text = " ".join(self.norms)
+
+    def take(
+        self, pattern: str | re.Pattern[str], *, start_only: bool = False
+    ) -> re.Match[str] | None:
+        """The first match of ``pattern`` on whole, unused words; its words become used."""
+        compiled = _whole_words(pattern if isinstance(pattern, str) else pattern.pattern)
+        view = self._view()
+        finder = [compiled.match(view)] if start_only else compiled.finditer(view)
+        for match in finder:
+            if match is None or match.end() == match.start():
+                continue
+            for index, start in enumerate(self.starts):
+                if match.start() <= start < match.end():
+                    self.used[index] = True
+            return match
+        return None
+
+    def _view(self) -> str:
+        # used words become a mark no pattern matches, so the offsets stay the same
+        return " ".join(
+            "\x00" * len(norm) if used else norm
+            for norm, used in zip(self.norms, self.used, strict=True)
+        )
+
+    def unused(self) -> tuple[str, ...]:
+        return tuple(
+            original
+            for original, norm, used in zip(self.originals, self.norms, self.used, strict=True)
+            if not used and norm not in _NOISE
+        )
+
+    def between(self, end: int, start: int) -> str:
+        return self.text[end:start]
+
+
+def read_english(text: str) -> Reading:
+    """The formal rule text a sentence says; EnglishRuleError when it names no condition."""
+    sentence = _Sentence(text)
+    # a leading "once" means "when"; elsewhere it is the mode (below)
+    sentence.take(r"once", start_only=True)
+    filler = False
+    while sentence.take(_FILLER) is not None:
+        filler = True
+    every = sentence.take(
+        r"any (?:stock|symbol|ticker|name)s?|every (?:stock|symbol|ticker)|anything"
+    )
+    context = _Context()
+    for pattern in _TIMEFRAMES:
+        match = sentence.take(pattern)
+        if match is not None:
+            groups = match.groupdict()
+            quick = groups.get("q")
+            if quick is not None:
+                context.timeframe = {"daily": "1d", "hourly": "1h", "weekly": "7d"}.get(
+                    quick, quick
+                )
+            else:
+                context.timeframe = _timeframe(groups.get("n"), groups["u"])
+            break
+    options = []
+    for option, build_option in _OPTIONS:
+        match = sentence.take(option)
+        if match is not None:
+            options.append(build_option(match))
+    found: list[tuple[int, int, str]] = []
+    for condition, build in _COMPILED:
+        while (match := sentence.take(condition)) is not None:
+            found.append((match.start(), match.end(), build(match, context)))
+    while sentence.take(_FILLER_ANYWHERE) is not None:
+        pass
+    scope = _scope(sentence)
+    if scope is None and every is not None:
+        scope = "any symbol"
+    found.sort()
+    parts: list[str] = []
+    for index, (start, _end, phrase) in enumerate(found):
+        if index:
+            gap = sentence.between(found[index - 1][1], start)
+            parts.append("or" if re.search(r"\bor\b", gap) else "and")
+        parts.append(phrase)
+    understood = " ".join(p for p in [scope or "", *parts, *options] if p)
+    unused = sentence.unused()
+    if not found:
+        raise EnglishRuleError(
+            _not_understood(understood, unused, "no condition (a price level, a % move, RSI, ...)"),
+            english=filler,
+        )
+    if scope is None:
+        raise EnglishRuleError(
+            _not_understood(understood, unused, "no symbol (write it in capitals: AAPL)")
+        )
+    # A rule word left over means a phrase was misread (RSI taken for a price level):
+    # refusing is better than a rule that watches the wrong thing.
+    left = [word for word in unused if word.lower().strip("$%") in _VOCABULARY]
+    if left:
+        raise EnglishRuleError(
+            _not_understood(understood, unused, f"not sure what {' '.join(left)!r} means here")
+        )
+    return Reading(" ".join([scope, *parts, *options]), unused)
+
+
+def _scope(sentence: _Sentence) -> str | None:
+    symbols = list(dict.fromkeys(sentence.symbols))
+    if not symbols:
+        return None
+    if len(symbols) == 1:
+        return symbols[0]
+    return "watchlist " + ",".join(symbols)
+
+
+def _not_understood(understood: str, unused: tuple[str, ...], missing: str) -> str:
+    parts = [f"could not read this as a rule: {missing}", f"understood: {understood or 'nothing'}"]
+    if unused:
+        parts.append(f"words not used: {' '.join(unused)}")
+    parts.append("write rule text instead, e.g. 'AAPL price < 180' (docs/rules.md, Rule text)")
+    return "; ".join(parts)
+
+
+def parse_english(text: str, *, user_id: str | None = None, rule_id: str | None = None) -> English:
+    """The rule a sentence describes, the canonical text of it and the words not used."""
+    reading = read_english(text)
+    try:
+        rule = parse_rule(reading.formal, user_id=user_id, rule_id=rule_id)
+    except RuleTextError as exc:
+        raise EnglishRuleError(
+            f"read as {reading.formal!r}, which is not a valid rule: {exc.reason}"
+        ) from None
+    return English(rule, reading.formal, format_rule(rule), reading.unused)
+
+
+_COMPILED = [(_whole_words(pattern), build) for pattern, build in _CONDITIONS]
