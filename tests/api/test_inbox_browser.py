@@ -4,11 +4,8 @@ the unread badge goes up, and "mark read" brings it down."""
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -16,48 +13,11 @@ from pipeline.dataflow import run
 from pipeline.messages import Channel, Message, Priority, Rule, Tick, message_key
 from sinks.kafka import CheckedProducer, OutgoingRecord
 from tests.api.conftest import ApiServer
+from tests.conftest import needs_chromium
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TIMEOUT = 60
 
-# Skipped only where the set-up could not install the browser (`make test` installs it when run
-# as root, as CI does): there a missing browser is a broken set-up, and the test fails.
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK))
-        and os.geteuid() != 0,
-        reason=f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER}): "
-        "`make test` installs them when run as root, or apt-get install chromium chromium-driver",
-    ),
-]
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[object]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+pytestmark = [pytest.mark.integration, needs_chromium]
 
 
 def produce(api: ApiServer, topic: str, messages: list[Message]) -> None:

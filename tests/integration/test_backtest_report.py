@@ -6,44 +6,25 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from pipeline.cli.report import CHART_ID, MAX_POINTS
+from tests.conftest import needs_chromium
 
 SMART_ALERTS = str(Path(sys.executable).with_name("smart-alerts"))
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TIMEOUT = 30
 T0 = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
 AAPL_TICKS = 9000  # more than MAX_POINTS: the page thins the line
 SPIKE_AT = 4321
 SPIKE_PRICE = 250.0
 
-pytestmark = pytest.mark.skipif(
-    not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)) and os.geteuid() != 0,
-    reason=f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER}): "
-    "`make test` installs them when run as root, or apt-get install chromium chromium-driver",
-)
+pytestmark = needs_chromium
 
 RULES = [
     {
@@ -109,22 +90,6 @@ def _ticks(path: Path) -> None:
             msft = 410 + 2 * math.sin(i / 700) + 0.3 * math.sin(i / 7)
             lines.append(f"MSFT,{ts},{msft:.2f}")
     path.write_text("\n".join(lines) + "\n")
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 # Plotly keeps the traces it drew on the graph div; the test reads them as the browser has them.
