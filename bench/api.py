@@ -68,7 +68,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx  # noqa: E402
 import redis  # noqa: E402
-from live import table  # noqa: E402
+from live import source_version, table  # noqa: E402
 from websockets.exceptions import InvalidStatus  # noqa: E402
 from websockets.sync.client import connect as ws_connect  # noqa: E402
 
@@ -139,7 +139,7 @@ class Server:
 
 
 def bench_settings(urls: Any, tag: str) -> Settings:
-    topics = {name: f"ab{tag}.{default}" for name, default in Topics().model_dump().items()}
+    topics = Topics.prefixed(f"ab{tag}")
     settings = load_settings(
         None,
         kafka_bootstrap_servers=urls.kafka_bootstrap,
@@ -615,19 +615,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def source_version() -> str:
-    def git(*words: str) -> str:
-        done = subprocess.run(["git", *words], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.rstrip()
-
-    commit = git("log", "-1", "--format=%h %s").strip()[:60]
-    dirty = git("status", "--short", "--", "api", "pipeline", "sinks").splitlines()
-    changed = (
-        f" + uncommitted changes in {len(dirty)} files of api/ pipeline/ sinks/" if dirty else ""
-    )
-    return f"commit {commit}{changed}"
-
-
 def _raise_interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -639,7 +626,7 @@ def main() -> int:
     keep = False
     tag = uuid.uuid4().hex[:6]
     try:
-        commit = source_version()
+        commit = source_version(("api", "pipeline", "connectors", "sinks"))
         progress(f"starting the stack in {workdir} ({commit})")
         with stack_from_env_or_embedded(workdir / "stack") as urls:
             migrate(urls.database_url, log=lambda _line: None)

@@ -236,7 +236,7 @@ def settings_for(urls: StackUrls, topics: dict[str, str], **sections: Any) -> Se
 
 
 def prefixed_topics(prefix: str, **fixed: str) -> dict[str, str]:
-    names = {name: f"{prefix}.{default}" for name, default in Topics().model_dump().items()}
+    names = Topics.prefixed(prefix)
     names.update(fixed)
     return names
 
@@ -1202,15 +1202,16 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def source_version() -> str:
-    """The commit, and the job's files that differ from it in the working tree."""
+def source_version(folders: tuple[str, ...] = ("pipeline", "connectors", "sinks")) -> str:
+    """The commit, and the files of ``folders`` (the job's) that differ from it in the working
+    tree."""
 
     def git(*words: str) -> str:
         done = subprocess.run(["git", *words], cwd=ROOT, capture_output=True, text=True)
         return done.stdout.rstrip()
 
     commit = git("log", "-1", "--format=%h %s").strip()[:60]
-    dirty = git("status", "--short", "--", "pipeline", "connectors", "sinks").splitlines()
+    dirty = git("status", "--short", "--", *folders).splitlines()
     changed = f" + uncommitted changes in {', '.join(line[3:] for line in dirty)}" if dirty else ""
     return f"commit {commit}{changed}"
 

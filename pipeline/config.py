@@ -50,6 +50,12 @@ class Topics(_Section):
             self.feedback,
         ]
 
+    @classmethod
+    def prefixed(cls, prefix: str) -> dict[str, str]:
+        """Every topic name under ``prefix`` (``t1.market.ticks``): topics of a run of their own,
+        as tests and benches use beside others on one broker."""
+        return {name: f"{prefix}.{default}" for name, default in cls().model_dump().items()}
+
     def reference(self) -> list[str]:
         """Compacted topics read to their end before market data flows."""
         return [self.rules, self.profiles, self.positions]

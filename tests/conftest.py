@@ -109,7 +109,7 @@ def job_settings(stack: StackUrls, database_url: str, **sections: Any) -> Settin
     from pipeline.config import Topics, load_settings
 
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    topics = {name: f"{prefix}.{default}" for name, default in Topics().model_dump().items()}
+    topics = Topics.prefixed(prefix)
     settings = load_settings(
         None,
         kafka_bootstrap_servers=stack.kafka_bootstrap,

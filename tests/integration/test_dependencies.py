@@ -510,7 +510,7 @@ def test_kafka_offset_out_of_range_is_lost_offsets(
 def job_settings_on(urls: StackUrls, tmp_path: Path, **sections: Any) -> Settings:
     """The job on this module's servers, with the small budgets, its own topics."""
     prefix = f"d{uuid.uuid4().hex[:6]}"
-    topics = {name: f"{prefix}.{default}" for name, default in Topics().model_dump().items()}
+    topics = Topics.prefixed(prefix)
     settings = load_settings(
         None,
         kafka_bootstrap_servers=urls.kafka_bootstrap,

@@ -362,7 +362,7 @@ def test_topics_create_takes_replicas_and_retention_from_configuration(
     stack: StackUrls, tmp_path: Path
 ) -> None:
     prefix = f"d{uuid.uuid4().hex[:8]}"
-    topics = {name: f"{prefix}.{default}" for name, default in Topics().model_dump().items()}
+    topics = Topics.prefixed(prefix)
     config = tmp_path / "config.toml"
     config.write_text(
         "[partitions]\nmarket = 2\nreplication_factor = 1\nmarket_retention_hours = 2.0\n"
