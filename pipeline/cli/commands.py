@@ -412,22 +412,17 @@ def rules_parse(
 ) -> Rule:
     """Print the rule JSON of rule text or, when the text does not parse, of a plain-English
     sentence; for a sentence, stderr says the rule text it was read as and the unused words."""
-    from pipeline.rules.english import EnglishRuleError, parse_english
-    from pipeline.rules.text import RuleTextError, parse_rule
+    from pipeline.rules.english import EnglishRuleError, understand
 
     try:
-        rule = parse_rule(text, user_id=user_id, rule_id=rule_id)
-    except RuleTextError as formal_error:
-        try:
-            english = parse_english(text, user_id=user_id, rule_id=rule_id)
-        except EnglishRuleError as exc:
-            if not exc.english:
-                raise formal_error from None
-            raise CommandError(f"{exc}; as rule text: {formal_error.reason}") from None
-        rule = english.rule
-        echo_stderr(f"understood: {english.canonical}")
-        if english.unused:
-            echo_stderr(f"words not used: {' '.join(english.unused)}")
+        understood = understand(text, user_id=user_id, rule_id=rule_id)
+    except EnglishRuleError as exc:
+        raise CommandError(str(exc)) from None
+    rule = understood.rule
+    if understood.canonical is not None:
+        echo_stderr(f"understood: {understood.canonical}")
+        if understood.unused:
+            echo_stderr(f"words not used: {' '.join(understood.unused)}")
     echo(rule_json(rule))
     return rule
 

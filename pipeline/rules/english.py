@@ -21,7 +21,14 @@ from functools import cache
 from pipeline.messages import Rule
 from pipeline.rules.text import RuleTextError, format_duration, format_rule, parse_rule
 
-__all__ = ["EnglishRuleError", "Reading", "parse_english", "read_english"]
+__all__ = [
+    "EnglishRuleError",
+    "Reading",
+    "Understood",
+    "parse_english",
+    "read_english",
+    "understand",
+]
 
 
 class EnglishRuleError(ValueError):
@@ -622,6 +629,37 @@ def parse_english(text: str, *, user_id: str | None = None, rule_id: str | None 
             f"read as {reading.formal!r}, which is not a valid rule: {exc.reason}"
         ) from None
     return English(rule, reading.formal, format_rule(rule), reading.unused)
+
+
+@dataclass(frozen=True)
+class Understood:
+    """A rule read from what a person typed: rule text, or else a plain-English sentence.
+
+    ``canonical`` and ``unused`` are set only for a sentence: the rule text it was read as,
+    and the words nothing used, which every caller shows so a misreading is visible.
+    """
+
+    rule: Rule
+    canonical: str | None = None
+    unused: tuple[str, ...] = ()
+
+
+def understand(text: str, *, user_id: str | None = None, rule_id: str | None = None) -> Understood:
+    """The rule of ``text``: rule text first, then plain English.
+
+    Raises the rule text's error (with its caret) when the text does not read as English at
+    all, and an ``EnglishRuleError`` that names both readings when it does.
+    """
+    try:
+        return Understood(parse_rule(text, user_id=user_id, rule_id=rule_id))
+    except RuleTextError as formal_error:
+        try:
+            english = parse_english(text, user_id=user_id, rule_id=rule_id)
+        except EnglishRuleError as exc:
+            if not exc.english:
+                raise formal_error from None
+            raise EnglishRuleError(f"{exc}; as rule text: {formal_error.reason}") from None
+        return Understood(english.rule, english.canonical, english.unused)
 
 
 _COMPILED = [(_whole_words(pattern), build) for pattern, build in _CONDITIONS]
