@@ -375,6 +375,10 @@ class _Explanation:
         if keyword == "priority":
             levels = ", ".join(level.value.lower() for level in Priority)
             return self.at(f"expected a priority ({levels}){after}")
+        if keyword == "sessions":
+            return self.at(f"expected a session (any, regular, extended){after}, found {found}")
+        if keyword in ("regular", "extended") and "hours" in shifts:
+            return self.at(f"expected 'hours'{after} ({keyword} hours), found {found}")
         if keyword == "expires":
             return self.at(f"expected a date or an RFC 3339 time like 2026-12-31T00:00:00Z{after}")
         if keyword in _IDENTS and "WORD" in shifts:
@@ -475,7 +479,7 @@ class _Explanation:
             if text == ")":
                 return self.at("unbalanced parenthesis: ')' without a matching '('")
             hint = _suggest(self.word, options) if self.word else ""
-            listed = ", ".join(options)
+            listed = ", ".join(_OPTION_PHRASES.get(option, option) for option in options)
             return self.at(f"expected 'and', 'or' or an option ({listed}), found {found}{hint}")
         wanted = sorted(shifts & self.grammar.keyword_of.keys(), key=self.grammar.rank.__getitem__)
         if wanted and not self.optional_here:  # after sma: crosses, cross or crossed
@@ -520,6 +524,8 @@ class _Explanation:
 
 
 _DIRECTIONS = ((">", "'>' (above)"), ("<", "'<' (below)"))
+# Options whose first word is half of the phrase: listed as the whole phrase.
+_OPTION_PHRASES = {"regular": "regular hours", "extended": "extended hours"}
 
 
 def _likely_reduction(row: dict[str, tuple[Any, Any]]) -> Production | None:
@@ -1186,6 +1192,12 @@ class _Build(Transformer[Token, Any]):
         return self.option_at(meta, "active", children[0].lower() == "active", children[0])
 
     @v_args(meta=True)
+    def sessions(self, meta: Meta, children: list[Token]) -> _Option:
+        first, second = children
+        value = second if first.lower() == "sessions" else first
+        return self.option_at(meta, "sessions", value.lower(), first)
+
+    @v_args(meta=True)
     def expires(self, meta: Meta, children: list[Token]) -> _Option:
         keyword, token = children
         return self.option_at(meta, "expires_at", self.timestamp(token), keyword)
@@ -1478,6 +1490,8 @@ def format_rule(rule: Rule, *, canonical: bool = False) -> str:
         parts.append(f"expires {format_timestamp(rule.expires_at)}")
     if rule.channels is not None:
         parts.append("channels " + ",".join(channel.value for channel in rule.channels))
+    if rule.sessions != "any":
+        parts.append(f"{rule.sessions} hours")
     if not rule.active:
         parts.append("inactive")
     return " ".join(parts)

@@ -364,7 +364,7 @@ def test_scope(text: str, symbol: str | None, symbols: list[str] | None) -> None
 def test_every_option() -> None:
     rule = parse_rule(
         "AAPL price > 1 cooldown 90s priority CRITICAL once expires 2026-12-31T00:00:00Z "
-        'name "my rule" id r-7 user u-9 channels push,email version 4 inactive'
+        'name "my rule" id r-7 user u-9 channels push,email version 4 inactive regular hours'
     )
     assert rule.model_dump(mode="json", exclude={"conditions"}) == {
         "v": 1,
@@ -380,6 +380,7 @@ def test_every_option() -> None:
         "expires_at": "2026-12-31T00:00:00.000Z",
         "active": False,
         "channels": ["push", "email"],
+        "sessions": "regular",
     }
 
 
@@ -393,6 +394,15 @@ def test_option_values() -> None:
     assert offset is not None and offset.isoformat() == "2026-06-30T08:00:00+00:00"
     assert parse_rule("AAPL price > 1 name breakout", user_id="u").name == "breakout"
     assert parse_rule("AAPL price > 1 user 'u 2'").user_id == "u 2"
+    assert parse_rule("AAPL price > 1", user_id="u").sessions == "any"
+    for text, sessions in [
+        ("Regular Hours", "regular"),
+        ("extended hours", "extended"),
+        ("sessions extended", "extended"),
+        ("sessions regular", "regular"),
+        ("SESSIONS any", "any"),
+    ]:
+        assert parse_rule(f"AAPL price > 1 {text} once", user_id="u").sessions == sessions
 
 
 def test_defaults_and_derived_id() -> None:
@@ -455,6 +465,12 @@ def error(text: str, **kwargs: Any) -> RuleTextError:
         ("AAPL rsi(14, 9w) < 30", 14, 2, "'9w' is not a timeframe"),
         ("AAPL price > -5", 6, 10, "price_above: threshold: Input should be greater than 0"),
         ("AAPL close > 5", 14, 1, "'close' compares with a Bollinger band"),
+        ("AAPL price > 1 sessions pre", 25, 3, "expected a session (any, regular, extended)"),
+        ("AAPL price > 1 regular time", 24, 4, "expected 'hours' after 'regular'"),
+        ("AAPL price > 1 extendd hours", 16, 7, "(did you mean 'extended'?)"),
+        ("AAPL price > 1 x", 16, 1, "inactive, regular hours, extended hours, sessions), found"),
+        ("AAPL price > 1 regular hours sessions any", 30, 8, "option 'sessions' given twice"),
+        ("regular hours price > 1", 1, 7, "'regular' is an option: options go after"),
     ],
 )
 def test_error_points_at_the_word(text: str, column: int, width: int, message: str) -> None:
@@ -513,6 +529,7 @@ def test_round_trip_tree_and_options(canonical: bool) -> None:
         expires_at="2027-01-01T09:30:00.250Z",
         channels=["sms", "webhook"],
         active=False,
+        sessions="extended",
         name='say "hi" \\ there',
         user_id="user with space",
         id="and",
@@ -526,6 +543,14 @@ def test_round_trip_tree_and_options(canonical: bool) -> None:
 def test_round_trip_scopes(scope: dict[str, Any]) -> None:
     rule = rule_with({"type": "price_above", "threshold": 1}, **scope)
     assert parse_rule(format_rule(rule)) == rule
+
+
+@pytest.mark.parametrize("sessions", ["any", "regular", "extended"])
+def test_round_trip_sessions(sessions: str) -> None:
+    rule = rule_with({"type": "price_above", "threshold": 1}, sessions=sessions)
+    text = format_rule(rule)
+    assert text.endswith(f'"a rule" {sessions} hours') == (sessions != "any")
+    assert parse_rule(text) == rule
 
 
 def test_format_natural_text() -> None:
