@@ -100,9 +100,15 @@ def _shared_kinds(kinds: frozenset[str]) -> frozenset[str]:
     return kinds
 
 
+# A cooldown of 0 still silences the rest of the instant that fired: an alert's id is made of
+# the rule, its version, the symbol and the ts, so a second alert at the same ts (two qualifying
+# prints with one timestamp) would be a duplicate of the first.
+_SAME_INSTANT = timedelta(microseconds=1)
+
+
 @cache
 def _shared_cooldown(seconds: int) -> timedelta:
-    return timedelta(seconds=seconds)
+    return max(timedelta(seconds=seconds), _SAME_INSTANT)
 
 
 # Rule.sessions as CompiledRule keeps it: an index into _SESSION_CHECKS (0: any, no check).
