@@ -745,6 +745,7 @@ def build_flow(
             "history_items",
             op.filter_map("rule_changes", rules_keyed, _value_if(Rule, RuleTombstone)),
             op.filter_map("profiles", users_keyed, _value_if(Profile)),
+            op.filter_map("feedback_history", users_keyed, _value_if(Feedback)),
             alerts,
             scores,
             outcomes,
@@ -807,6 +808,7 @@ def _write_history(writer: HistoryWriter, batch: list[Any]) -> None:
     alerts = [i for i in batch if isinstance(i, TriggeredAlert)]
     scores = [i for i in batch if isinstance(i, RelevanceScore)]
     outcomes = [i for i in batch if isinstance(i, AlertOutcome)]
+    feedback = [i for i in batch if isinstance(i, Feedback)]
     if rules:
         writer.write_rules(rules)
     if tombstones:
@@ -819,6 +821,9 @@ def _write_history(writer: HistoryWriter, batch: list[Any]) -> None:
         writer.write_relevance(scores)
     if outcomes:
         writer.write_outcomes(outcomes)
+    # After the alerts and outcomes of the batch, so their statuses move from there.
+    if feedback:
+        writer.write_feedback(feedback)
 
 
 def _rule_id(change: Rule | RuleTombstone) -> str:

@@ -30,7 +30,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 from time import monotonic, sleep
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
@@ -43,7 +43,7 @@ from psycopg.types.json import Jsonb
 from pipeline.config import Dependencies
 from pipeline.evaluate.specs import AllOf, AnyOf, ConditionNode
 from pipeline.ids import NAMESPACE, storage_uuid
-from pipeline.messages import Notification, Profile, Rule, TriggeredAlert
+from pipeline.messages import Feedback, Notification, Profile, Rule, TriggeredAlert
 from pipeline.personalize.desk import AlertOutcome
 from pipeline.personalize.learning import RelevanceScore
 
@@ -143,6 +143,7 @@ INSERT INTO triggered_alerts (
     title, message, triggered_at, condition_types, "values")
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s)
 ON CONFLICT (id) DO NOTHING
+RETURNING id
 """
 
 # Only a placeholder row (made by RECORD_DELIVERY for its foreign key) is ever filled in: a
@@ -248,6 +249,107 @@ ON CONFLICT (user_id) DO UPDATE SET
     user_external_id = coalesce(p.user_external_id, EXCLUDED.user_external_id),
     updated_at = now()
 WHERE NOT coalesce(p.relevance_scores @> EXCLUDED.relevance_scores, false)
+"""
+
+# Feedback rows, once each (the id is deterministic); what a replay inserts again is nothing,
+# and the rows returned name the alerts and users whose status and history may have moved.
+INSERT_FEEDBACK = """
+INSERT INTO alert_feedback (id, ts, user_id, user_external_id, alert_id, alert_external_id,
+                            action, symbol, condition_type)
+SELECT * FROM unnest(%s::uuid[], %s::timestamptz[], %s::uuid[], %s::text[], %s::uuid[],
+                     %s::text[], %s::text[], %s::text[], %s::text[])
+ORDER BY 1
+ON CONFLICT (id, ts) DO NOTHING
+RETURNING user_id, alert_id
+"""
+
+# Row locks on alerts are always taken in id order (feedback, outcomes and deliveries of one
+# alert are written by different threads).
+LOCK_ALERTS = """
+SELECT 1 FROM triggered_alerts WHERE id = ANY(%s::uuid[]) ORDER BY id FOR UPDATE
+"""
+
+# An alert's status from everything known of it, whichever arrived first (sql/012): the
+# outcome is the truth up to rank 2 (a later decision of the same rank replaces the earlier),
+# feedback and deliveries move it forward only; acknowledged_at is the first acted feedback's
+# ts unless set. Replays compute the same values and write nothing.
+SYNC_ALERT_STATUS = """
+UPDATE triggered_alerts AS t
+SET status = s.status, acknowledged_at = s.acknowledged_at
+FROM (
+    SELECT a.id, a.triggered_at,
+           alert_status_forward(
+               alert_status_forward(
+                   CASE WHEN o.status IS NOT NULL
+                             AND alert_status_rank(coalesce(a.status, 'PENDING')) <= 2
+                             AND alert_status_rank(o.status)
+                                 >= alert_status_rank(coalesce(a.status, 'PENDING'))
+                        THEN o.status ELSE a.status END,
+                   f.status),
+               d.status) AS status,
+           coalesce(a.acknowledged_at, f.acted_at) AS acknowledged_at
+    FROM triggered_alerts a
+    LEFT JOIN LATERAL (
+        SELECT CASE x.status WHEN 'DEFERRED' THEN 'BUDGETED' ELSE x.status END AS status
+        FROM alert_outcomes x WHERE x.alert_id = a.id
+    ) o ON true
+    LEFT JOIN LATERAL (
+        SELECT (array_agg(feedback_status(x.action)
+                          ORDER BY alert_status_rank(feedback_status(x.action)) DESC)
+                FILTER (WHERE feedback_status(x.action) IS NOT NULL))[1] AS status,
+               min(x.ts) FILTER (WHERE x.action = 'acted') AS acted_at
+        FROM alert_feedback x WHERE x.alert_id = a.id
+    ) f ON true
+    LEFT JOIN LATERAL (
+        SELECT 'DELIVERED'::text AS status
+        FROM consolidated_alerts c JOIN delivery_logs l ON l.notification_id = c.id
+        WHERE c.alert_ids @> ARRAY[a.id] AND l.status = 'DELIVERED'
+        LIMIT 1
+    ) d ON true
+    WHERE a.id = ANY(%s::uuid[])
+) AS s
+WHERE t.id = s.id AND t.triggered_at IS NOT DISTINCT FROM s.triggered_at
+  AND (t.status, t.acknowledged_at) IS DISTINCT FROM (s.status, s.acknowledged_at)
+"""
+
+# The alerts of a notification a channel delivered: DELIVERED, unless further already.
+NOTIFICATION_ALERTS = """
+SELECT coalesce(alert_ids, '{}') FROM consolidated_alerts WHERE id = %s
+"""
+
+ALERTS_DELIVERED = """
+UPDATE triggered_alerts SET status = 'DELIVERED'
+WHERE id = ANY(%s::uuid[]) AND alert_status_rank(coalesce(status, 'PENDING')) < 3
+"""
+
+# action_history rebuilt from the user's stored feedback (so a replay rebuilds the same value).
+REBUILD_ACTION_HISTORY = """
+INSERT INTO user_alert_profiles AS p (id, user_id, user_external_id, action_history)
+SELECT h.user_id, h.user_id, h.user_external_id, h.history
+FROM (
+    SELECT a.user_id, min(a.user_external_id) AS user_external_id,
+           jsonb_object_agg(a.action, jsonb_build_object('count', a.n, 'last_at', a.last_at))
+               AS history
+    FROM (
+        SELECT user_id, min(user_external_id) AS user_external_id, action, count(*) AS n,
+               max(ts) AS last_at
+        FROM alert_feedback WHERE user_id = ANY(%s::uuid[])
+        GROUP BY user_id, action
+    ) AS a
+    GROUP BY a.user_id
+) AS h
+ORDER BY h.user_id
+ON CONFLICT (user_id) DO UPDATE SET
+    action_history = EXCLUDED.action_history,
+    user_external_id = coalesce(p.user_external_id, EXCLUDED.user_external_id),
+    updated_at = now()
+WHERE p.action_history IS DISTINCT FROM EXCLUDED.action_history
+"""
+
+INSERT_SCORE_HISTORY = """
+INSERT INTO relevance_score_history (user_id, user_external_id, dimension, key, updated_at, score)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (user_id, dimension, key, updated_at) DO NOTHING
 """
 
 # The notification row must exist for the foreign key; the notification itself (written by
@@ -481,7 +583,8 @@ class _WatchedConnection(psycopg.Connection[Any]):
 
 
 class HistoryWriter:
-    """Writes rules, alerts, notifications, profiles, scores and deliveries to PostgreSQL."""
+    """Writes rules, alerts, notifications, profiles, feedback, scores and deliveries to
+    PostgreSQL."""
 
     def __init__(self, database_url: str, dependencies: Dependencies | None = None) -> None:
         """Connects at once, waiting for an unreachable server as long as for a write (so the
@@ -644,7 +747,14 @@ class HistoryWriter:
         def work(conn: psycopg.Connection) -> None:
             with conn.cursor() as cur:
                 cur.executemany(PLACEHOLDER_RULE, placeholders)
-                cur.executemany(INSERT_ALERT, rows)
+                cur.executemany(INSERT_ALERT, rows, returning=True)
+                inserted = []
+                while True:
+                    inserted += [row[0] for row in cur.fetchall()]
+                    if not cur.nextset():
+                        break
+            # An alert stored after its outcome, feedback or delivery takes its status now.
+            _sync_alert_status(conn, inserted)
 
         self._transaction(work)
 
@@ -733,7 +843,8 @@ class HistoryWriter:
         self._executemany(UPSERT_PROFILE, rows)
 
     def write_relevance(self, scores: list[RelevanceScore]) -> None:
-        """Merge scores into relevance_scores as {dimension: {key: score}}, per key."""
+        """Merge scores into relevance_scores as {dimension: {key: score}}, per key, and keep
+        each change in relevance_score_history."""
         patches: dict[str, dict[str, dict[str, float]]] = {}
         for score in scores:  # in stream order: the last score of a key wins
             patches.setdefault(score.user_id, {}).setdefault(score.dimension, {})[score.key] = (
@@ -746,7 +857,20 @@ class HistoryWriter:
             ),
             key=_first,
         )
-        self._executemany(MERGE_RELEVANCE, rows)
+        # Every change goes to relevance_score_history too (the last of a key and time wins).
+        changes = {(s.user_id, s.dimension, s.key, s.updated_at): s.score for s in scores}
+        history = sorted(
+            (_key("user", user), user, dimension, key, at, score)
+            for (user, dimension, key, at), score in changes.items()
+        )
+
+        def work(conn: psycopg.Connection) -> None:
+            with conn.cursor() as cur:
+                cur.executemany(MERGE_RELEVANCE, rows)
+                cur.executemany(INSERT_SCORE_HISTORY, history)
+
+        if rows:
+            self._transaction(work)
 
     def write_outcomes(self, outcomes: list[AlertOutcome]) -> None:
         """Upsert what became of each alert; a later decision replaces an earlier one."""
@@ -767,7 +891,45 @@ class HistoryWriter:
             ),
             key=_first,
         )
-        self._executemany(UPSERT_OUTCOME, rows)
+        if not rows:
+            return
+
+        def work(conn: psycopg.Connection) -> None:
+            with conn.cursor() as cur:
+                cur.executemany(UPSERT_OUTCOME, rows)
+            _sync_alert_status(conn, [row[0] for row in rows])
+
+        self._transaction(work)
+
+    def write_feedback(self, feedback: list[Feedback]) -> None:
+        """Store each feedback event once (``feedback_uuid``), then move the status and
+        ``acknowledged_at`` of the alerts it names and rebuild the users' ``action_history``.
+        A replayed event inserts nothing and so changes nothing."""
+        rows = sorted({feedback_uuid(f): f for f in feedback}.items())
+        if not rows:
+            return
+        columns = (
+            [key for key, _ in rows],
+            [f.ts for _, f in rows],
+            [_key("user", f.user_id) for _, f in rows],
+            [f.user_id for _, f in rows],
+            [storage_uuid("alert", f.alert_id) for _, f in rows],
+            [f.alert_id for _, f in rows],
+            [f.action.value for _, f in rows],
+            [f.symbol for _, f in rows],
+            [f.condition_type for _, f in rows],
+        )
+
+        def work(conn: psycopg.Connection) -> None:
+            with conn.cursor(row_factory=tuple_row) as cur:
+                inserted = cur.execute(INSERT_FEEDBACK, columns).fetchall()
+                if not inserted:
+                    return
+                _sync_alert_status(conn, [alert for _, alert in inserted])
+                users = sorted({user for user, _ in inserted})
+                cur.execute(REBUILD_ACTION_HISTORY, (users,))
+
+        self._transaction(work)
 
     # ------------------------------------------------------------ deliveries (outbox)
 
@@ -910,6 +1072,11 @@ class HistoryWriter:
             ).fetchone()
             if updated is None:
                 _require_recorded(conn, notification_id, channel, destination)
+            found = conn.execute(NOTIFICATION_ALERTS, (key,)).fetchone()
+            alerts = sorted(found[0]) if found is not None else []
+            if alerts:
+                conn.execute(LOCK_ALERTS, (alerts,))
+                conn.execute(ALERTS_DELIVERED, (alerts,))
 
         self._transaction(work)
 
@@ -997,6 +1164,23 @@ def _upsert_staged(conn: psycopg.Connection[Any], staged: dict[str, _StagedRule]
             for rule in changed:
                 for condition in rule.condition_rows():
                     copy.write_row(condition)
+
+
+def feedback_uuid(feedback: Feedback) -> uuid.UUID:
+    """The key of a feedback row: UUIDv5 of its user, alert, action and ts (RFC 3339 UTC with
+    microseconds), so the same event read twice is one row."""
+    at = feedback.ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    name = f"feedback|{feedback.user_id}|{feedback.alert_id}|{feedback.action.value}|{at}"
+    return uuid.uuid5(NAMESPACE, name)
+
+
+def _sync_alert_status(conn: psycopg.Connection[Any], alert_ids: Iterable[uuid.UUID]) -> None:
+    """Recompute status and acknowledged_at of these alerts (SYNC_ALERT_STATUS), rows locked
+    in id order first."""
+    keys = sorted(set(alert_ids))
+    if keys:
+        conn.execute(LOCK_ALERTS, (keys,))
+        conn.execute(SYNC_ALERT_STATUS, (keys,))
 
 
 def delivery_uuid(notification_id: str, channel: str, destination: str) -> uuid.UUID:
@@ -1236,4 +1420,10 @@ def _rollback_quietly(conn: psycopg.Connection) -> None:
         log.debug("rollback failed", exc_info=True)
 
 
-__all__ = ["DatabaseUnavailableError", "HistoryWriter", "comparison_of", "delivery_uuid"]
+__all__ = [
+    "DatabaseUnavailableError",
+    "HistoryWriter",
+    "comparison_of",
+    "delivery_uuid",
+    "feedback_uuid",
+]

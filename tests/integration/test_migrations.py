@@ -28,6 +28,8 @@ TABLES = {
     "consolidated_alerts",
     "alert_outcomes",
     "disabled_destinations",
+    "alert_feedback",
+    "relevance_score_history",
     "schema_migrations",
     # the HTTP API's own (006-009)
     "api_keys",
