@@ -129,8 +129,9 @@ class RateLimiter:
 class Outbox(Protocol):
     def record_deliveries(self, records: list[DeliveryRecord]) -> list[bool]: ...
     def claim_delivery(
-        self, notification_id: str, channel: str, destination: str, lease_seconds: float
-    ) -> Claim: ...
+        self, notification_id: str, channel: str, destination: str, lease_seconds: float,
+        provider: str | None = None,
+    ) -> Claim: ...  # fmt: skip
     def mark_delivered(
         self, notification_id: str, channel: str, destination: str, provider_message_id: str | None
     ) -> None: ...
@@ -489,7 +490,7 @@ class DeliveryCore:
         with self._outbox_lock:
             claim = self.outbox.claim_delivery(
                 job.notification.notification_id, job.channel.value, job.destination,
-                self.lease_seconds,
+                self.lease_seconds, self.senders[job.channel].provider,
             )  # fmt: skip
         if not claim.claimed:
             self._done(job)

@@ -402,7 +402,7 @@ GROUP BY channel, status
 CLAIM_DELIVERY = """
 UPDATE delivery_logs SET
     status = 'SENDING', claimed_until = now() + %(lease)s * interval '1 second',
-    updated_at = now()
+    provider = coalesce(%(provider)s, provider), updated_at = now()
 WHERE notification_id = %(notification)s AND channel = %(channel)s
   AND destination = %(destination)s
   AND (status = 'PENDING'
@@ -428,6 +428,7 @@ WHERE notification_id = %s AND channel = %s AND destination = %s AND status = 'S
 MARK_DELIVERED = """
 UPDATE delivery_logs SET
     status = 'DELIVERED', delivered_at = now(), provider_message_id = %s,
+    provider = coalesce(provider, CASE WHEN channel = 'in_app' THEN 'in_app' END),
     attempts = attempts + 1, last_attempt_at = now(), next_attempt_at = NULL,
     claimed_until = NULL, updated_at = now()
 WHERE notification_id = %s AND channel = %s AND destination = %s AND status <> 'DELIVERED'
@@ -1015,15 +1016,22 @@ class HistoryWriter:
         return self._transaction(work)
 
     def claim_delivery(
-        self, notification_id: str, channel: str, destination: str, lease_seconds: float
+        self,
+        notification_id: str,
+        channel: str,
+        destination: str,
+        lease_seconds: float,
+        provider: str | None = None,
     ) -> Claim:
-        """Lease the delivery to this caller for one attempt, if it is open and due.
+        """Lease the delivery to this caller for one attempt, if it is open and due; the row
+        records ``provider``, the sender's, for analysts (v_delivery_success).
 
         Every worker scans the outbox, so two may hold a job for one row: only the one whose
         claim succeeds sends. A lease that lapses (the job stopped mid-call) reopens the row.
         """
         params = {
             "lease": lease_seconds,
+            "provider": provider,
             "notification": storage_uuid("notification", notification_id),
             "channel": channel,
             "destination": destination,

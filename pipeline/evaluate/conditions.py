@@ -110,7 +110,7 @@ def _price_crosses_above(
     return Observation(
         leaf.type,
         {"price": price, "previous_price": previous, "threshold": leaf.threshold},
-        f"price {_num(price)} crossed above {_num(leaf.threshold)} (from {_num(previous)})",
+        f"price crossed above {_num(leaf.threshold)}, from {_num(previous)} to {_num(price)}",
     )
 
 
@@ -126,7 +126,7 @@ def _price_crosses_below(
     return Observation(
         leaf.type,
         {"price": price, "previous_price": previous, "threshold": leaf.threshold},
-        f"price {_num(price)} crossed below {_num(leaf.threshold)} (from {_num(previous)})",
+        f"price crossed below {_num(leaf.threshold)}, from {_num(previous)} to {_num(price)}",
     )
 
 
@@ -252,7 +252,7 @@ def _close_vs_sma(leaf: Any, ctx: EventContext, *, up: bool) -> Observation | No
     return Observation(
         leaf.type,
         {"close": close, "sma": sma, "previous_close": previous_close},
-        f"close {_num(close)} crossed {way} SMA({leaf.period}, {leaf.timeframe}) {_num(sma)}",
+        f"close {_num(close)} crossed {way} SMA({leaf.period}, {leaf.timeframe}) at {_num(sma)}",
     )
 
 
@@ -291,7 +291,8 @@ def _sma_cross(leaf: Any, ctx: EventContext, *, up: bool) -> Observation | None:
     return Observation(
         leaf.type,
         {"fast_sma": f1, "slow_sma": s1},
-        f"SMA({leaf.fast}) {_num(f1)} crossed {way} SMA({leaf.slow}) {_num(s1)} ({leaf.timeframe})",
+        f"SMA({leaf.fast}) at {_num(f1)} crossed {way} SMA({leaf.slow}) at {_num(s1)} "
+        f"({leaf.timeframe})",
     )
 
 
@@ -321,7 +322,7 @@ def _bollinger(leaf: Any, ctx: EventContext, *, upper: bool) -> Observation | No
         leaf.type,
         {"close": close, "band": band, "middle": middle},
         f"close {_num(close)} is {'above' if upper else 'below'} the {name} Bollinger band "
-        f"{_num(band)} ({leaf.period}, {leaf.stddev:g}, {leaf.timeframe})",
+        f"({leaf.period}, {leaf.stddev:g}, {leaf.timeframe}) at {_num(band)}",
     )
 
 
@@ -353,8 +354,8 @@ def _extreme(leaf: Any, ctx: EventContext, *, high: bool) -> Observation | None:
     return Observation(
         leaf.type,
         {"close": close, f"previous_{word}": reference},
-        f"new {leaf.period}-bar {word}: close {_num(close)} vs {_num(reference)} "
-        f"({leaf.timeframe})",
+        f"close {_num(close)} is a new {leaf.period}-bar {word} ({leaf.timeframe}), "
+        f"{'above the highest' if high else 'below the lowest'} prior close {_num(reference)}",
     )
 
 
@@ -382,7 +383,7 @@ def _volume_spike(leaf: c.VolumeSpike, ctx: EventContext, owner: str) -> Observa
     return Observation(
         leaf.type,
         {"volume": volume, "average_volume": average, "multiple": volume / average},
-        f"volume {volume:,.0f} is {volume / average:.1f}x the {leaf.period}-bar average "
+        f"volume {volume:,.0f} is {volume / average:.1f}x the {leaf.period}-bar average of "
         f"{average:,.0f} ({leaf.timeframe})",
     )
 
@@ -401,7 +402,7 @@ def _level(name: str, value: float | None, leaf: Any, *, above: bool) -> Observa
     return Observation(
         leaf.type,
         {name: value, "threshold": leaf.threshold},
-        f"{name.replace('_', ' ')} {_num(value)} is {way} {_num(leaf.threshold)}",
+        f"{'IV' if name == 'iv' else name} {_num(value)} is {way} {_num(leaf.threshold)}",
     )
 
 
@@ -428,8 +429,8 @@ def _iv_change(leaf: c.IvChangePct, ctx: EventContext, owner: str) -> Observatio
     return Observation(
         leaf.type,
         {"iv": iv, "reference_iv": reference, "change_pct": change},
-        f"IV {_num(iv)} changed {change:+.1f}% over {_duration(leaf.window_seconds)} "
-        f"(from {_num(reference)})",
+        f"IV {'rose' if change > 0 else 'fell'} {abs(change):.1f}% in "
+        f"{_duration(leaf.window_seconds)}, from {_num(reference)} to {_num(iv)}",
     )
 
 
@@ -441,7 +442,7 @@ def _iv_rank(leaf: c.IvRankAbove, ctx: EventContext, owner: str) -> Observation 
     return Observation(
         leaf.type,
         {"iv_rank": rank, "iv": ctx.state.iv, "threshold": leaf.threshold},
-        f"IV rank {rank:.0f} ({leaf.lookback_days}d) is above {_num(leaf.threshold)}",
+        f"IV rank {rank:.0f} over {leaf.lookback_days} days is above {_num(leaf.threshold)}",
     )
 
 
@@ -456,7 +457,8 @@ def _spread(leaf: c.SpreadPctAbove, ctx: EventContext, owner: str) -> Observatio
     return Observation(
         leaf.type,
         {"spread_pct": spread, "bid": bid, "ask": ask, "threshold": leaf.threshold},
-        f"spread {spread:.2f}% ({_num(bid)} x {_num(ask)}) is above {leaf.threshold:g}%",
+        f"spread {spread:.2f}% of mid (bid {_num(bid)}, ask {_num(ask)}) is above "
+        f"{leaf.threshold:g}%",
     )
 
 
@@ -474,12 +476,27 @@ def _print_values(print_: OptionsFlow) -> dict[str, float | str | None]:
     }
 
 
+_TRADE_WORDS = {"sweep": "sweep", "block": "block", "split": "split print", "single": "print"}
+_SIDE_WORDS = {
+    "ask": "at the ask",
+    "bid": "at the bid",
+    "mid": "at mid",
+    "above_ask": "above the ask",
+    "below_bid": "below the bid",
+}
+
+
+def _contract(print_: OptionsFlow) -> str:
+    """The OCC symbol as people write it: one space after the root, not the padding."""
+    return " ".join(print_.contract.split())
+
+
 def _describe_print(print_: OptionsFlow) -> str:
     kind = "call" if print_.right == "C" else "put"
     return (
-        f"{print_.trade_type} {kind} {print_.contract.strip()} {print_.size} "
-        f"@ {_num(print_.price)} "
-        f"({print_.side}), premium ${print_.effective_premium:,.0f}"
+        f"{kind} {_TRADE_WORDS[print_.trade_type]} of {print_.size} {_contract(print_)} "
+        f"at {_num(print_.price)} {_SIDE_WORDS[print_.side]}, "
+        f"premium ${print_.effective_premium:,.0f}"
     )
 
 
@@ -545,7 +562,7 @@ def _repeated_hits(leaf: c.FlowRepeatedHits, ctx: EventContext, owner: str) -> O
     return Observation(
         leaf.type,
         values,
-        f"{hits} prints on {print_.contract.strip()} within {_duration(leaf.window_seconds)}",
+        f"{hits} prints on {_contract(print_)} within {_duration(leaf.window_seconds)}",
     )
 
 
@@ -603,7 +620,7 @@ def _pnl_condition(
     value = pnl_pct if pct else pnl
     if (above and not value > leaf.threshold) or (not above and not value < leaf.threshold):
         return None
-    shown = f"{value:+.2f}%" if pct else f"{value:+,.2f}"
+    shown = f"{value:+.2f}%" if pct else f"{'-' if value < 0 else '+'}${abs(value):,.2f}"
     return Observation(
         leaf.type,
         {
@@ -656,8 +673,9 @@ def _expiry_within(leaf: c.ExpiryWithinDays, ctx: EventContext, owner: str) -> O
     return Observation(
         leaf.type,
         {"trading_days": float(days), "expiry": occ.expiry.isoformat(), "days": float(leaf.days)},
-        f"{ctx.symbol.strip()} expires in {days} trading day{'s' if days != 1 else ''} "
-        f"({occ.expiry})",
+        f"{' '.join(ctx.symbol.split())} expires "
+        + (f"in {days} trading day{'s' if days != 1 else ''}" if days else "today")
+        + f" ({occ.expiry})",
     )
 
 

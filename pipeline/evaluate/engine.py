@@ -24,6 +24,7 @@ tree (shared leaves) or, for a one-leaf threshold rule, just (type, threshold).
 
 from __future__ import annotations
 
+import re
 import sys
 import zlib
 from bisect import bisect_left, bisect_right
@@ -31,7 +32,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
 from pipeline.evaluate.conditions import (
@@ -780,6 +781,33 @@ def _flipped(flip: str, index: SortedThresholds, old: float | None, new: float) 
     return []
 
 
+# A symbol as a word of a name: BRK.B, BF-B, ^SPX; "$NVDA" and "NVDA's" name NVDA.
+_NAME_WORD = re.compile(r"[A-Za-z0-9^][\w.^/-]*")
+
+
+@lru_cache(maxsize=4096)
+def _named_symbols(name: str) -> frozenset[str]:
+    return frozenset(word.rstrip("./-") for word in _NAME_WORD.findall(name))
+
+
+def alert_title(symbol: str, name: str, scope: tuple[str, ...] | None) -> str:
+    """``SYMBOL: name``, or the name alone where it names the symbol already.
+
+    A name names the symbol when the symbol is one of its words (case-sensitive, as symbols
+    are) and, for a watchlist, no other symbol of the watchlist is: "NVDA breakdown below 181"
+    stays as it is, while "AAPL,MSFT dip" on MSFT becomes "MSFT: AAPL,MSFT dip". An option
+    symbol, which has spaces, is named when the name contains it (spaces collapsed).
+    """
+    named = _named_symbols(name)
+    if " " in symbol.strip():  # OCC pads the root with spaces; people write one
+        names_it = " ".join(symbol.split()) in " ".join(name.split())
+    else:
+        names_it = symbol in named
+    if names_it and scope is not None and len(scope) > 1:
+        names_it = not any(word in scope for word in named if word != symbol)
+    return (name if names_it else f"{symbol}: {name}")[:255]
+
+
 def build_alert(
     rule: CompiledRule, ctx: EventContext, observations: list[Observation]
 ) -> TriggeredAlert:
@@ -800,7 +828,7 @@ def build_alert(
         user_id=rule.user_id,
         symbol=ctx.symbol,
         priority=rule.priority,
-        title=f"{ctx.symbol}: {rule.name}"[:255],
+        title=alert_title(ctx.symbol, rule.name, rule.scope),
         message=message,
         triggered_at=ctx.ts,
         condition_types=types,

@@ -50,6 +50,7 @@ __all__ = [
     "DOC_BEGIN",
     "DOC_END",
     "RuleTextError",
+    "condition_name",
     "format_condition",
     "format_duration",
     "format_money",
@@ -1277,7 +1278,8 @@ def parse_rule(text: str, *, user_id: str | None = None, rule_id: str | None = N
     option (when both are given they must agree). Without an id, the id is ``r-`` and the
     first 12 hex digits of the SHA-256 of the user id and the whitespace-normalized text, so
     the same text of the same user always names the same rule. Without a name, the name is
-    the text itself (whitespace collapsed, at most 255 characters).
+    the conditions in words (``condition_name``): no symbol, since the alert title adds it,
+    and no options.
     """
     tree, tokens = _parse(text, "rule")
     body, spans = _transform(_Build(text, tokens), tree)
@@ -1300,13 +1302,15 @@ def parse_rule(text: str, *, user_id: str | None = None, rule_id: str | None = N
     if "id" not in body:
         digest = hashlib.sha256(f"{body['user_id']}\n{normalized}".encode()).hexdigest()
         body["id"] = f"r-{digest[:12]}"
-    body.setdefault("name", " ".join(text.split())[:255])
+    named = "name" in body
+    body.setdefault("name", "-")  # for now: the name in words needs the validated conditions
     try:
-        return Rule.model_validate(body)
+        rule = Rule.model_validate(body)
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
         field = str(error["loc"][0]) if error["loc"] else ""
         raise RuleTextError(_describe(exc), text, *spans.get(field, (0, len(text)))) from None
+    return rule if named else rule.model_copy(update={"name": condition_name(rule.conditions)})
 
 
 # ---------------------------------------------------------------- rendering
@@ -1495,6 +1499,162 @@ def format_rule(rule: Rule, *, canonical: bool = False) -> str:
     if not rule.active:
         parts.append("inactive")
     return " ".join(parts)
+
+
+# ---------------------------------------------------------------- a rule's name in words
+
+_NAME_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+_SIDE_WORDS = {
+    "ask": "at the ask",
+    "bid": "at the bid",
+    "mid": "at mid",
+    "above_ask": "above the ask",
+    "below_bid": "below the bid",
+}
+_SIDE_PAIRS = {
+    ("ask", "above_ask"): "at or above the ask",
+    ("bid", "below_bid"): "at or below the bid",
+}
+
+
+def _span_words(seconds: int) -> str:
+    """A window as people say it: 30 minutes, 1 hour, 90 seconds."""
+    unit, size = next((u, s) for u, s in _NAME_UNITS if seconds % s == 0)
+    count = seconds // size
+    return f"{count} {unit}{'' if count == 1 else 's'}"
+
+
+def _grouped(value: float) -> str:
+    """A number with thousands separators: 1,000,000, 182.5."""
+    whole, dot, fraction = format_number(abs(value)).partition(".")
+    return f"{'-' if value < 0 else ''}{int(whole):,}{dot}{fraction}"
+
+
+def _dollars(value: float) -> str:
+    """$1M, $250K, -$500, $500.50: the scale in capitals, the sign before the $."""
+    sign, amount = "-" if value < 0 else "", abs(value)
+    scaled = format_money(amount)
+    if scaled[-1].isalpha():
+        return f"{sign}${scaled.upper()}"
+    return f"{sign}${amount:,.2f}" if amount % 1 else f"{sign}${int(amount):,}"
+
+
+def _flow_words(leaf: Any, core: str) -> str:
+    """A flow condition: what prints, then its filters, comma-separated."""
+    kind: str = leaf.type
+    words = []
+    if leaf.moneyness is not None:
+        band = leaf.atm_band_pct
+        within = (
+            f" (within {format_number(band)}%)" if leaf.moneyness == "atm" and band != 1 else ""
+        )
+        words.append(leaf.moneyness.upper() + within)
+    right = {"C": "call", "P": "put", None: "options"}[leaf.right]
+    if kind in ("flow_sweep", "flow_block"):
+        words.append(f"{right} {kind[5:]}")
+        if leaf.min_premium:
+            words.append(f"of {_dollars(leaf.min_premium)} or more")
+    elif kind == "flow_premium_above":
+        words.append(f"{right} print over {_dollars(leaf.threshold)}")
+    elif kind == "flow_repeated_hits":
+        words = [f"{leaf.count}", *words, f"{right} prints on one contract in {core}"]
+    elif kind == "unusual_volume":
+        words = ["unusual", *words, f"{right} volume ({core})"]
+    else:
+        words.append(f"{right} {core}" if leaf.right else core)
+    filters = [" ".join(words)]
+    if leaf.sides:
+        sides = tuple(leaf.sides)
+        shown = " or ".join(_SIDE_WORDS[side] for side in sides)
+        filters.append(_SIDE_PAIRS.get(sides, shown))
+    low, high = leaf.min_days_to_expiry, leaf.max_days_to_expiry
+    if low is not None and high is not None:
+        filters.append(f"{low} to {high} days to expiry")
+    elif high is not None:
+        filters.append(f"expiring within {high} days")
+    elif low is not None:
+        filters.append(f"{low}+ days to expiry")
+    if leaf.min_size is not None:
+        filters.append(f"{leaf.min_size}+ contracts")
+    return ", ".join(filters)
+
+
+def _leaf_words(leaf: Any) -> str:
+    kind: str = leaf.type
+    way = "above" if kind.endswith(("_above", "_up", "_upper", "_above_sma")) else "below"
+    if kind in ("price_above", "price_below"):
+        return f"price {way} {_grouped(leaf.threshold)}"
+    if kind in ("price_crosses_above", "price_crosses_below"):
+        return f"price crosses {way} {_grouped(leaf.threshold)}"
+    if kind.startswith("percent_move_"):
+        direction = kind.rsplit("_", 1)[1]
+        return f"{direction} {format_number(leaf.percent)}% in {_span_words(leaf.window_seconds)}"
+    if kind in ("rsi_above", "rsi_below"):
+        return f"RSI({leaf.period}, {leaf.timeframe}) {way} {format_number(leaf.threshold)}"
+    if kind.endswith("_sma"):
+        return f"price crosses {way} SMA({leaf.period}, {leaf.timeframe})"
+    if kind in ("sma_cross_up", "sma_cross_down"):
+        cross = {(50, 200, "1d"): "golden cross" if way == "above" else "death cross"}.get(
+            (leaf.fast, leaf.slow, leaf.timeframe)
+        )
+        words = f"SMA {leaf.fast} crosses {way} SMA {leaf.slow} ({leaf.timeframe})"
+        return f"{cross}: {words}" if cross else words
+    if kind.startswith("bollinger_break_"):
+        band = kind.rsplit("_", 1)[1]
+        args = f"{leaf.period}, {format_number(leaf.stddev)}, {leaf.timeframe}"
+        return f"close {way} the {band} Bollinger band ({args})"
+    if kind in ("new_high", "new_low"):
+        return f"new {leaf.period}-bar {kind[4:]} ({leaf.timeframe})"
+    if kind == "volume_spike":
+        multiple = format_number(leaf.multiple)
+        return f"volume spike: {multiple}x the {leaf.period}-bar average ({leaf.timeframe})"
+    if kind == "iv_change_pct":
+        direction = "up" if leaf.percent > 0 else "down"
+        change = format_number(abs(leaf.percent))
+        return f"IV {direction} {change}% in {_span_words(leaf.window_seconds)}"
+    if kind == "iv_rank_above":
+        days = leaf.lookback_days
+        lookback = "" if days == 252 else f" over {days} days"
+        return f"IV rank above {format_number(leaf.threshold)}{lookback}"
+    if kind.split("_")[0] in _GREEKS and kind.count("_") == 1:
+        name = kind.split("_")[0]
+        return f"{'IV' if name == 'iv' else name} {way} {format_number(leaf.threshold)}"
+    if kind == "spread_pct_above":
+        return f"spread above {format_number(leaf.threshold)}% of mid"
+    if kind in ("position_pnl_pct_above", "position_pnl_pct_below"):
+        return f"position P&L {way} {format_number(leaf.threshold)}%"
+    if kind in ("position_pnl_above", "position_pnl_below"):
+        return f"position P&L {way} {_dollars(leaf.threshold)}"
+    if kind == "expiry_within_days":
+        if leaf.days == 0:
+            return "expires today"
+        return f"expires within {leaf.days} trading day{'' if leaf.days == 1 else 's'}"
+    if kind == "unusual_volume":
+        return _flow_words(leaf, f"{format_number(leaf.ratio)}x open interest")
+    if kind == "flow_repeated_hits":
+        return _flow_words(leaf, _span_words(leaf.window_seconds))
+    if kind == "put_call_premium_ratio":
+        ratio = f"put/call premium ratio {leaf.comparison} {format_number(leaf.threshold)}"
+        return _flow_words(leaf, f"{ratio} over {_span_words(leaf.window_seconds)}")
+    return _flow_words(leaf, "")
+
+
+def _tree_words(node: ConditionNode) -> str:
+    if isinstance(node, AllOf | AnyOf):
+        operator, children = ("and", node.all) if isinstance(node, AllOf) else ("or", node.any)
+        parts = []
+        for child in children:
+            text = _tree_words(child)
+            parts.append(f"({text})" if isinstance(child, AllOf | AnyOf) else text)
+        return f" {operator} ".join(parts)
+    return _leaf_words(node)
+
+
+def condition_name(node: ConditionNode) -> str:
+    """A rule's conditions in words, for its name: ``price crosses above 260``,
+    ``RSI(14, 5m) above 70``, ``call sweep of $1M or more``; at most 255 characters."""
+    words = _tree_words(node)
+    return words if len(words) <= 255 else words[:254].rstrip() + "…"
 
 
 # ---------------------------------------------------------------- values for other callers

@@ -39,7 +39,21 @@ TABLES = {
     "profile_documents",
     "webhook_endpoints",
 }
-VIEWS = {"v_alerts", "v_daily_alert_counts", "v_delivery_outcomes"}
+VIEWS = {
+    "v_alerts",
+    "v_daily_alert_counts",
+    "v_delivery_outcomes",
+    # 013: analysts' questions, and contact details masked
+    "v_user_daily_alerts",
+    "v_delivery_success",
+    "v_alert_responses",
+    "v_rule_activity",
+    "v_symbol_activity",
+    "v_relevance_history",
+    "v_user_contacts",
+    "v_deliveries",
+    "v_disabled_destinations",
+}
 ROLES = {"smart_alerts_writer", "smart_alerts_analyst"}
 
 # ARCHITECTURE.md §8: every table and column of the platform's starting schema.
@@ -215,15 +229,30 @@ def test_roles_have_their_privileges(database_url: str) -> None:
             ).fetchone()
             return bool(row and row[0])
 
+        def reads(role: str, relation: str, column: str) -> bool:
+            row = conn.execute(
+                "SELECT has_column_privilege(%s, %s, %s, 'SELECT')", (role, relation, column)
+            ).fetchone()
+            return bool(row and row[0])
+
+        # Tables with contact details: the analyst reads every column but those (013).
+        contacts = {
+            "user_alert_profiles": ("destinations", "user_id"),
+            "delivery_logs": ("destination", "channel"),
+            "disabled_destinations": ("destination", "channel"),
+        }
         for table in ("alert_outcomes", "disabled_destinations"):  # added by later migrations
             assert allowed("smart_alerts_writer", table, "INSERT")
-            assert allowed("smart_alerts_analyst", table, "SELECT")
+            assert allowed("smart_alerts_analyst", table, "SELECT") == (table not in contacts)
             assert not allowed("smart_alerts_analyst", table, "INSERT")
         for table in SECTION_8:
             assert allowed("smart_alerts_writer", table, "INSERT")
             assert allowed("smart_alerts_writer", table, "UPDATE")
-            assert allowed("smart_alerts_analyst", table, "SELECT")
+            assert allowed("smart_alerts_analyst", table, "SELECT") == (table not in contacts)
             assert not allowed("smart_alerts_analyst", table, "INSERT")
+        for table, (contact, other) in contacts.items():
+            assert reads("smart_alerts_analyst", table, other)
+            assert not reads("smart_alerts_analyst", table, contact)
         for view in VIEWS:
             assert allowed("smart_alerts_analyst", view, "SELECT")
         logins = conn.execute(

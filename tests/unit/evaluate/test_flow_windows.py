@@ -86,7 +86,7 @@ def scan_repeated_hits(
     return Observation(
         leaf.type,
         values,
-        f"{hits} prints on {print_.contract.strip()} "
+        f"{hits} prints on {conditions._contract(print_)} "
         f"within {conditions._duration(leaf.window_seconds)}",
     )
 

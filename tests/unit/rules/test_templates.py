@@ -84,7 +84,7 @@ def test_parameters_convert_to_their_types() -> None:
     assert leaf.max_days_to_expiry == 30
     assert leaf.right == "C"
     assert rule.cooldown_seconds == 3600
-    assert rule.name == "NVDA call sweep at the ask, premium >= 1.5m"
+    assert rule.name == "NVDA call sweep at or above the ask, premium $1.5m or more"
 
     rsi = instantiate(
         "rsi_oversold_bounce",

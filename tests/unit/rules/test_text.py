@@ -21,6 +21,7 @@ from pipeline.evaluate.specs import CONDITION_MODELS, FLOW_CONDITIONS, AllOf, An
 from pipeline.messages import Rule
 from pipeline.rules.text import (
     RuleTextError,
+    condition_name,
     format_condition,
     format_rule,
     parse_conditions,
@@ -409,15 +410,92 @@ def test_defaults_and_derived_id() -> None:
     text = "AAPL price > 200   cooldown 30m"
     rule = parse_rule(text, user_id="u-1")
     assert rule.priority == "MEDIUM" and rule.mode == "recurring" and rule.active
-    assert rule.name == "AAPL price > 200 cooldown 30m"
+    assert rule.name == "price above 200"  # the conditions in words: no symbol, no options
     assert re.fullmatch(r"r-[0-9a-f]{12}", rule.id)
     assert parse_rule("AAPL  price > 200 cooldown 30m", user_id="u-1").id == rule.id
     assert parse_rule(text, user_id="u-2").id != rule.id
     assert parse_rule("AAPL price > 201 cooldown 30m", user_id="u-1").id != rule.id
     assert parse_rule(text, user_id="u-1", rule_id="mine").id == "mine"
     assert parse_rule(text + " user u-1").user_id == "u-1"
-    long_text = "AAPL " + "price > 1 or " * 25 + "price > 2"
-    assert len(parse_rule(long_text, user_id="u").name) == 255
+
+
+# ---------------------------------------------------------------- names
+
+# The name a rule gets without a `name` option: its conditions in words, for EXAMPLES.
+NAMES = {
+    "price_above": "price above 200.25",
+    "price_below": "price below 0.5",
+    "price_crosses_above": "price crosses above 1,000,000",
+    "price_crosses_below": "price crosses below 150",
+    "percent_move_up": "up 5% in 90 seconds",
+    "percent_move_down": "down 0.75% in 2 hours",
+    "rsi_above": "RSI(9, 15m) above 70.5",
+    "rsi_below": "RSI(14, 1m) below 30",
+    "price_crosses_above_sma": "price crosses above SMA(50, 1d)",
+    "price_crosses_below_sma": "price crosses below SMA(200, 4h)",
+    "sma_cross_up": "SMA 20 crosses above SMA 50 (1h)",
+    "sma_cross_down": "SMA 50 crosses below SMA 200 (1m)",
+    "bollinger_break_upper": "close above the upper Bollinger band (30, 2.5, 5m)",
+    "bollinger_break_lower": "close below the lower Bollinger band (10, 1, 30s)",
+    "new_high": "new 252-bar high (1d)",
+    "new_low": "new 5-bar low (1m)",
+    "volume_spike": "volume spike: 4.5x the 10-bar average (5m)",
+    "iv_above": "IV above 60",
+    "iv_below": "IV below 0.25",
+    "iv_change_pct": "IV down 30% in 1 day",
+    "iv_rank_above": "IV rank above 80 over 100 days",
+    "delta_above": "delta above 0.7",
+    "delta_below": "delta below -0.3",
+    "gamma_above": "gamma above 0.05",
+    "gamma_below": "gamma below 0.001",
+    "theta_above": "theta above -0.02",
+    "theta_below": "theta below -0.5",
+    "vega_above": "vega above 0.3",
+    "vega_below": "vega below 0.1",
+    "spread_pct_above": "spread above 2.5% of mid",
+    "unusual_volume": "unusual call volume (3x open interest), 100+ contracts",
+    "flow_premium_above": "options print over $1.25M, at or above the ask",
+    "flow_sweep": "OTM call sweep of $500K or more, 7 to 30 days to expiry",
+    "flow_block": "ATM (within 2.5%) put block",
+    "flow_repeated_hits": "5 options prints on one contract in 10 minutes, below the bid",
+    "put_call_premium_ratio": "put/call premium ratio below 0.5 over 1 hour",
+    "position_pnl_pct_above": "position P&L above 10%",
+    "position_pnl_pct_below": "position P&L below -12.5%",
+    "position_pnl_above": "position P&L above $5K",
+    "position_pnl_below": "position P&L below -$500.50",
+    "expiry_within_days": "expires today",
+}
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e["type"] for e in EXAMPLES])
+def test_name_of_every_type(example: dict[str, Any]) -> None:
+    assert condition_name(leaf(example)) == NAMES[example["type"]]
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        # the rule: its options are no part of the name, nor is the symbol
+        ("MSFT price crosses above 260 priority critical id r-crit cooldown 0", None),
+        ("AAPL rsi(14, 5m) > 70 once regular hours expires 2027-01-01", "RSI(14, 5m) above 70"),
+        ("call sweep premium >= 1m id r-2 channels push", "call sweep of $1M or more"),
+        ("watchlist AAPL,MSFT golden cross 1d", "golden cross: SMA 50 crosses above SMA 200 (1d)"),
+        ("any symbol expiry within 1 day", "expires within 1 trading day"),
+        (
+            "TSLA price > 1 or iv change 25% in 30m and delta < 0.2",
+            "price above 1 or (IV up 25% in 30 minutes and delta below 0.2)",
+        ),
+        ("NVDA price < 181 name 'NVDA breakdown below 181'", "NVDA breakdown below 181"),
+    ],
+)
+def test_default_name_is_the_conditions_in_words(text: str, name: str | None) -> None:
+    rule = parse_rule(text, user_id="u-1")
+    assert rule.name == (name or "price crosses above 260")
+
+
+def test_a_long_name_is_cut_at_255_characters() -> None:
+    name = parse_rule("AAPL " + "price > 1 or " * 40 + "price > 2", user_id="u").name
+    assert len(name) == 255 and name.startswith("price above 1 or ") and name.endswith("…")
 
 
 # ---------------------------------------------------------------- errors
@@ -618,7 +696,7 @@ def test_load_rules_from_text_and_yaml(tmp_path: Path) -> None:
 
 def test_load_rules_errors_name_the_line(tmp_path: Path) -> None:
     text_file = tmp_path / "rules.txt"
-    text_file.write_text("AAPL price > 200\nAAPL price >> 1\n")
+    text_file.write_text("AAPL price > 200\nAAPL price > abc\n")
     with pytest.raises(CommandError, match=r"rules\.txt:2: rule text: expected a number"):
         load_rules(text_file, user_id="u-1")
     yaml_file = tmp_path / "rules.yml"
@@ -643,7 +721,7 @@ def test_cli_rules_parse(capsys: pytest.CaptureFixture[str]) -> None:
         "id": "r-9",
         "version": 1,
         "user_id": "u-1",
-        "name": "AAPL rsi(14, 5m) < 30 cooldown 1h",
+        "name": "RSI(14, 5m) below 30",
         "symbol": "AAPL",
         "priority": "MEDIUM",
         "mode": "recurring",
