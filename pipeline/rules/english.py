@@ -41,7 +41,8 @@ class EnglishRuleError(ValueError):
     error (with its caret) is the better one to show.
 
     ``understood`` is the rule text read so far and ``unused`` the words nothing used, for
-    callers that show them apart from the message (the API's problem members).
+    callers that show them apart from the message (the API's problem members); ``formal`` is
+    the error of the text read as rule text, when ``understand`` tried that first.
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class EnglishRuleError(ValueError):
         self.english = english
         self.understood = understood
         self.unused = unused
+        self.formal: RuleTextError | None = None
 
 
 class _Refusal(Exception):
@@ -421,7 +423,10 @@ DATE = (
 def _date(m: re.Match[str], today: date) -> date:
     """The date a DATE match names; without a year, the next such date from today on."""
     if m["iso"]:
-        return date.fromisoformat(m["iso"])
+        try:
+            return date.fromisoformat(m["iso"])
+        except ValueError:
+            raise _Refusal(f"{m[0]!r} is not a date") from None
     if m["mm"]:
         month, day, year = int(m["mm"]), int(m["dd"]), m["yy"]
         year = (f"20{year}" if year and len(year) == 2 else year) or None
@@ -728,7 +733,10 @@ def _until_date(m: re.Match[str], now: datetime) -> datetime:
 
 
 def _for_next(m: re.Match[str], now: datetime) -> datetime:
-    return now + timedelta(seconds=_seconds(m["n"] or "1", m["u"]))
+    try:
+        return now + timedelta(seconds=_seconds(m["n"] or "1", m["u"]))
+    except OverflowError:
+        raise _Refusal(f"'{m[0]}' ends after the last date a rule may have") from None
 
 
 _UNTIL = r"(?P<until>until|till|til|through|thru|up to|good (?:until|till|through))"
@@ -778,7 +786,9 @@ _VOCABULARY = _words(
     "until till through week weeks month months year years next expiring expire expires "
     "expiry expiration dte contracts ask bid mid offer strike market session sessions hours "
     "premarket pre-market extended after-hours monday tuesday wednesday thursday friday "
-    "saturday sunday deep"
+    "saturday sunday deep price > < >= <= "
+    # rule text's own option words: left over, the text was rule text with a mistake
+    "user id name channels version active inactive cooldown priority sessions watchlist symbol"
 )
 
 _FILLER_ANYWHERE = re.compile(r"\b(?:as soon as|the moment|in case|if|when|whenever)\b")
@@ -1092,11 +1102,12 @@ def understand(
         except EnglishRuleError as exc:
             if not exc.english:
                 raise formal_error from None
-            raise EnglishRuleError(
-                f"{exc}; as rule text: {formal_error.reason}",
-                understood=exc.understood,
-                unused=exc.unused,
-            ) from None
+            where = str(formal_error).splitlines()[0].removeprefix("rule text: ").rstrip(":")
+            both = EnglishRuleError(
+                f"{exc}; as rule text: {where}", understood=exc.understood, unused=exc.unused
+            )
+            both.formal = formal_error
+            raise both from None
         return Understood(english.rule, english.canonical, english.unused)
 
 
