@@ -9,6 +9,10 @@ level). Words no pattern used and that are not filler are reported, so a person 
 was ignored.
 
 Chart words ("on the 5 minute chart", "daily") apply to every indicator of the sentence.
+Words that name a time ("until Friday", "today only") count from a ``now`` the caller may
+give, in New York's days. A phrase that rule text cannot say exactly ("puts expiring this
+week": the flow filters count days from each print) is refused with the reason, never
+approximated.
 """
 
 from __future__ import annotations
@@ -597,7 +601,7 @@ _OPTIONS: list[tuple[str, Callable[[re.Match[str]], str]]] = [
      r"(?:market |trading )?(?:hours|session)(?: only)?|(?:regular|normal|market|trading|core) "
      r"(?:market |trading )?hours only|only (?:during|in) (?:regular |market |trading )?hours"
      r"|(?:while|when) the market is open|rth(?: only)?", lambda m: "regular hours"),
-    (rf"(?:including|incl|plus|with|and|also|even) (?:the )?{_EXTRA}(?: (?:and|or|&) "
+    (rf"(?:including|incl|plus|with|also|even) (?:the )?{_EXTRA}(?: (?:and|or|&) "
      rf"(?:the )?{_EXTRA})?(?: (?:trading|hours|session))?(?: too| as well)?"
      r"|(?:during |in )?(?:the )?extended (?:trading )?(?:hours|session)(?: too| as well)?",
      lambda m: "extended hours"),
