@@ -13,7 +13,7 @@ import os
 import tomllib
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -223,6 +223,41 @@ class Api(_Section):
     webhook_secret_grace_seconds: int = Field(86_400, ge=0)
 
 
+# The archive's topics by their [topics] key (docs/contracts.md, "Archive").
+ArchivedTopicKey = Literal[
+    "ticks", "options_flow", "rules", "feedback", "triggered", "notifications", "dlq"
+]
+
+
+class Archive(_Section):
+    """The Parquet archive written by ``smart-alerts archive`` (docs/operations.md, "Archive";
+    layout in docs/contracts.md). S3 credentials come from the environment only
+    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE, or the role of
+    the instance or pod), never from this section."""
+
+    # A folder, or s3://bucket/prefix (any URI pyarrow's filesystems read); --root overrides.
+    root: str | None = None
+    # Topics by config key ([topics]): the input and output streams, and the dead letters.
+    topics: list[ArchivedTopicKey] = Field(
+        default_factory=lambda: list(get_args(ArchivedTopicKey)), min_length=1
+    )
+    # A partition's file is written when it holds this many rows or this many bytes of
+    # messages, or when its first record was read this long ago: files of tens of MB, and rows
+    # in the archive within roll_seconds. The archiver holds up to max_bytes per partition.
+    max_rows: int = Field(500_000, ge=1)
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    roll_seconds: float = Field(600.0, gt=0)
+    compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = "zstd"
+    # An S3-compatible server (MinIO, Ceph, ...): http(s)://host:port; None: AWS itself.
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    # Where the archived offsets are committed, for consumer-lag tools; the archiver itself
+    # resumes from its files, never from these.
+    group_id: str = "smart-alerts-archive"
+    batch_size: int = Field(5000, ge=1)  # records read from a partition at a time
+    progress_seconds: float = Field(10.0, gt=0)  # how often a progress line is logged
+
+
 class Logging(_Section):
     """The job's and the API's log on stderr (docs/operations.md, "Logs")."""
 
@@ -280,6 +315,7 @@ class Settings(BaseSettings):
     dependencies: Dependencies = Field(default_factory=Dependencies)
     api: Api = Field(default_factory=Api)
     ops: Ops = Field(default_factory=Ops)
+    archive: Archive = Field(default_factory=Archive)
     logging: Logging = Field(default_factory=Logging)
 
     @classmethod

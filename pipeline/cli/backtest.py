@@ -15,15 +15,18 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
+from connectors.archive import ArchivedRows, ArchiveStore
 from connectors.files import FileFormatError, InputOptions, SortedRows, merged_by_time
 from connectors.kafka import SourceRecord
 from pipeline.cli.commands import CommandError, Echo, Summary, load_rules
 from pipeline.cli.report import alerts_per_day, alerts_per_rule, write_report
-from pipeline.config import Settings
+from pipeline.config import Settings, Topics
 from pipeline.messages import DeadLetter, OptionsFlow, Position, Rule, Tick, TriggeredAlert
 from sinks.files import FORMATS, UnsupportedOutput, write_alerts
 from sinks.kafka import OutgoingRecord
@@ -42,6 +45,36 @@ class TickInput:
     columns: dict[str, str] = field(default_factory=dict)
     symbol: str | None = None
     bar_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class ArchiveInput:
+    """Ticks and flow from the Parquet archive (connectors/archive.py) for the UTC dates
+    ``start`` to ``end``, instead of files."""
+
+    store: ArchiveStore
+    start: date
+    end: date
+
+    def rows(self, key: str, required: tuple[str, ...], options: InputOptions) -> SortedRows:
+        return ArchivedRows(self.store, key, self.start, self.end, required, options)
+
+
+def from_archive(
+    settings: Settings, root: str | None, start: date | None, end: date | None
+) -> ArchiveInput | None:
+    """The backtest's --archive, --from and --to, checked."""
+    if root is None:
+        if start is not None or end is not None:
+            raise CommandError("--from and --to choose the dates of --archive; add --archive ROOT")
+        return None
+    if start is None or end is None:
+        raise CommandError("--archive needs the dates to read: --from YYYY-MM-DD --to YYYY-MM-DD")
+    if start > end:
+        raise CommandError(f"--from {start} is after --to {end}")
+    from pipeline.cli.archive import archive_store
+
+    return ArchiveInput(archive_store(settings, root), start, end)
 
 
 def parse_max_rejected(text: str) -> tuple[float, bool]:
@@ -167,9 +200,10 @@ def run_backtest(
     settings: Settings,
     *,
     rules: Path,
-    ticks: Path,
+    ticks: Path | None,
     flow: Path | None = None,
     positions: Path | None = None,
+    archive: ArchiveInput | None = None,
     progress: bool = True,
     user_id: str | None = None,
     keep_prices: bool = False,
@@ -190,9 +224,9 @@ def run_backtest(
         bars=True,
         bar_seconds=how.bar_seconds,
     )
-    # (topic, file, the columns it cannot do without: ts and the message key's, key function,
-    # how to read it)
-    sources = [
+    # (topic, file or archive, the columns it cannot do without: ts and the message key's, key
+    # function, how to read it)
+    sources: list[tuple[str, Path | ArchiveInput | None, tuple[str, ...], Any, InputOptions]] = [
         (
             topics.positions,
             positions,
@@ -204,10 +238,10 @@ def run_backtest(
                 tz=how.tz,
             ),
         ),
-        (topics.ticks, ticks, ("symbol",), _field("symbol"), ticks_options),
+        (topics.ticks, archive or ticks, ("symbol",), _field("symbol"), ticks_options),
         (
             topics.options_flow,
-            flow,
+            archive or flow,
             ("underlying",),
             _field("underlying"),
             InputOptions(
@@ -220,10 +254,15 @@ def run_backtest(
     # Every file is read and checked here, before the dataflow: an error raised inside it
     # reaches the operator as a Rust panic.
     present = [
-        (topic, SortedRows(path, required, options), key)
+        (topic, _input_rows(topic, path, topics, required, options), key)
         for topic, path, required, key, options in sources
         if path is not None
     ]
+    if archive is not None and not any(len(rows) for topic, rows, _ in present):
+        raise CommandError(
+            f"the archive at {archive.store.root} has no ticks or flow dated {archive.start} "
+            f"to {archive.end}"
+        )
     for _, source, _ in present:
         for notice in source.notices:
             (echo or _quiet)(notice)
@@ -257,6 +296,19 @@ def run_backtest(
 
 def _quiet(text: str) -> None:
     pass
+
+
+def _input_rows(
+    topic: str,
+    source: Path | ArchiveInput,
+    topics: Topics,
+    required: tuple[str, ...],
+    options: InputOptions,
+) -> SortedRows:
+    if isinstance(source, Path):
+        return SortedRows(source, required, options)
+    key = "ticks" if topic == topics.ticks else "options_flow"
+    return source.rows(key, required, options)
 
 
 def _rule_records(topic: str, rules: list[Rule]) -> list[SourceRecord]:
@@ -294,10 +346,11 @@ def backtest_command(
     settings: Settings,
     *,
     rules: Path,
-    ticks: Path,
+    ticks: Path | None,
     flow: Path | None,
     positions: Path | None,
     out: Path,
+    archive: ArchiveInput | None = None,
     echo: Echo = print,
     user_id: str | None = None,
     report: Path | None = None,
@@ -306,6 +359,10 @@ def backtest_command(
 ) -> BacktestResult:
     if out.suffix.lower() not in FORMATS:
         raise UnsupportedOutput(f"{out}: write .parquet, .csv or .jsonl")
+    if archive is not None and (ticks is not None or flow is not None):
+        raise CommandError("--archive reads the ticks and the flow: leave out --ticks and --flow")
+    if archive is None and ticks is None:
+        raise CommandError("name the ticks: --ticks FILE, or --archive ROOT --from D --to D")
     parse_max_rejected(max_rejected)  # a bad value is refused before the run, not after it
     if report is not None and report.suffix.lower() not in (".html", ".htm"):
         raise UnsupportedOutput(f"{report}: the report is an HTML page; name it .html")

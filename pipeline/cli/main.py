@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -150,8 +151,21 @@ def _parser() -> argparse.ArgumentParser:
         "and their ids equal the live job's. OUT: .parquet, .csv or .jsonl.",
     )
     backtest.add_argument("--rules", type=Path, required=True)
-    backtest.add_argument("--ticks", type=Path, required=True)
+    backtest.add_argument("--ticks", type=Path, help="ticks file (or --archive)")
     backtest.add_argument("--flow", type=Path)
+    # Ticks and flow straight from the Parquet archive (smart-alerts archive), by date.
+    backtest.add_argument(
+        "--archive",
+        metavar="ROOT",
+        help="read ticks and flow from the archive at ROOT (a folder or s3://bucket/prefix) "
+        "instead of --ticks/--flow, for the dates --from to --to",
+    )
+    backtest.add_argument(
+        "--from", dest="date_from", type=_date, metavar="YYYY-MM-DD", help="first UTC date"
+    )
+    backtest.add_argument(
+        "--to", dest="date_to", type=_date, metavar="YYYY-MM-DD", help="last UTC date (included)"
+    )
     backtest.add_argument("--positions", type=Path)
     backtest.add_argument("--out", type=Path, required=True)
     backtest.add_argument("--user", help="user of rule texts that name none")
@@ -186,6 +200,22 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="HTML",
         help="also write a self-contained chart of the prices, alerts and indicators (.html)",
+    )
+
+    archive = verbs.add_parser(
+        "archive",
+        help="write every input and output topic to Parquet files by topic and date, beside "
+        "the job",
+        description="Reads the topics of [archive] topics and writes "
+        "ROOT/topic=KEY/date=YYYY-MM-DD/part-P-FIRST-LAST.parquet, exactly once per offset "
+        "range (a restart resumes from the files). Runs until SIGTERM/SIGINT, then writes what "
+        "it holds and exits 0. docs/operations.md (Archive) is the guide.",
+    )
+    archive.add_argument("--root", help="a folder or s3://bucket/prefix (default: [archive] root)")
+    archive.add_argument(
+        "--bounded",
+        action="store_true",
+        help="read every topic to its current end, write, then stop (backfills, batch runs)",
     )
 
     api = verbs.add_parser(
@@ -229,6 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         for line in failure.lines():
             print(line, file=sys.stderr)
         return failure.code
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
@@ -277,14 +314,20 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 0
         commands.wait_for_servers(settings, *commands.SERVERS)
         return serve(settings, host=args.host, port=args.port)
+    if args.verb == "archive":
+        from pipeline.cli.archive import archive_command
+
+        archive_command(settings, root=args.root, bounded=args.bounded)
+        return 0
     if args.verb == "backtest":
         from connectors.files import parse_column_map, parse_duration
-        from pipeline.cli.backtest import TickInput, backtest_command
+        from pipeline.cli.backtest import TickInput, backtest_command, from_archive
 
         backtest_command(
             settings,
             rules=args.rules,
             ticks=args.ticks,
+            archive=from_archive(settings, args.archive, args.date_from, args.date_to),
             flow=args.flow,
             positions=args.positions,
             out=args.out,

@@ -9,10 +9,6 @@ level). Words no pattern used and that are not filler are reported, so a person 
 was ignored.
 
 Chart words ("on the 5 minute chart", "daily") apply to every indicator of the sentence.
-Words that name a time ("until Friday", "today only") count from a ``now`` the caller may
-give, in New York's days. A phrase that rule text cannot say exactly ("puts expiring this
-week": the flow filters count days from each print) is refused with the reason, never
-approximated.
 """
 
 from __future__ import annotations
@@ -45,8 +41,7 @@ class EnglishRuleError(ValueError):
     error (with its caret) is the better one to show.
 
     ``understood`` is the rule text read so far and ``unused`` the words nothing used, for
-    callers that show them apart from the message (the API's problem members); ``formal`` is
-    the error of the text read as rule text, when ``understand`` tried that first.
+    callers that show them apart from the message (the API's problem members).
     """
 
     def __init__(
@@ -61,7 +56,6 @@ class EnglishRuleError(ValueError):
         self.english = english
         self.understood = understood
         self.unused = unused
-        self.formal: RuleTextError | None = None
 
 
 class _Refusal(Exception):
@@ -427,10 +421,7 @@ DATE = (
 def _date(m: re.Match[str], today: date) -> date:
     """The date a DATE match names; without a year, the next such date from today on."""
     if m["iso"]:
-        try:
-            return date.fromisoformat(m["iso"])
-        except ValueError:
-            raise _Refusal(f"{m[0]!r} is not a date") from None
+        return date.fromisoformat(m["iso"])
     if m["mm"]:
         month, day, year = int(m["mm"]), int(m["dd"]), m["yy"]
         year = (f"20{year}" if year and len(year) == 2 else year) or None
@@ -601,7 +592,7 @@ _OPTIONS: list[tuple[str, Callable[[re.Match[str]], str]]] = [
      r"(?:market |trading )?(?:hours|session)(?: only)?|(?:regular|normal|market|trading|core) "
      r"(?:market |trading )?hours only|only (?:during|in) (?:regular |market |trading )?hours"
      r"|(?:while|when) the market is open|rth(?: only)?", lambda m: "regular hours"),
-    (rf"(?:including|incl|plus|with|also|even) (?:the )?{_EXTRA}(?: (?:and|or|&) "
+    (rf"(?:including|incl|plus|with|and|also|even) (?:the )?{_EXTRA}(?: (?:and|or|&) "
      rf"(?:the )?{_EXTRA})?(?: (?:trading|hours|session))?(?: too| as well)?"
      r"|(?:during |in )?(?:the )?extended (?:trading )?(?:hours|session)(?: too| as well)?",
      lambda m: "extended hours"),
@@ -737,10 +728,7 @@ def _until_date(m: re.Match[str], now: datetime) -> datetime:
 
 
 def _for_next(m: re.Match[str], now: datetime) -> datetime:
-    try:
-        return now + timedelta(seconds=_seconds(m["n"] or "1", m["u"]))
-    except OverflowError:
-        raise _Refusal(f"'{m[0]}' ends after the last date a rule may have") from None
+    return now + timedelta(seconds=_seconds(m["n"] or "1", m["u"]))
 
 
 _UNTIL = r"(?P<until>until|till|til|through|thru|up to|good (?:until|till|through))"
@@ -790,9 +778,7 @@ _VOCABULARY = _words(
     "until till through week weeks month months year years next expiring expire expires "
     "expiry expiration dte contracts ask bid mid offer strike market session sessions hours "
     "premarket pre-market extended after-hours monday tuesday wednesday thursday friday "
-    "saturday sunday deep price > < >= <= "
-    # rule text's own option words: left over, the text was rule text with a mistake
-    "user id name channels version active inactive cooldown priority sessions watchlist symbol"
+    "saturday sunday deep"
 )
 
 _FILLER_ANYWHERE = re.compile(r"\b(?:as soon as|the moment|in case|if|when|whenever)\b")
@@ -1106,12 +1092,11 @@ def understand(
         except EnglishRuleError as exc:
             if not exc.english:
                 raise formal_error from None
-            where = str(formal_error).splitlines()[0].removeprefix("rule text: ").rstrip(":")
-            both = EnglishRuleError(
-                f"{exc}; as rule text: {where}", understood=exc.understood, unused=exc.unused
-            )
-            both.formal = formal_error
-            raise both from None
+            raise EnglishRuleError(
+                f"{exc}; as rule text: {formal_error.reason}",
+                understood=exc.understood,
+                unused=exc.unused,
+            ) from None
         return Understood(english.rule, english.canonical, english.unused)
 
 
