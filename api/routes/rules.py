@@ -48,8 +48,9 @@ from pipeline.messages import (
     describe_validation_error,
     format_timestamp,
 )
+from pipeline.rules.english import EnglishRuleError, understand
 from pipeline.rules.templates import Template, TemplateError, list_templates
-from pipeline.rules.text import RuleTextError, parse_rule
+from pipeline.rules.text import RuleTextError
 from sinks.kafka import OutgoingRecord
 
 router = APIRouter(prefix="/v1/rules", tags=["rules"])
@@ -80,6 +81,21 @@ CHANGE_PROBLEMS: dict[int | str, dict[str, Any]] = {
     428: {"description": "If-Match is missing"},
 }
 ETAG_HEADER = {"headers": {"ETag": {"description": "the rule's version"}}}
+UNDERSTOOD_HEADERS = {
+    "headers": {
+        **ETAG_HEADER["headers"],
+        "X-Rule-Understood-As": {
+            "description": "only when the text was read as plain English: the canonical rule "
+            "text it was read as (non-ASCII characters as \\uXXXX escapes)",
+            "schema": {"type": "string"},
+        },
+        "X-Rule-Unused-Words": {
+            "description": "only when the text was read as plain English and some words were "
+            "not used: those words, separated by spaces (non-ASCII as \\uXXXX escapes)",
+            "schema": {"type": "string"},
+        },
+    }
+}
 
 
 class RuleInput(Rule):
@@ -93,7 +109,8 @@ class RuleInput(Rule):
 
 
 class RuleTextInput(BaseModel):
-    """A rule written as rule text (docs/rules.md, *Rule text*)."""
+    """A rule written as rule text or a plain-English sentence (docs/rules.md, *Rule text*,
+    *Plain English*)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -272,28 +289,64 @@ def create_rule(body: RuleInput, principal: Writer, svc: Svc) -> JSONResponse:
 
 @router.post(
     "/from-text",
-    summary="Create a rule from rule text",
+    summary="Create a rule from rule text or a plain-English sentence",
     status_code=201,
     response_model=Rule,
-    responses={201: ETAG_HEADER, **CREATE_PROBLEMS},
+    responses={
+        201: UNDERSTOOD_HEADERS,
+        **CREATE_PROBLEMS,
+        422: {
+            "description": "not a valid rule: the detail names the rule text's column "
+            "(members line, column, excerpt); when the text reads as a sentence it also says "
+            "why the sentence is refused, and the members understood and unused_words say "
+            "what was read and what was not"
+        },
+    },
 )
 def create_rule_from_text(body: RuleTextInput, principal: Writer, svc: Svc) -> JSONResponse:
-    """Create a rule from rule text (docs/rules.md). Without an id (in the body or the text)
-    the id is ``r-`` and a hash of the owner and the text, so the same text twice is a 409.
-    A text that does not parse is a 422 whose detail names the reason and the column."""
+    """Create a rule from rule text or, when the text does not parse, from a plain-English
+    sentence (docs/rules.md, *Plain English*); for a sentence the headers
+    ``X-Rule-Understood-As`` and ``X-Rule-Unused-Words`` say how it was read. Without an id
+    (in the body or the text) the id is ``r-`` and a hash of the owner and the rule text, so
+    the same text twice is a 409. A text that is neither is a 422."""
     owner = for_user(principal, body.user_id, write=True)
     try:
-        rule = parse_rule(body.text, user_id=owner, rule_id=body.id)
-    except RuleTextError as exc:
+        understood = understand(body.text, user_id=owner, rule_id=body.id)
+    except EnglishRuleError as exc:
+        formal = exc.formal
+        where = {} if formal is None else _where(formal)
         raise Problem(
             422,
-            str(exc).splitlines()[0].rstrip(":"),
+            str(exc),
             kind="invalid-rule-text",
-            line=exc.line,
-            column=exc.column,
-            excerpt="\n".join(str(exc).splitlines()[1:]),
+            understood=exc.understood,
+            unused_words=list(exc.unused),
+            **where,
         ) from None
-    return create(svc, principal, rule)
+    except RuleTextError as exc:
+        raise Problem(
+            422, str(exc).splitlines()[0].rstrip(":"), kind="invalid-rule-text", **_where(exc)
+        ) from None
+    response = create(svc, principal, understood.rule)
+    if understood.canonical is not None:
+        response.headers["X-Rule-Understood-As"] = _ascii(understood.canonical)
+        if understood.unused:
+            response.headers["X-Rule-Unused-Words"] = _ascii(" ".join(understood.unused))
+    return response
+
+
+def _where(exc: RuleTextError) -> dict[str, Any]:
+    """Where rule text went wrong: its line and column, and the line with a caret under it."""
+    return {
+        "line": exc.line,
+        "column": exc.column,
+        "excerpt": "\n".join(str(exc).splitlines()[1:]),
+    }
+
+
+def _ascii(text: str) -> str:
+    # header values are Latin-1 on the wire: escape the rest rather than garble it
+    return text.encode("ascii", "backslashreplace").decode("ascii")
 
 
 @router.post(

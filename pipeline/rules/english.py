@@ -9,6 +9,10 @@ level). Words no pattern used and that are not filler are reported, so a person 
 was ignored.
 
 Chart words ("on the 5 minute chart", "daily") apply to every indicator of the sentence.
+Words that name a time ("until Friday", "today only") count from a ``now`` the caller may
+give, in New York's days. A phrase that rule text cannot say exactly ("puts expiring this
+week": the flow filters count days from each print) is refused with the reason, never
+approximated.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ class EnglishRuleError(ValueError):
     error (with its caret) is the better one to show.
 
     ``understood`` is the rule text read so far and ``unused`` the words nothing used, for
-    callers that show them apart from the message (the API's problem members).
+    callers that show them apart from the message (the API's problem members); ``formal`` is
+    the error of the text read as rule text, when ``understand`` tried that first.
     """
 
     def __init__(
@@ -56,6 +61,7 @@ class EnglishRuleError(ValueError):
         self.english = english
         self.understood = understood
         self.unused = unused
+        self.formal: RuleTextError | None = None
 
 
 class _Refusal(Exception):
@@ -384,6 +390,11 @@ def _position_move(m: re.Match[str], ctx: _Context) -> str:
     return f"pnl < -{_unsigned(m['n'], negative_means='loss')}"
 
 
+def _position_signed(m: re.Match[str], ctx: _Context) -> str:
+    amount = m["n"]
+    return f"pnl < {amount}" if amount.startswith("-") else f"pnl > {amount.lstrip('+')}"
+
+
 def _position_level(m: re.Match[str], ctx: _Context) -> str:
     sign = _cmp(m)
     amount = m["n"]
@@ -421,7 +432,10 @@ DATE = (
 def _date(m: re.Match[str], today: date) -> date:
     """The date a DATE match names; without a year, the next such date from today on."""
     if m["iso"]:
-        return date.fromisoformat(m["iso"])
+        try:
+            return date.fromisoformat(m["iso"])
+        except ValueError:
+            raise _Refusal(f"{m[0]!r} is not a date") from None
     if m["mm"]:
         month, day, year = int(m["mm"]), int(m["dd"]), m["yy"]
         year = (f"20{year}" if year and len(year) == 2 else year) or None
@@ -540,8 +554,11 @@ _CONDITIONS: list[tuple[str, Build]] = [
     (r"(?:stop (?:me )?out (?:at |if (?:it |i'm |i am )?(?:hits? |reaches |is )?)?"
      r"|(?:(?:with|set|put|use) )?(?:an? )?stop[- ]?loss (?:at|of) "
      rf"|(?P<take>take) (?:profits?|gains?) (?:at|of) )(?P<n>[+-]?{N}%)(?: down| loss)?", _stop),
-    (rf"(?:{_HOLDER}|{_I_AM} )(?:(?P<gain>{_GAIN})|(?P<loss>{_LOSS})) {_AMOUNT}{_ON_POSITION}",
-     _position_move),
+    (rf"(?:stop (?:me )?out (?:if|when|once) )?(?:{_HOLDER}|{_I_AM} )"
+     rf"(?:(?P<gain>{_GAIN})|(?P<loss>{_LOSS})) {_AMOUNT}{_ON_POSITION}", _position_move),
+    # a signed level: "my AMZN position gets to -15%" (without the sign, up or down is a guess)
+    (rf"{_HOLDER}(?:is |gets |goes )?(?:to |at |hits |reaches )(?P<n>[+-]{N}%|[+-]\$?{N}[kmb]?)",
+     _position_signed),
     (rf"(?:{_HOLDER})?(?:unrealized |open |total )?(?P<what>pnl|p&l|p/l|profit and loss)"
      rf"{_ON_POSITION} {CMP}(?P<n>[+-]?{N}%|[+-]?{MONEY})", _position_level),
     (rf"{_HOLDER}(?:unrealized |open |total )?(?P<what>profit|gain|return|loss)"
@@ -592,7 +609,7 @@ _OPTIONS: list[tuple[str, Callable[[re.Match[str]], str]]] = [
      r"(?:market |trading )?(?:hours|session)(?: only)?|(?:regular|normal|market|trading|core) "
      r"(?:market |trading )?hours only|only (?:during|in) (?:regular |market |trading )?hours"
      r"|(?:while|when) the market is open|rth(?: only)?", lambda m: "regular hours"),
-    (rf"(?:including|incl|plus|with|and|also|even) (?:the )?{_EXTRA}(?: (?:and|or|&) "
+    (rf"(?:including|incl|plus|with|also|even) (?:the )?{_EXTRA}(?: (?:and|or|&) "
      rf"(?:the )?{_EXTRA})?(?: (?:trading|hours|session))?(?: too| as well)?"
      r"|(?:during |in )?(?:the )?extended (?:trading )?(?:hours|session)(?: too| as well)?",
      lambda m: "extended hours"),
@@ -728,7 +745,10 @@ def _until_date(m: re.Match[str], now: datetime) -> datetime:
 
 
 def _for_next(m: re.Match[str], now: datetime) -> datetime:
-    return now + timedelta(seconds=_seconds(m["n"] or "1", m["u"]))
+    try:
+        return now + timedelta(seconds=_seconds(m["n"] or "1", m["u"]))
+    except OverflowError:
+        raise _Refusal(f"'{m[0]}' ends after the last date a rule may have") from None
 
 
 _UNTIL = r"(?P<until>until|till|til|through|thru|up to|good (?:until|till|through))"
@@ -743,7 +763,8 @@ _EXPIRES: list[tuple[str, Callable[[re.Match[str], datetime], datetime]]] = [
      r"(?:the )?day|until eod|through today)", lambda m, now: _day_end(_today(now))),
     (r"(?:until|till|through) (?:the )?end of tomorrow|(?:until|till|through) tomorrow",
      lambda m, now: _day_end(_today(now) + timedelta(days=1))),
-    (r"(?:until|till|through) (?:the )?(?:market close|close|closing bell|bell|market closes)",
+    (r"(?:until|till|through|before|by) (?:the )?(?:market close|close|closing bell|bell|"
+     r"market closes)",
      _until_close),
     (rf"{_UNTIL} (?:the )?end of (?:the |this )?week|(?:for )?this week only|"
      r"for the rest of the week", _until_week_end),
@@ -778,8 +799,14 @@ _VOCABULARY = _words(
     "until till through week weeks month months year years next expiring expire expires "
     "expiry expiration dte contracts ask bid mid offer strike market session sessions hours "
     "premarket pre-market extended after-hours monday tuesday wednesday thursday friday "
-    "saturday sunday deep"
+    "saturday sunday deep price > < >= <= "
+    # rule text's own option words: left over, the text was rule text with a mistake
+    "user id name channels version active inactive cooldown priority sessions watchlist symbol "
+    "close closes open opens before"
 )
+
+# "4pm", "9:30am", "noon": the rule's end is a day's end, the close or a span, never a clock time
+_TIME_OF_DAY = re.compile(r"\d{1,2}(?::\d{2})?(?:am|pm)|am|pm|noon|midnight|o'clock")
 
 _FILLER_ANYWHERE = re.compile(r"\b(?:as soon as|the moment|in case|if|when|whenever)\b")
 
@@ -984,7 +1011,11 @@ def read_english(text: str, *, now: datetime | None = None) -> Reading:
         raise refuse("no symbol (write it in capitals: AAPL)")
     # A rule word left over means a phrase was misread (RSI taken for a price level):
     # refusing is better than a rule that watches the wrong thing.
-    left = [word for word in unused if word.lower().strip("$%") in _VOCABULARY]
+    left = [
+        word
+        for word in unused
+        if word.lower().strip("$%") in _VOCABULARY or _TIME_OF_DAY.fullmatch(word.lower())
+    ]
     if left:
         raise refuse(f"not sure what {' '.join(left)!r} means here")
     return Reading(" ".join([scope, *parts, *options]), unused)
@@ -1092,11 +1123,12 @@ def understand(
         except EnglishRuleError as exc:
             if not exc.english:
                 raise formal_error from None
-            raise EnglishRuleError(
-                f"{exc}; as rule text: {formal_error.reason}",
-                understood=exc.understood,
-                unused=exc.unused,
-            ) from None
+            where = str(formal_error).splitlines()[0].removeprefix("rule text: ").rstrip(":")
+            both = EnglishRuleError(
+                f"{exc}; as rule text: {where}", understood=exc.understood, unused=exc.unused
+            )
+            both.formal = formal_error
+            raise both from None
         return Understood(english.rule, english.canonical, english.unused)
 
 

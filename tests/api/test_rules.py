@@ -22,6 +22,7 @@ from api.routes.rules import create
 from api.services import Services
 from pipeline.cli import commands
 from pipeline.messages import Rule
+from pipeline.rules.text import parse_rule
 from sinks.kafka import CheckedProducer
 from sinks.postgres import PLACEHOLDER_RULE, HistoryWriter
 from tests.api.conftest import ApiServer
@@ -164,6 +165,53 @@ def test_rule_text_becomes_a_rule_and_a_syntax_error_names_the_column(api: ApiSe
         )
         assert "someone" in other["detail"] and alice in other["detail"]
         problem(client.post("/v1/rules/from-text", json={"text": ""}), 422)
+    assert messages(api, answer["id"]) == [answer]
+
+
+def test_a_sentence_becomes_a_rule_and_the_answer_says_how_it_was_read(api: ApiServer) -> None:
+    alice = _user()
+    with api.as_user(alice) as client:
+        response = client.post(
+            "/v1/rules/from-text", json={"text": "alert me when AAPL drops below 180, thanks"}
+        )
+        assert response.status_code == 201, response.text
+        answer = response.json()
+        understood_as = response.headers["X-Rule-Understood-As"]
+        assert understood_as.startswith(f"AAPL price < 180 id {answer['id']} user {alice} ")
+        # the canonical text is the rule answered, as rule text
+        assert parse_rule(understood_as) == Rule.model_validate(answer)
+        assert response.headers["X-Rule-Unused-Words"] == "thanks"
+        assert answer["conditions"] == {"type": "price_below", "threshold": 180}
+        # words outside Latin-1 are escaped, not garbled
+        escaped = client.post(
+            "/v1/rules/from-text", json={"text": "NVDA above 150 until Friday, don’t forget"}
+        )
+        assert escaped.status_code == 201, escaped.text
+        assert escaped.headers["X-Rule-Unused-Words"] == "don\\u2019t forget"
+        assert " expires 20" in escaped.headers["X-Rule-Understood-As"]
+        assert "expires_at" in escaped.json()
+        # rule text is read as rule text: nothing to say about it
+        formal = client.post("/v1/rules/from-text", json={"text": "AAPL price > 1"})
+        assert formal.status_code == 201, formal.text
+        assert "X-Rule-Understood-As" not in formal.headers
+        refused = problem(
+            client.post(
+                "/v1/rules/from-text", json={"text": "alert me when AAPL does something nice"}
+            ),
+            422,
+        )
+        assert refused["type"].endswith("/invalid-rule-text")
+        assert "no condition" in refused["detail"] and "\n" not in refused["detail"]
+        assert "as rule text: unknown condition 'me'" in refused["detail"]
+        assert refused["understood"] == "AAPL"
+        assert refused["unused_words"] == ["does", "something", "nice"]
+        # a sentence rule text cannot say exactly is refused with the reason, not guessed
+        weekly = problem(
+            client.post("/v1/rules/from-text", json={"text": "SPY put sweeps expiring this week"}),
+            422,
+        )
+        assert "'expiring this week' names a date" in weekly["detail"]
+        assert weekly["understood"] == "SPY put sweep"
     assert messages(api, answer["id"]) == [answer]
 
 
