@@ -184,6 +184,10 @@ class Personalization(_Section):
     learning_alpha: float = Field(0.2, gt=0, le=1)
     learning_half_life_days: float = Field(14.0, gt=0)
     ignore_after_hours: float = Field(24.0, gt=0)
+    # What the desk orders and filters alerts by: "ema" (the scores above) or "trained" (the
+    # model `smart-alerts learn train` saved in relevance_model_path; docs/personalization.md).
+    relevance_model: Literal["ema", "trained"] = "ema"
+    relevance_model_path: Path | None = None
 
     def stale_limits(self) -> dict[Priority, timedelta]:
         """The age past which an alert of each priority is not pushed any more."""

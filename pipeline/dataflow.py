@@ -39,7 +39,7 @@ from bytewax.testing import run_main
 
 from connectors.kafka import PartitionReader, SourceRecord, list_partitions
 from pipeline import metrics
-from pipeline.config import Settings, Topics
+from pipeline.config import ConfigError, Personalization, Settings, Topics
 from pipeline.evaluate.engine import EvaluateShard
 from pipeline.evaluate.routing import RuleRouter, all_user_shards, user_shard_of
 from pipeline.event_time import Progress, ProgressReporter, Watermark
@@ -65,6 +65,7 @@ from pipeline.personalize.desk import (
     PersonalizationConfig,
 )
 from pipeline.personalize.learning import LearningConfig, RelevanceScore
+from pipeline.personalize.relevance_model import ArtifactError, TrainedRelevance
 from pipeline.safety import SafetyNet
 from sinks.background import BackgroundWriter
 from sinks.channels.configure import build_delivery, build_senders
@@ -855,8 +856,23 @@ def personalization_config(settings: Settings) -> PersonalizationConfig:
             alpha=p.learning_alpha,
             half_life=timedelta(days=p.learning_half_life_days),
             ignore_after=timedelta(hours=p.ignore_after_hours),
+            predictor=relevance_predictor(p),
         ),
     )
+
+
+def relevance_predictor(p: Personalization) -> TrainedRelevance | None:
+    """The trained relevance model when ``relevance_model = "trained"``, else None (EMA)."""
+    if p.relevance_model == "ema":
+        return None
+    if p.relevance_model_path is None:
+        raise ConfigError(
+            '[personalization] relevance_model = "trained" needs relevance_model_path'
+        )
+    try:
+        return TrainedRelevance.load(p.relevance_model_path)
+    except ArtifactError as exc:
+        raise ConfigError(f"[personalization] relevance_model_path: {exc}") from None
 
 
 # ---------------------------------------------------------------- running

@@ -218,6 +218,8 @@ def _parser() -> argparse.ArgumentParser:
         help="read every topic to its current end, write, then stop (backfills, batch runs)",
     )
 
+    _learn_parser(verbs)
+
     api = verbs.add_parser(
         "api",
         help="serve the HTTP API (rules, alerts, inbox, profile, webhooks, API keys)",
@@ -342,6 +344,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             max_rejected=args.max_rejected,
         )
         return 0
+    if args.verb == "learn":
+        _learn(settings, args)
+        return 0
     if args.verb == "run":
         return _run(settings, args)
     if args.verb == "migrate":
@@ -353,6 +358,65 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.verb == "replay":
         commands.replay(settings, args.file, args.topic)
     return 0
+
+
+def _learn_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    learn = verbs.add_parser(
+        "learn",
+        help="the trained relevance model: simulate engagement, train, evaluate",
+        description="docs/personalization.md, 'The trained relevance model'.",
+    )
+    learn_verbs = learn.add_subparsers(dest="learn_verb", required=True, metavar="VERB")
+    simulate = learn_verbs.add_parser(
+        "simulate",
+        help="write the learning reference scenario's archive: alerts, notifications and the "
+        "engagement simulator's feedback",
+    )
+    simulate.add_argument("--out", type=Path, required=True, metavar="ROOT")
+    simulate.add_argument("--users", type=int, default=12)
+    simulate.add_argument("--days", type=int, default=10, help="trading days from 2026-01-05")
+    simulate.add_argument("--seed", type=int, default=15)
+    train = learn_verbs.add_parser(
+        "train", help="fit the relevance model on an archive's notified alerts and feedback"
+    )
+    train.add_argument("--archive", required=True, metavar="ROOT", help="folder or s3:// URL")
+    train.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR")
+    train.add_argument(
+        "--until",
+        type=date.fromisoformat,
+        metavar="DATE",
+        help="train on the alerts of this UTC date and before (default: every day)",
+    )
+    evaluate = learn_verbs.add_parser(
+        "evaluate",
+        help="log loss and ROC AUC of the model and of the EMA scores on the days after the "
+        "model's training days",
+    )
+    evaluate.add_argument("--archive", required=True, metavar="ROOT", help="folder or s3:// URL")
+    evaluate.add_argument("--model", type=Path, required=True, metavar="MODEL_DIR")
+    for verb in (train, evaluate):
+        verb.add_argument(
+            "--profiles",
+            type=Path,
+            metavar="FILE",
+            help="the users' profiles (JSON list or lines), for their time zones (default: "
+            "ROOT/profiles.json if present; users without one are in UTC)",
+        )
+
+
+def _learn(settings: Settings, args: argparse.Namespace) -> None:
+    from pipeline.cli import learn
+
+    if args.learn_verb == "simulate":
+        learn.simulate_command(args.out, users=args.users, days=args.days, seed=args.seed)
+    elif args.learn_verb == "train":
+        learn.train_command(
+            settings, archive=args.archive, out=args.out, until=args.until, profiles=args.profiles
+        )
+    else:
+        learn.evaluate_command(
+            settings, archive=args.archive, model_dir=args.model, profiles=args.profiles
+        )
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:

@@ -357,7 +357,8 @@ class UserDesk:
     # ------------------------------------------------------------ relevance and budget
 
     def _relevance(self, alert: TriggeredAlert, at: datetime) -> float:
-        return self._model().score(alert.symbol, alert.condition_types, at)
+        timezone = self.profile.timezone if self.profile is not None else "UTC"
+        return self._model().relevance(alert, at, timezone)
 
     def _ordered(self, alerts: list[TriggeredAlert], at: datetime) -> list[TriggeredAlert]:
         """Most relevant first; equal relevance in time order."""

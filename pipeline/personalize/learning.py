@@ -71,6 +71,13 @@ Feedback before its alert
     the dimensions the feedback did not name (at the feedback's time), the rule mute, and no
     engagement deadline if it was engagement.
 
+Trained model (the switch)
+    With ``LearningConfig.predictor`` set (``[personalization] relevance_model = "trained"``),
+    the relevance of an alert (``relevance``) is the trained model's predicted engagement from
+    the alert's features (pipeline/personalize/engagement.py, kept per user from the same
+    alerts and feedback), instead of the mean above. The EMA scores are learnt and published
+    all the same.
+
 Output
     Every score a call changes is returned as a ``RelevanceScore`` (its value as of its
     ``updated_at``; readers decay it with the formula above), in the order computed; the engine
@@ -83,15 +90,17 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from pipeline.messages import Feedback, FeedbackAction, TriggeredAlert
+from pipeline.personalize.engagement import EngagementHistory
 
 __all__ = [
     "CONDITION_TYPE",
+    "EngagementPredictor",
     "DEFAULT_ALPHA",
     "DEFAULT_HALF_LIFE",
     "DEFAULT_IGNORE_AFTER",
@@ -143,6 +152,12 @@ _KNOWN_ACTIONS = frozenset({*(action.value for action in FeedbackAction), IGNORE
 _EARLY_FEEDBACK_PER_ALERT = 8
 
 
+class EngagementPredictor(Protocol):
+    """A trained model (pipeline/personalize/relevance_model.py): features -> engagement."""
+
+    def predict(self, features: Mapping[str, float]) -> float: ...
+
+
 @dataclass(frozen=True)
 class LearningConfig:
     """The learning engine's parameters (defaults in the module docstring).
@@ -157,6 +172,7 @@ class LearningConfig:
     rewards: dict[FeedbackAction | str, float | None] = field(default_factory=lambda: dict(REWARDS))
     neutral: float = NEUTRAL_SCORE
     remembered_alerts: int = DEFAULT_REMEMBERED_ALERTS
+    predictor: EngagementPredictor | None = None  # set: relevance is its predicted engagement
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha <= 1:
@@ -215,6 +231,9 @@ class RelevanceModel:
     the same after a round trip.
     """
 
+    _history: EngagementHistory | None = None  # the trained model's features; class default
+    # so that models pickled before the switch existed load
+
     def __init__(self, user_id: str, config: LearningConfig | None = None) -> None:
         self.user_id = user_id
         self.config = config if config is not None else LearningConfig()
@@ -228,6 +247,10 @@ class RelevanceModel:
         self._muted_rules: dict[str, datetime] = {}
         self._muted_symbols: dict[str, datetime] = {}
         self._mute_sources: dict[str, _Seen] = {}  # alerts behind active mutes, kept unbounded
+        if self.config.predictor is not None:
+            self._history = EngagementHistory(
+                self.config.ignore_after, self.config.half_life, self.config.remembered_alerts
+            )
 
     # ------------------------------------------------------------------ reading
 
@@ -240,6 +263,14 @@ class RelevanceModel:
             for condition in dict.fromkeys(condition_types)
         )
         return math.fsum(values) / len(values)
+
+    def relevance(self, alert: TriggeredAlert, at: datetime, timezone: str) -> float:
+        """The relevance the job decides with: the trained model's predicted engagement when
+        one is configured, else ``score`` (``timezone``: the user's, for the local hour)."""
+        predictor, history = self.config.predictor, self._history
+        if predictor is None or history is None:
+            return self.score(alert.symbol, alert.condition_types, at)
+        return predictor.predict(history.features(alert, at, timezone))
 
     def dimension_score(self, dimension: str, key: str, at: datetime) -> float:
         """One decayed score: ``dimension`` is ``"symbol"`` or ``"condition_type"``."""
@@ -266,6 +297,8 @@ class RelevanceModel:
         conditions = tuple(dict.fromkeys(alert.condition_types))
         seen = _Seen(alert.rule_id, alert.symbol, conditions, alert.triggered_at)
         self._alerts[alert.alert_id] = seen
+        if self._history is not None:
+            self._history.observe_alert(alert)
         if alert.alert_id in self._mute_sources:
             self._mute_sources[alert.alert_id] = seen
         deadline = alert.triggered_at + self.config.ignore_after
@@ -284,6 +317,8 @@ class RelevanceModel:
         its reward to the symbol and condition-type scores, its mute or unmute, and the end of
         its alert's deadline if it is engagement."""
         out = self.expire(feedback.ts)
+        if self._history is not None:
+            self._history.learn(feedback)
         action = feedback.action
         seen = self._find(feedback.alert_id)
         if action in ENGAGEMENT:
