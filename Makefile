@@ -35,6 +35,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/archive.py
 	$(BIN)/python bench/consolidation.py
 	$(BIN)/python bench/delivery.py
 	$(BIN)/python bench/evaluate.py

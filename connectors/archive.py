@@ -28,6 +28,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import operator
 import os
 import re
 import threading
@@ -413,20 +414,27 @@ def _reason(exc: BaseException) -> str:
 
 
 class _DayRows:
-    """The rows of one roll and one date, as Arrow record batches."""
+    """The rows of one roll and one date: tuples in column order, turned into an Arrow record
+    batch every ``_BATCH_ROWS`` (a transpose in C, then one array per column)."""
 
     def __init__(self, columns: list[_Column], schema: pa.Schema) -> None:
         self.columns = columns
         self.schema = schema
-        self.pending: dict[str, list[Any]] = {c.name: [] for c in columns}
+        self.pending: list[tuple[Any, ...]] = []
         self.batches: list[pa.RecordBatch] = []
 
+    def add(self, row: tuple[Any, ...]) -> None:
+        self.pending.append(row)
+        if len(self.pending) >= _BATCH_ROWS:
+            self.seal()
+
     def seal(self) -> None:
-        if not self.pending[self.columns[0].name]:
+        if not self.pending:
             return
-        arrays = [pa.array(self.pending[c.name], type=c.type) for c in self.columns]
+        values = zip(*self.pending, strict=True)
+        arrays = [pa.array(v, type=c.type) for v, c in zip(values, self.columns, strict=True)]
         self.batches.append(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
-        self.pending = {c.name: [] for c in self.columns}
+        self.pending = []
 
     def table(self) -> pa.Table:
         self.seal()
@@ -440,14 +448,20 @@ class _Roll:
         self.archived = archived
         self.columns = columns
         self.schema = schema
-        self.field_columns = [c for c in columns if c.name not in KAFKA_COLUMNS]
-        self.json_fields = {c.name for c in self.field_columns if c.as_json}
+        self.fields = [c.name for c in columns if c.name not in KAFKA_COLUMNS]
+        self.json_fields = {c.name for c in columns if c.as_json}
+        # Most rows (ticks, prints) have only scalar fields: one C call takes them all.
+        self.plain = operator.itemgetter(*self.fields) if not self.json_fields else None
         self.days: dict[str, _DayRows] = {}
         self.first: int | None = None
         self.last: int | None = None
         self.started = 0.0  # monotonic time of its first record
         self.rows = 0
         self.raw_bytes = 0
+        # The last date seen and its bounds: rows mostly come in time order, so most rows
+        # find their date with two comparisons.
+        self._day_from = self._day_to = datetime.min.replace(tzinfo=UTC)
+        self._day_label = _EPOCH_DATE
 
     def add(self, record: SourceRecord, message: Message | RuleTombstone | None) -> None:
         """Take a record into the range; ``message`` None: not valid, so no row."""
@@ -461,50 +475,47 @@ class _Roll:
         rows = self.days.get(day)
         if rows is None:
             rows = self.days[day] = _DayRows(self.columns, self.schema)
-        self._append(rows.pending, record, message)
+        rows.add(self._row(message) + (record.partition, record.offset, record.timestamp_ms))
         self.rows += 1
         self.raw_bytes += len(record.value or b"") + 24  # and the Kafka columns
-        if len(rows.pending["kafka_offset"]) >= _BATCH_ROWS:
-            rows.seal()
 
     def _day(self, record: SourceRecord, message: Message | RuleTombstone) -> str:
         time_field = self.archived.time_field
         if time_field is not None and isinstance(message, BaseModel):
             when: datetime = getattr(message, time_field)
-            return when.astimezone(UTC).date().isoformat()
-        if record.timestamp_ms is None:
-            return _EPOCH_DATE
-        return datetime.fromtimestamp(record.timestamp_ms / 1000, tz=UTC).date().isoformat()
-
-    def _append(
-        self, pending: dict[str, list[Any]], record: SourceRecord, message: Message | RuleTombstone
-    ) -> None:
-        if isinstance(message, RuleTombstone):
-            for column in self.field_columns:
-                pending[column.name].append(None)
-            pending["id"][-1] = message.rule_id
-            pending["deleted"][-1] = True
+        elif record.timestamp_ms is not None:
+            when = datetime.fromtimestamp(record.timestamp_ms / 1000, tz=UTC)
         else:
-            values = message.__dict__
-            nested = (
-                message.model_dump(mode="json", include=self.json_fields, exclude_none=True)
-                if self.json_fields
-                else {}
+            return _EPOCH_DATE
+        if not self._day_from <= when < self._day_to:
+            day = when.astimezone(UTC).date()
+            self._day_from = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            self._day_to = self._day_from + timedelta(days=1)
+            self._day_label = day.isoformat()
+        return self._day_label
+
+    def _row(self, message: Message | RuleTombstone) -> tuple[Any, ...]:
+        """The message's fields in column order."""
+        if isinstance(message, RuleTombstone):
+            return tuple(
+                message.rule_id if name == "id" else True if name == "deleted" else None
+                for name in self.fields
             )
-            for column in self.field_columns:
-                name = column.name
-                if name in self.json_fields:
-                    value = nested.get(name)
-                    pending[name].append(
-                        None if value is None else json.dumps(value, separators=(",", ":"))
-                    )
-                elif name == "deleted":
-                    pending[name].append(False)
-                else:
-                    pending[name].append(values[name])
-        pending["kafka_partition"].append(record.partition)
-        pending["kafka_offset"].append(record.offset)
-        pending["kafka_timestamp"].append(record.timestamp_ms)
+        values = message.__dict__
+        if self.plain is not None:
+            taken: tuple[Any, ...] = self.plain(values)
+            return taken
+        nested = message.model_dump(mode="json", include=self.json_fields, exclude_none=True)
+        row: list[Any] = []
+        for name in self.fields:
+            if name in self.json_fields:
+                value = nested.get(name)
+                row.append(None if value is None else json.dumps(value, separators=(",", ":")))
+            elif name == "deleted":
+                row.append(False)
+            else:
+                row.append(values[name])
+        return tuple(row)
 
 
 # ---------------------------------------------------------------- the archiver

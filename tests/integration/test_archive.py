@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from connectors.archive import ArchiveStore, read_archive
+from connectors.archive import ArchiveError, ArchiveStore, read_archive
 from connectors.embedded import StackUrls, free_ports
 from connectors.files import read_rows
 from pipeline.config import Settings
@@ -620,7 +620,10 @@ def test_failures_are_one_line_with_the_documented_status(stack: StackUrls, tmp_
     with open(tmp_path / "archive" / ".archive.lock", "a+b") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert "another archiver is writing to" in failing(env, 2)
+    # A root that is a file: refused before anything is read (the CLI's exit 2, as above).
     (tmp_path / "file").write_text("not a folder")
-    assert "not writable" in failing(
-        env | {"SMART_ALERTS_ARCHIVE__ROOT": str(tmp_path / "file")}, 2
-    )
+    with (
+        pytest.raises(ArchiveError, match="is not writable"),
+        ArchiveStore(str(tmp_path / "file")).exclusive(),
+    ):
+        pass
