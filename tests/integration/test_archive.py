@@ -627,3 +627,30 @@ def test_failures_are_one_line_with_the_documented_status(stack: StackUrls, tmp_
         ArchiveStore(str(tmp_path / "file")).exclusive(),
     ):
         pass
+
+
+def test_backtest_archive_options_are_checked_before_anything_is_read(tmp_path: Path) -> None:
+    from pipeline.cli.backtest import backtest_command, from_archive
+    from pipeline.cli.commands import CommandError
+    from pipeline.config import load_settings
+
+    settings = load_settings(None)
+    root = str(tmp_path / "archive")
+    with pytest.raises(CommandError, match="needs the dates"):
+        from_archive(settings, root, date(2026, 1, 5), None)
+    with pytest.raises(CommandError, match="add --archive ROOT"):
+        from_archive(settings, None, date(2026, 1, 5), date(2026, 1, 6))
+    with pytest.raises(CommandError, match="is after --to"):
+        from_archive(settings, root, date(2026, 1, 6), date(2026, 1, 5))
+    chosen = from_archive(settings, root, date(2026, 1, 5), date(2026, 1, 6))
+    common: dict[str, Any] = {"rules": SAMPLES / "rules.json", "flow": None, "positions": None}
+    with pytest.raises(CommandError, match="leave out --ticks"):
+        backtest_command(
+            settings,
+            ticks=SAMPLES / "ticks.csv",
+            out=tmp_path / "a.jsonl",
+            archive=chosen,
+            **common,
+        )
+    with pytest.raises(CommandError, match="has no ticks or flow dated 2026-01-05 to 2026-01-06"):
+        backtest_command(settings, ticks=None, out=tmp_path / "a.jsonl", archive=chosen, **common)
