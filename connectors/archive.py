@@ -90,6 +90,7 @@ _PART = re.compile(r"^part-(\d+)-(\d+)-(\d+)\.parquet$")
 _DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 _TEMPORARY = re.compile(r"^\.part-.*\.tmp$")
 _BATCH_ROWS = 8192  # rows kept as Python values before they become an Arrow record batch
+_ROW_GROUP_ROWS = 131_072  # rows of a Parquet row group, compressed as soon as it is complete
 _EPOCH_DATE = "1970-01-01"  # the date of a record without a Kafka timestamp (none in practice)
 
 
@@ -414,40 +415,62 @@ def _reason(exc: BaseException) -> str:
 
 
 class _DayRows:
-    """The rows of one roll and one date: tuples in column order, turned into an Arrow record
-    batch every ``_BATCH_ROWS`` (a transpose in C, then one array per column)."""
+    """The rows of one roll and one date, compressed as they come: tuples in column order
+    become an Arrow record batch every ``_BATCH_ROWS`` (a transpose in C, then one array per
+    column), and the batches a Parquet row group of the file being built in memory every
+    ``_ROW_GROUP_ROWS``. So a roll holds its rows as compressed Parquet, a few bytes each, and
+    files can be large without the archiver being so."""
 
-    def __init__(self, columns: list[_Column], schema: pa.Schema) -> None:
+    def __init__(self, columns: list[_Column], schema: pa.Schema, compression: str) -> None:
         self.columns = columns
         self.schema = schema
         self.pending: list[tuple[Any, ...]] = []
         self.batches: list[pa.RecordBatch] = []
+        self.batched = 0
+        self.sink = pa.BufferOutputStream()
+        self.writer = pq.ParquetWriter(self.sink, schema, compression=compression)
 
     def add(self, row: tuple[Any, ...]) -> None:
         self.pending.append(row)
         if len(self.pending) >= _BATCH_ROWS:
-            self.seal()
+            self._seal()
 
-    def seal(self) -> None:
-        if not self.pending:
-            return
-        values = zip(*self.pending, strict=True)
-        arrays = [pa.array(v, type=c.type) for v, c in zip(values, self.columns, strict=True)]
-        self.batches.append(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
-        self.pending = []
+    def _seal(self) -> None:
+        if self.pending:
+            values = zip(*self.pending, strict=True)
+            arrays = [pa.array(v, type=c.type) for v, c in zip(values, self.columns, strict=True)]
+            self.batches.append(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+            self.batched += len(self.pending)
+            self.pending = []
+        if self.batched >= _ROW_GROUP_ROWS:
+            self._write_group()
 
-    def table(self) -> pa.Table:
-        self.seal()
-        return pa.Table.from_batches(self.batches, schema=self.schema)
+    def _write_group(self) -> None:
+        if self.batches:
+            table = pa.Table.from_batches(self.batches, schema=self.schema)
+            self.writer.write_table(table, row_group_size=table.num_rows)
+            self.batches, self.batched = [], 0
+
+    def finish(self, footer: dict[str, Any]) -> bytes:
+        """The whole Parquet file, its footer carrying ``footer`` under FOOTER_KEY."""
+        self._seal()
+        self._write_group()
+        self.writer.add_key_value_metadata({FOOTER_KEY: json.dumps(footer).encode()})
+        self.writer.close()
+        data: bytes = self.sink.getvalue().to_pybytes()
+        return data
 
 
 class _Roll:
     """The records of one partition read since its last file: ``[first, last]`` offsets."""
 
-    def __init__(self, archived: ArchivedTopic, columns: list[_Column], schema: pa.Schema):
+    def __init__(
+        self, archived: ArchivedTopic, columns: list[_Column], schema: pa.Schema, compression: str
+    ) -> None:
         self.archived = archived
         self.columns = columns
         self.schema = schema
+        self.compression = compression
         self.fields = [c.name for c in columns if c.name not in KAFKA_COLUMNS]
         self.json_fields = {c.name for c in columns if c.as_json}
         # Most rows (ticks, prints) have only scalar fields: one C call takes them all.
@@ -474,7 +497,7 @@ class _Roll:
         day = self._day(record, message)
         rows = self.days.get(day)
         if rows is None:
-            rows = self.days[day] = _DayRows(self.columns, self.schema)
+            rows = self.days[day] = _DayRows(self.columns, self.schema, self.compression)
         rows.add(self._row(message) + (record.partition, record.offset, record.timestamp_ms))
         self.rows += 1
         self.raw_bytes += len(record.value or b"") + 24  # and the Kafka columns
@@ -636,7 +659,7 @@ class Archiver:
                 start = last_roll.last + 1
                 self._repair(archived, name, partition, last_roll, files, columns, schema)
             reader = self._reader(key, name, partition, start)
-            roll = _Roll(archived, columns, schema)
+            roll = _Roll(archived, columns, schema, self.config.compression)
             self._partitions.append(_Partition(archived, name, partition, reader, roll))
             log.debug("archive %s[%d]: resuming at offset %d", key, partition, start)
 
@@ -676,7 +699,7 @@ class Archiver:
             last_roll.last,
             ", ".join(sorted(missing)),
         )
-        roll = _Roll(archived, columns, schema)
+        roll = _Roll(archived, columns, schema, self.config.compression)
         decode_record = _decoder(archived, self.topics)
         with self._reader(key, name, partition, last_roll.first) as reader:
             while reader.next_offset <= last_roll.last:
@@ -762,7 +785,7 @@ class Archiver:
     def _write(self, part: _Partition) -> None:
         roll = part.roll
         key = part.archived.key
-        part.roll = _Roll(roll.archived, roll.columns, roll.schema)
+        part.roll = _Roll(roll.archived, roll.columns, roll.schema, roll.compression)
         written = self._write_roll(key, part.partition, roll, only=None, dates=sorted(roll.days))
         stats = self.stats[key]
         stats.files += written
@@ -787,19 +810,9 @@ class Archiver:
         for day in dates:
             if day not in roll.days or (only is not None and day not in only):
                 continue
-            table = roll.days[day].table()
-            metadata = dict(table.schema.metadata or {})
-            metadata[FOOTER_KEY] = json.dumps(footer).encode()
-            sink = pa.BufferOutputStream()
-            pq.write_table(
-                table.replace_schema_metadata(metadata),
-                sink,
-                compression=self.config.compression,
-            )
-            path = (
-                f"{self.store.date_dir(key, day)}/part-{partition}-{roll.first}-{roll.last}.parquet"
-            )
-            self.store.write(path, sink.getvalue().to_pybytes())
+            data = roll.days[day].finish(footer)
+            name = f"part-{partition}-{roll.first}-{roll.last}.parquet"
+            self.store.write(f"{self.store.date_dir(key, day)}/{name}", data)
             written += 1
         return written
 

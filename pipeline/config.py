@@ -246,11 +246,12 @@ class Archive(_Section):
         default_factory=lambda: list(get_args(ArchivedTopicKey)), min_length=1
     )
     # A partition's file is written when it holds this many rows or this many bytes of
-    # messages, or when its first record was read this long ago: files of tens of MB, and rows
-    # in the archive within roll_seconds. The archiver holds up to max_bytes per partition.
-    max_rows: int = Field(500_000, ge=1)
-    max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
-    roll_seconds: float = Field(600.0, gt=0)
+    # messages (as read from Kafka), or when its first record was read this long ago: files of
+    # tens of MB (a tick takes about 10 bytes of Parquet), and rows in the archive within
+    # roll_seconds. Rows wait compressed, so memory is about the files being built.
+    max_rows: int = Field(5_000_000, ge=1)
+    max_bytes: int = Field(1024 * 1024 * 1024, ge=1024)
+    roll_seconds: float = Field(3600.0, gt=0)
     compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = "zstd"
     # An S3-compatible server (MinIO, Ceph, ...): http(s)://host:port; None: AWS itself.
     s3_endpoint: str | None = None
