@@ -10,10 +10,30 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
+from confluent_kafka import Producer
+
+from connectors.embedded import StackUrls
+from pipeline.cli.learn import read_topic
+from pipeline.dataflow import run
+from pipeline.messages import Feedback, Notification, TriggeredAlert
+from pipeline.personalize.learning import LearningConfig
+from pipeline.personalize.relevance_model import examples, fit
+from tests.conftest import PUSH_OLD_ALERTS, job_settings
+from tests.integration.test_personalization import (
+    CHANNELS,
+    T0,
+    crossings,
+    notifications_of,
+    rule,
+    send,
+)
+from tests.unit.personalize.test_relevance_model import make_alert, note, opened
 
 pytestmark = pytest.mark.integration
 
@@ -64,16 +84,21 @@ def model(archive: Path) -> Path:
     return out
 
 
-def test_train_then_evaluate_prints_both_models_scores(archive: Path, model: Path) -> None:
+@pytest.fixture(scope="module")
+def evaluation(archive: Path, model: Path) -> str:
+    done = smart_alerts("learn", "evaluate", "--archive", archive, "--model", model)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_train_then_evaluate_prints_both_models_scores(model: Path, evaluation: str) -> None:
     metadata = json.loads((model / "metadata.json").read_text())
     assert metadata["trained_on"]["days"] == ["2026-01-05", "2026-01-06", "2026-01-07"]
     assert metadata["trained_on"]["users"] == 4
     assert json.loads((model / "features.json").read_text())  # the feature list
 
-    done = smart_alerts("learn", "evaluate", "--archive", archive, "--model", model)
-    assert done.returncode == 0, done.stderr
-    assert "tested on 2026-01-08..2026-01-08 (1 day)" in done.stdout
-    rows = {name: (float(loss), float(auc)) for name, loss, auc in ROW.findall(done.stdout)}
+    assert "tested on 2026-01-08..2026-01-08 (1 day)" in evaluation
+    rows = {name: (float(loss), float(auc)) for name, loss, auc in ROW.findall(evaluation)}
     assert set(rows) == {
         "trained model (logistic regression)",
         "EMA scores (learning.py, as the job)",
@@ -108,3 +133,125 @@ def test_artifact_and_archive_errors_are_one_line(
     empty = smart_alerts("learn", "train", "--archive", tmp_path / "none", "--out", model)
     assert empty.returncode == 2 and empty.stderr.count("\n") == 1
     assert "no notified alert" in empty.stderr
+
+
+def test_learn_reads_what_the_archiver_writes(
+    stack: StackUrls, archive: Path, model: Path, evaluation: str, tmp_path: Path
+) -> None:
+    """The simulated topics, published to Kafka and archived by ``smart-alerts archive``, read
+    back as the same messages and evaluate to the same table."""
+    settings = job_settings(stack, stack.database_url)
+    topics = settings.topics
+    published = {
+        "triggered": (topics.triggered, TriggeredAlert, ("condition_types", "values")),
+        "notifications": (topics.notifications, Notification, ("alert_ids", "channels")),
+        "feedback": (topics.feedback, Feedback, ()),
+    }
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "linger.ms": 5})
+    for key, (topic, model_type, nested) in published.items():
+        for message in read_topic(str(archive), key, model_type, nested):
+            value = message.model_dump_json(exclude_none=True).encode()
+            producer.produce(topic, value, key=message.user_id.encode())  # type: ignore[attr-defined]
+            producer.poll(0)
+    assert producer.flush(30) == 0
+
+    root = tmp_path / "archived"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMART_ALERTS_", "RUST_"))}
+    env.update(settings.as_environment(), SMART_ALERTS_ARCHIVE__ROOT=str(root))
+    done = subprocess.run(
+        [SMART_ALERTS, "archive", "--bounded"], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    for key, (_, model_type, nested) in published.items():
+        ours = read_topic(str(archive), key, model_type, nested)
+        theirs = read_topic(str(root), key, model_type, nested)
+        assert sorted(m.model_dump_json() for m in theirs) == sorted(
+            m.model_dump_json() for m in ours
+        )
+
+    profiles = archive / "profiles.json"
+    again = smart_alerts(
+        "learn", "evaluate", "--archive", root, "--model", model, "--profiles", profiles
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == evaluation
+
+
+def test_the_job_with_the_switch_on_decides_by_the_trained_model(
+    stack: StackUrls, database_url: str, tmp_path: Path
+) -> None:
+    """Through the real dataflow: a model that learnt AAPL alerts are opened and MSFT alerts
+    are not puts AAPL first in a window where MSFT fired first, and keeps an MSFT alone off the
+    push channels (min_relevance 0.5); the same input with the EMA (neutral 0.5) does neither."""
+    config = LearningConfig()
+    past = [
+        make_alert(i, ("AAPL", "MSFT")[i % 2], T0 - timedelta(days=30) + i * timedelta(minutes=30))
+        for i in range(200)
+    ]
+    notes = [note([a], a.triggered_at) for a in past]
+    engaged = [opened(a, timedelta(minutes=2)) for a in past if a.symbol == "AAPL"]
+    fit(examples(past, notes, engaged, {}, config), config).save(tmp_path / "model")
+
+    decided = {}
+    for name, switch in (
+        ("ema", {}),
+        (
+            "trained",
+            {"relevance_model": "trained", "relevance_model_path": str(tmp_path / "model")},
+        ),
+    ):
+        settings = job_settings(
+            stack,
+            database_url,
+            partitions={"market": 1, "reference": 1, "feedback": 1, "outputs": 1},
+            engine={"shard_count": 2, "window_seconds": 60, "epoch_ms": 50},
+            personalization={**PUSH_OLD_ALERTS, **switch},
+        )
+        user = f"u-{name}-{uuid.uuid4().hex[:6]}"
+        topics = settings.topics
+        rules = [
+            rule("r-msft-" + name, user, "MSFT", 100),
+            rule("r-aapl-" + name, user, "AAPL", 100),
+        ]
+        send(settings, topics.rules, [(r["id"], r) for r in rules])
+        profile = {
+            "user_id": user,
+            "timezone": "America/New_York",
+            "channels": CHANNELS,
+            "min_relevance": 0.5,
+        }
+        send(settings, topics.profiles, [(user, profile)])
+        ticks = crossings("MSFT", T0, [5, 70], 100) + crossings("AAPL", T0, [10], 100)
+        ticks.sort(key=lambda tick: tick["ts"])
+        send(settings, topics.ticks, [(tick["symbol"], tick) for tick in ticks])
+        run(settings, bounded=True)
+        decided[name] = sorted(notifications_of(settings, user), key=lambda n: n["window_start"])
+
+    messages = {name: [n["message"] for n in found] for name, found in decided.items()}
+    both_ema, alone_ema = decided["ema"]
+    both_trained, alone_trained = decided["trained"]
+    assert both_ema["message"].index("MSFT") < both_ema["message"].index("AAPL"), messages
+    assert both_trained["message"].index("AAPL") < both_trained["message"].index("MSFT"), messages
+    assert "push" in alone_ema["channels"] and alone_trained["channels"] == ["in_app"]
+
+
+def test_run_with_a_bad_artifact_is_a_one_line_error(
+    stack: StackUrls, database_url: str, tmp_path: Path
+) -> None:
+    settings = job_settings(stack, database_url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMART_ALERTS_", "RUST_"))}
+    env.update(
+        settings.as_environment(),
+        SMART_ALERTS_PERSONALIZATION__RELEVANCE_MODEL="trained",
+        SMART_ALERTS_PERSONALIZATION__RELEVANCE_MODEL_PATH=str(tmp_path / "none"),
+    )
+    done = subprocess.run(
+        [SMART_ALERTS, "run", "--bounded"], env=env, capture_output=True, text=True, timeout=120
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith("smart-alerts:")]
+    assert done.returncode == 2, done.stderr[-2000:]
+    # The error and the configuration hint: the documented one or two lines.
+    assert len(errors) <= 2 and errors[0].startswith("smart-alerts: error: [personalization]")
+    assert "relevance_model_path" in errors[0] and "no such directory" in errors[0]
+    assert "Traceback" not in done.stderr
