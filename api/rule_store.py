@@ -24,15 +24,17 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from api.auth import Principal
 from pipeline.ids import storage_uuid
 from pipeline.messages import Priority, Rule
 from sinks.postgres import tombstone_rules, upsert_rules
+
+if TYPE_CHECKING:  # a type only: the CLI's rules verbs use this module without FastAPI
+    from api.auth import Principal
 
 Change = Literal["imported", "create", "update", "enable", "disable"]
 Visibility = Literal["private", "public"]
@@ -229,19 +231,54 @@ def write_version(
     the version row; an imported ``previous`` is written as the version before it); its
     document (the message's JSON) is returned. Call under ``lock_rule``; a concurrent first
     version of the same id raises UniqueViolation."""
-    document = message_document(rule)
-    key = rule_key(rule.id)
-    if previous is not None and previous.imported:
-        _import(conn, previous)
-    upsert_rules(conn, [rule])
-    if previous is not None:
-        conn.execute(RETIRE_CURRENT, (key,))
-    created_at = previous.created_at if previous is not None and change != "create" else None
-    conn.execute(
-        INSERT_VERSION,
-        (key, rule.version, rule.id, rule.user_id, Jsonb(document), change, actor, created_at),
-    )
-    return document
+    return write_versions(conn, [VersionWrite(rule, previous, change)], actor=actor)[0]
+
+
+@dataclass(frozen=True)
+class VersionWrite:
+    """One rule's next version: the rule, its current version (None for a new id) and what
+    made it."""
+
+    rule: Rule
+    previous: StoredRule | None
+    change: Change
+
+
+def write_versions(
+    conn: Connection, writes: list[VersionWrite], *, actor: str
+) -> list[dict[str, Any]]:
+    """``write_version`` for several rules of distinct ids in one transaction (the job's
+    upsert runs once per transaction, so a file of rules is written by one call); their
+    documents are returned in order. Call under ``lock_rule`` of each."""
+    for write in writes:
+        if write.previous is not None and write.previous.imported:
+            _import(conn, write.previous)
+    upsert_rules(conn, [write.rule for write in writes])
+    documents = []
+    for write in writes:
+        rule, previous = write.rule, write.previous
+        document = message_document(rule)
+        key = rule_key(rule.id)
+        if previous is not None:
+            conn.execute(RETIRE_CURRENT, (key,))
+        created_at = (
+            previous.created_at if previous is not None and write.change != "create" else None
+        )
+        conn.execute(
+            INSERT_VERSION,
+            (
+                key,
+                rule.version,
+                rule.id,
+                rule.user_id,
+                Jsonb(document),
+                write.change,
+                actor,
+                created_at,
+            ),
+        )
+        documents.append(document)
+    return documents
 
 
 def delete_rule(conn: Connection, current: StoredRule) -> None:

@@ -24,8 +24,9 @@ import polars as pl
 from connectors.archive import ArchivedRows, ArchiveStore
 from connectors.files import FileFormatError, InputOptions, SortedRows, merged_by_time
 from connectors.kafka import SourceRecord
-from pipeline.cli.commands import CommandError, Echo, Summary, load_rules
+from pipeline.cli.commands import CommandError, Echo, Summary
 from pipeline.cli.report import alerts_per_day, alerts_per_rule, write_report
+from pipeline.cli.rules import load_rules
 from pipeline.config import Settings, Topics
 from pipeline.messages import DeadLetter, OptionsFlow, Position, Rule, Tick, TriggeredAlert
 from sinks.files import FORMATS, UnsupportedOutput, write_alerts

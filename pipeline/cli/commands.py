@@ -331,76 +331,7 @@ def replay(settings: Settings, path: Path, topic_name: str, echo: Echo = print) 
     return sent
 
 
-def rules_apply(
-    settings: Settings, path: Path, echo: Echo = print, *, user_id: str | None = None
-) -> int:
-    rules = load_rules(path, user_id=user_id)
-    wait_for_servers(settings, "kafka")
-    producer = CheckedProducer(settings.require_servers()[0])
-    try:
-        sent = publish(producer, settings.topics.rules, rules)
-    finally:
-        producer.close()
-    for rule in rules:
-        echo(f"applied {rule.id} v{rule.version} ({rule.name})")
-    return sent
-
-
 # ---------------------------------------------------------------- rule text, templates
-
-
-def load_rules(path: Path, *, user_id: str | None = None) -> list[Rule]:
-    """Rules from JSON/JSONL/CSV/Parquet, a YAML list (``.yaml``/``.yml``) or rule text (``.txt``).
-
-    A ``.txt`` file has one rule text per line (blank lines and ``#`` comments skipped); a YAML
-    list holds rule mappings or rule texts. ``user_id`` is the user of texts and YAML mappings
-    that name none (docs/rules.md).
-    """
-    suffix = path.suffix.lower()
-    if suffix not in (".yaml", ".yml", ".txt"):
-        return [rule for rule in load_messages(path, Rule) if isinstance(rule, Rule)]
-    from pipeline.rules.text import RuleTextError, parse_rule
-
-    try:
-        content = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CommandError(f"{path}: cannot read: {exc}") from exc
-    rules: list[Rule] = []
-    if suffix == ".txt":
-        for number, line in enumerate(content.splitlines(), start=1):
-            if line.strip() and not line.strip().startswith("#"):
-                try:
-                    rules.append(parse_rule(line, user_id=user_id))
-                except RuleTextError as exc:
-                    raise CommandError(f"{path}:{number}: {exc}") from exc
-        return rules
-    import yaml
-
-    try:
-        items = yaml.safe_load(content)
-    except yaml.YAMLError as exc:
-        raise CommandError(f"{path}: not YAML: {exc}") from exc
-    if not isinstance(items, list):
-        raise CommandError(f"{path}: expected a YAML list of rules")
-    for number, item in enumerate(items, start=1):
-        try:
-            if isinstance(item, str):
-                rules.append(parse_rule(item, user_id=user_id))
-            elif isinstance(item, dict):
-                if user_id and item.setdefault("user_id", user_id) != user_id:
-                    raise CommandError(
-                        f"{path}: item {number} has user_id {item['user_id']!r}, not {user_id!r}"
-                    )
-                rules.append(Rule.model_validate({"v": 1, **item}))
-            else:
-                raise CommandError(f"{path}: item {number} is neither a rule nor a rule text")
-        except RuleTextError as exc:
-            raise CommandError(f"{path}: item {number}: {exc}") from exc
-        except ValidationError as exc:
-            raise CommandError(
-                f"{path}: item {number} is not a valid Rule: {describe_validation_error(exc)}"
-            ) from exc
-    return rules
 
 
 def rule_json(rule: Rule) -> str:

@@ -98,10 +98,36 @@ def _parser() -> argparse.ArgumentParser:
     rule_verbs = rules.add_subparsers(dest="rules_verb", required=True, metavar="ACTION")
     apply = rule_verbs.add_parser(
         "apply",
-        help="validate rules and publish them: JSON/JSONL, a YAML list, or .txt rule texts",
+        help="write new rules and new versions to PostgreSQL and the rules topic: a JSON "
+        "object or list, JSONL, CSV/Parquet, a YAML list, or .txt rule texts",
+        description="A file is applied whole or not at all. A rule at its stored version with "
+        "the same content is left unchanged; the same version with other content, or a lower "
+        "version, is refused with the diff (exit 2).",
     )
     apply.add_argument("file", type=Path)
-    apply.add_argument("--user", help="user of rule texts and YAML rules that name none")
+    apply.add_argument("--user", help="user of every rule that names none (JSON files too)")
+    listing = rule_verbs.add_parser("list", help="the stored rules, newest first")
+    listing.add_argument("--user", help="only this user's rules")
+    listing.add_argument("--symbol", help="only rules on this symbol (or with it in a watchlist)")
+    state = listing.add_mutually_exclusive_group()
+    state.add_argument("--active", dest="active", action="store_true", default=None)
+    state.add_argument("--inactive", dest="active", action="store_false")
+    listing.add_argument(
+        "--json", action="store_true", help="a JSON list of the rules (rules apply takes it)"
+    )
+    for name, what in (
+        ("show", "a rule's JSON and its rule text"),
+        ("history", "a rule's versions: when, by whom, and what changed"),
+    ):
+        one = rule_verbs.add_parser(name, help=what)
+        one.add_argument("id", help="the rule id")
+        one.add_argument("--json", action="store_true", help="JSON only")
+    for name, what in (
+        ("enable", "set a rule active (a new version)"),
+        ("disable", "set a rule inactive (a new version; the engine keeps it unevaluated)"),
+        ("delete", "delete a rule: a tombstone on the rules topic, and the stores marked"),
+    ):
+        rule_verbs.add_parser(name, help=what).add_argument("id", help="the rule id")
     parse = rule_verbs.add_parser(
         "parse", help="print the rule JSON of a rule text (docs/rules.md has the grammar)"
     )
@@ -354,10 +380,30 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.verb == "topics":
         commands.topics_create(settings)
     elif args.verb == "rules":
-        commands.rules_apply(settings, args.file, user_id=args.user)
+        _rules(settings, args)
     elif args.verb == "replay":
         commands.replay(settings, args.file, args.topic)
     return 0
+
+
+def _rules(settings: Settings, args: argparse.Namespace) -> None:
+    from pipeline.cli import rules
+
+    verb = args.rules_verb
+    if verb == "apply":
+        rules.rules_apply(settings, args.file, user_id=args.user)
+    elif verb == "list":
+        rules.rules_list(
+            settings, user_id=args.user, symbol=args.symbol, active=args.active, as_json=args.json
+        )
+    elif verb == "show":
+        rules.rules_show(settings, args.id, as_json=args.json)
+    elif verb == "history":
+        rules.rules_history(settings, args.id, as_json=args.json)
+    elif verb in ("enable", "disable"):
+        rules.rules_activate(settings, args.id, verb == "enable")
+    elif verb == "delete":
+        rules.rules_delete(settings, args.id)
 
 
 def _learn_parser(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -504,11 +504,12 @@ def test_a_broker_that_refuses_leaves_nothing_committed(api: ApiServer) -> None:
 
 
 def applied_with_the_cli(api: ApiServer, directory: Path, rules: list[Rule]) -> None:
-    """Rules put on alerts.rules by ``smart-alerts rules apply``, then stored by the job's
-    writer from what is on the topic (the job itself does not run in these tests)."""
+    """Rules put on alerts.rules by ``smart-alerts replay`` (a producer that writes the topic
+    only; ``rules apply`` writes through the rule store), then stored by the job's writer from
+    what is on the topic (the job itself does not run in these tests)."""
     path = directory / f"rules-{uuid.uuid4().hex[:6]}.jsonl"
     path.write_text("".join(rule.to_json().decode() + "\n" for rule in rules))
-    assert commands.rules_apply(api.settings, path, echo=lambda line: None) == len(rules)
+    assert commands.replay(api.settings, path, "rules", echo=lambda line: None) == len(rules)
     on_topic = [
         Rule.model_validate_json(value)
         for rule in rules

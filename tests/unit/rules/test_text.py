@@ -15,8 +15,9 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 import pipeline.rules.text as rule_text
-from pipeline.cli.commands import CommandError, load_rules
+from pipeline.cli.commands import CommandError
 from pipeline.cli.main import main
+from pipeline.cli.rules import load_rules
 from pipeline.evaluate.specs import CONDITION_MODELS, FLOW_CONDITIONS, AllOf, AnyOf, FlowFilters
 from pipeline.messages import Rule
 from pipeline.rules.text import (
