@@ -168,6 +168,15 @@ def test_apply_takes_what_rules_parse_prints_and_a_list_and_jsonl(cli: Cli, tmp_
     assert row.split()[:6] == [ids[1], "1", "u-1", "MSFT", "MEDIUM", "yes"]
     assert count == "1 rule"
 
+    # What list --json prints, apply takes back: every rule unchanged, nothing published.
+    code, printed, _ = cli("rules", "list", "--json", "--user", "u-1")
+    exported = tmp_path / "exported.json"
+    exported.write_text(printed)
+    code, out, _ = cli("rules", "apply", exported)
+    assert code == 0 and {line.split()[0] for line in out.splitlines()} == {"unchanged"}
+    assert len(out.splitlines()) == len(json.loads(printed)) >= 4
+    assert cli.topic() == on_topic
+
 
 def test_user_applies_to_json_files_and_another_user_is_refused(cli: Cli, tmp_path: Path) -> None:
     owner = f"u-{uuid.uuid4().hex[:6]}"
@@ -332,6 +341,24 @@ def test_enable_disable_show_history_and_delete(cli: Cli, tmp_path: Path) -> Non
     assert code == 2 and f"rule {rule_id!r} was deleted at " in err
     code, out, _ = cli("rules", "history", rule_id)
     assert code == 0 and ", deleted at " in out.splitlines()[0]
+
+    # The id comes back only above the deleted version, as a new rule with its history kept.
+    again = write_json(tmp_path / "again.json", rule(rule_id))
+    code, _, err = cli("rules", "apply", again)
+    assert code == 2 and "was deleted at version 3; raise version to 4 to create it again" in err
+    write_json(again, rule(rule_id, version=4))
+    code, out, _ = cli("rules", "apply", again)
+    assert code == 0 and out.startswith(f"created {rule_id} v4 ")
+    assert cli.on_topic(rule_id)[-1] == Rule.model_validate(rule(rule_id, version=4)).model_dump(
+        mode="json", exclude_none=True
+    )
+    code, out, _ = cli("rules", "history", rule_id, "--json")
+    assert [(v["version"], v["change"]) for v in json.loads(out)] == [
+        (4, "create"),
+        (3, "enable"),
+        (2, "disable"),
+        (1, "create"),
+    ]
 
 
 def test_a_rule_another_producer_put_on_the_topic_is_imported_on_its_first_change(
