@@ -373,6 +373,7 @@ def backtest_command(
         ticks=ticks,
         flow=flow,
         positions=positions,
+        archive=archive,
         user_id=user_id,
         keep_prices=report is not None,
         tick_input=tick_input,
