@@ -1,22 +1,23 @@
 """The SQL of the API's rules, their versions and the templates users publish
 (sql/007_api_rules.sql, sql/010_api_rules_imported.sql).
 
-A rule written through the API is a row per version in ``alert_rule_versions``, each holding
-the exact message published on alerts.rules; the row with ``is_current`` is the rule as it
-stands. A change runs in one transaction: ``lock_rule`` locks the rule (its ``alert_rules`` row,
-then its version rows, ``SELECT ... FOR UPDATE``) and reads the current version,
-``write_version`` writes ``alert_rules`` with the job's own upsert (``sinks.postgres.
-upsert_rules``) and the new version, the caller publishes the message and waits for the broker,
-and the commit ends it. Changes of one rule are therefore serial: a second change waits for the
-lock, then reads the version the first wrote.
+A rule written through the API (or the CLI's rules verbs, pipeline/cli/rules.py, which use these
+functions) is a row per version in ``alert_rule_versions``, each holding the exact message
+published on alerts.rules; the row with ``is_current`` is the rule as it stands. A change runs
+in one transaction: ``lock_rule`` locks the rule (its ``alert_rules`` row, then its version rows,
+``SELECT ... FOR UPDATE``) and reads the current version, ``write_version`` writes
+``alert_rules`` with the job's own upsert (``sinks.postgres.upsert_rules``) and the new version,
+the caller publishes the message and waits for the broker, and the commit ends it. Changes of
+one rule are therefore serial: a second change waits for the lock, then reads the version the
+first wrote.
 
 The rules the API wrote are read from their current versions, never from ``alert_rules``: the
 job re-writes that table from the topic, and its upsert takes whatever version arrives last (a
 job that lags behind writes an older version back until it catches up). A rule that reached
-alerts.rules from another producer (the CLI, a replay, the demo) has no version row: it is read
-from ``alert_rules`` as the job stored it ("imported"), and the API's first change of it writes
-that stored version as the first row of its history (change ``imported``) before the change
-itself, which continues from its version.
+alerts.rules from another producer (a replay, ``rules from-template --publish``, the demo) has no
+version row: it is read from ``alert_rules`` as the job stored it ("imported"), and its first
+change writes that stored version as the first row of its history (change ``imported``) before
+the change itself, which continues from its version.
 """
 
 from __future__ import annotations

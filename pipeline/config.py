@@ -263,6 +263,23 @@ class Archive(_Section):
     progress_seconds: float = Field(10.0, gt=0)  # how often a progress line is logged
 
 
+class Retention(_Section):
+    """How long the month-partitioned history is kept: ``smart-alerts maintain`` drops a month
+    partition once it is older than the current UTC month minus these many whole months
+    (docs/operations.md, "History partitions and retention")."""
+
+    alerts_months: int = Field(13, ge=1)  # triggered_alerts: a year back, and this month
+    deliveries_months: int = Field(13, ge=1)  # delivery_logs
+    # alert_feedback: two years, so the learning engine trains on a whole season twice.
+    feedback_months: int = Field(25, ge=1)
+    # Partitions made this many months ahead, so a missed run or two never sends a month's
+    # rows to the default partition.
+    premake_months: int = Field(2, ge=0, le=24)
+    # No table lock is waited for longer (a long query holds one, and a waiting lock stalls
+    # the job's writes queued behind it); the next run does what is left.
+    lock_timeout_seconds: float = Field(10.0, gt=0, le=600)
+
+
 class Logging(_Section):
     """The job's and the API's log on stderr (docs/operations.md, "Logs")."""
 
@@ -321,6 +338,7 @@ class Settings(BaseSettings):
     api: Api = Field(default_factory=Api)
     ops: Ops = Field(default_factory=Ops)
     archive: Archive = Field(default_factory=Archive)
+    retention: Retention = Field(default_factory=Retention)
     logging: Logging = Field(default_factory=Logging)
 
     @classmethod

@@ -110,8 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--user", help="only this user's rules")
     listing.add_argument("--symbol", help="only rules on this symbol (or with it in a watchlist)")
     state = listing.add_mutually_exclusive_group()
-    state.add_argument("--active", dest="active", action="store_true", default=None)
-    state.add_argument("--inactive", dest="active", action="store_false")
+    state.add_argument(
+        "--active", dest="active", action="store_true", default=None, help="only active rules"
+    )
+    state.add_argument(
+        "--inactive", dest="active", action="store_false", help="only inactive (disabled) rules"
+    )
     listing.add_argument(
         "--json", action="store_true", help="a JSON list of the rules (rules apply takes it)"
     )
