@@ -245,7 +245,14 @@ class DeliveryCore:
     ) -> list[bool]:
         """``submit`` for a batch: one outbox transaction for all of them."""
         records = [
-            DeliveryRecord(note.notification_id, note.user_id, channel.value, destination, ref)
+            DeliveryRecord(
+                note.notification_id,
+                note.user_id,
+                channel.value,
+                destination,
+                ref,
+                note.window_start,
+            )  # fmt: skip
             for note, channel, destination, ref in requests
         ]
         with self._outbox_lock:

@@ -142,7 +142,7 @@ INSERT INTO triggered_alerts (
     id, external_id, rule_id, rule_version, user_id, user_external_id, symbol, priority,
     title, message, triggered_at, condition_types, "values")
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::text[], %s)
-ON CONFLICT (id) DO NOTHING
+ON CONFLICT (id, triggered_at) DO NOTHING
 RETURNING id
 """
 
@@ -183,9 +183,9 @@ WHERE f.follow_up_of = ANY(%s)
 # STALE when too old to push). A row recorded before keeps its status.
 PLAN_DELIVERY = """
 INSERT INTO delivery_logs (id, notification_id, channel, destination, status, secret_ref,
-                           error_message)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (notification_id, channel, destination) DO NOTHING
+                           error_message, window_start)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (notification_id, channel, destination, window_start) DO NOTHING
 """
 
 DELIVERY_STATUSES = """
@@ -353,16 +353,20 @@ ON CONFLICT (user_id, dimension, key, updated_at) DO NOTHING
 """
 
 # The notification row must exist for the foreign key; the notification itself (written by
-# store_notifications, usually just before) fills it in.
+# store_notifications, usually just before) fills it in. The row's partition key is the
+# notification's window start, the same on every replay (sql/014).
 RECORD_DELIVERY = """
 WITH placeholder AS (
-    INSERT INTO consolidated_alerts (id, external_id, user_id, user_external_id)
-    VALUES (%(notification)s, %(notification_external)s, %(user)s, %(user_external)s)
+    INSERT INTO consolidated_alerts (id, external_id, user_id, user_external_id, window_start)
+    VALUES (%(notification)s, %(notification_external)s, %(user)s, %(user_external)s,
+            %(window_start)s)
     ON CONFLICT DO NOTHING
 ), recorded AS (
-    INSERT INTO delivery_logs (id, notification_id, channel, destination, status, secret_ref)
-    VALUES (%(id)s, %(notification)s, %(channel)s, %(destination)s, 'PENDING', %(secret_ref)s)
-    ON CONFLICT (notification_id, channel, destination) DO NOTHING
+    INSERT INTO delivery_logs (id, notification_id, channel, destination, status, secret_ref,
+                               window_start)
+    VALUES (%(id)s, %(notification)s, %(channel)s, %(destination)s, 'PENDING', %(secret_ref)s,
+            %(window_start)s)
+    ON CONFLICT (notification_id, channel, destination, window_start) DO NOTHING
     RETURNING status
 )
 SELECT status FROM recorded
@@ -459,13 +463,15 @@ class OpenDelivery(NamedTuple):
 
 
 class DeliveryRecord(NamedTuple):
-    """One (notification, channel, destination) to record in the outbox."""
+    """One (notification, channel, destination) to record in the outbox. ``window_start`` is
+    the notification's; None: read from its stored row (which must exist then)."""
 
     notification_id: str
     user_id: str
     channel: str
     destination: str
     secret_ref: str | None = None
+    window_start: datetime | None = None
 
 
 class PlannedDelivery(NamedTuple):
@@ -811,6 +817,7 @@ class HistoryWriter:
                             d.status,
                             d.secret_ref,
                             d.error[:MAX_ERROR_LENGTH] if d.error else None,
+                            note.window_start,
                         )
                         for key, note, d in deliveries
                     ),
@@ -941,10 +948,16 @@ class HistoryWriter:
         channel: str,
         destination: str,
         secret_ref: str | None = None,
+        window_start: datetime | None = None,
     ) -> bool:
-        """Record a PENDING delivery unless recorded; True while it is not DELIVERED yet."""
+        """Record a PENDING delivery unless recorded; True while it is not DELIVERED yet.
+        ``window_start`` (the notification's) is needed when the notification is not stored."""
         return self.record_deliveries(
-            [DeliveryRecord(notification_id, user_id, channel, destination, secret_ref)]
+            [
+                DeliveryRecord(
+                    notification_id, user_id, channel, destination, secret_ref, window_start
+                )
+            ]
         )[0]
 
     def record_deliveries(self, records: list[DeliveryRecord]) -> list[bool]:
@@ -960,12 +973,14 @@ class HistoryWriter:
                 "channel": r.channel,
                 "destination": r.destination,
                 "secret_ref": r.secret_ref,
+                "window_start": r.window_start,
             }
             for r, key in zip(records, keys, strict=True)
         ]
         in_key_order = sorted(range(len(records)), key=keys.__getitem__)
 
         def work(conn: psycopg.Connection) -> list[bool]:
+            _fill_window_starts(conn, params)
             open_ = [False] * len(params)
             for i in in_key_order:
                 p = params[i]
@@ -1180,6 +1195,29 @@ def feedback_uuid(feedback: Feedback) -> uuid.UUID:
     at = feedback.ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     name = f"feedback|{feedback.user_id}|{feedback.alert_id}|{feedback.action.value}|{at}"
     return uuid.uuid5(NAMESPACE, name)
+
+
+def _fill_window_starts(conn: psycopg.Connection[Any], params: list[dict[str, Any]]) -> None:
+    """The window start of each delivery the caller gave none, from its stored notification:
+    the partition key must be the notification's, whoever records the delivery."""
+    missing = sorted({p["notification"] for p in params if p["window_start"] is None})
+    if not missing:
+        return
+    found = dict(
+        conn.execute(
+            "SELECT id, window_start FROM consolidated_alerts"
+            " WHERE id = ANY(%s) AND window_start IS NOT NULL",
+            (missing,),
+        ).fetchall()
+    )
+    for p in params:
+        if p["window_start"] is None:
+            if p["notification"] not in found:
+                raise LookupError(
+                    f"notification {p['notification_external']} is not stored: give the "
+                    "delivery its window_start (DeliveryRecord.window_start)"
+                )
+            p["window_start"] = found[p["notification"]]
 
 
 def _sync_alert_status(conn: psycopg.Connection[Any], alert_ids: Iterable[uuid.UUID]) -> None:

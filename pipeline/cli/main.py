@@ -87,6 +87,17 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     verbs.add_parser("migrate", help="apply the SQL migrations in sql/ that are not yet applied")
+    maintain = verbs.add_parser(
+        "maintain",
+        help="create the coming months' history partitions and drop expired ones ([retention])",
+        description="Creates the month partitions of triggered_alerts, delivery_logs and "
+        "alert_feedback for this month and [retention] premake_months ahead, moves rows out of "
+        "the default partitions, drops months older than [retention]. Idempotent and safe to "
+        "run twice at once: run it daily from cron or a CronJob, as the role that migrates.",
+    )
+    maintain.add_argument(
+        "--now", help="act as if it were this date or time (ISO, UTC unless an offset is given)"
+    )
 
     topics = verbs.add_parser("topics", help="manage Kafka topics")
     topic_verbs = topics.add_subparsers(dest="topics_verb", required=True, metavar="ACTION")
@@ -376,6 +387,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.verb == "learn":
         _learn(settings, args)
+        return 0
+    if args.verb == "maintain":
+        from pipeline.cli.maintain import maintain_command
+
+        maintain_command(settings, now=args.now)
         return 0
     if args.verb == "run":
         return _run(settings, args)

@@ -216,6 +216,9 @@ def pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
     for kind in ("StatefulSet", "Deployment", "Job"):
         for doc in by_kind(kind):
             yield f"{kind}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"]
+    for doc in by_kind("CronJob"):
+        template = doc["spec"]["jobTemplate"]["spec"]["template"]
+        yield f"CronJob/{doc['metadata']['name']}", template["spec"]
 
 
 def test_pods_run_as_the_image_user_with_nothing_more() -> None:
@@ -236,7 +239,8 @@ def test_pods_run_as_the_image_user_with_nothing_more() -> None:
             assert container["resources"]["requests"] and container["resources"]["limits"], where
             mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
             assert "/tmp" in mounts, f"{where}: a read-only root needs a writable /tmp"
-    assert seen == 5  # the job, the API, the archiver, the set-up Job (init + main)
+    # the job, the API, the archiver, the set-up Job (init + main), the maintenance CronJob
+    assert seen == 6
 
 
 def test_probes_point_at_health_and_readiness() -> None:
@@ -256,6 +260,15 @@ def test_setup_job_creates_topics_and_migrates() -> None:
     steps = [c["args"] for c in pod["initContainers"] + pod["containers"]]
     assert steps == [["topics", "create"], ["migrate"]]
     assert pod["restartPolicy"] == "OnFailure"
+
+
+def test_maintenance_runs_daily_one_at_a_time() -> None:
+    cron = one("CronJob", "smart-alerts-maintain")["spec"]
+    assert cron["concurrencyPolicy"] == "Forbid" and cron["timeZone"] == "Etc/UTC"
+    assert len(cron["schedule"].split()) == 5 and cron["schedule"].split()[2:] == ["*"] * 3
+    (container,) = cron["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["maintain"]
+    assert {e["name"] for e in container["env"]} >= {"DATABASE_URL", "SMART_ALERTS_CONFIG"}
 
 
 def test_disruption_budgets_and_service_monitor_select_the_pods() -> None:

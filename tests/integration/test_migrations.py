@@ -113,8 +113,9 @@ def _names(url: str, query: str) -> set[str]:
 def _tables(url: str) -> set[str]:
     return _names(
         url,
-        "SELECT table_name FROM information_schema.tables"
-        " WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+        # Tables, partitioned ones included, but not their partitions (014).
+        "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+        " AND relkind IN ('r', 'p') AND NOT relispartition",
     )
 
 
@@ -211,7 +212,8 @@ def test_wire_ids_are_documented_for_analysts(database_url: str) -> None:
         undocumented = conn.execute(
             """
             SELECT c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-            WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'
+            WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')
+              AND NOT c.relispartition
               AND c.relname <> 'schema_migrations'
               AND a.attname IN ('id', 'external_id', 'user_external_id', 'user_id')
               AND col_description(c.oid, a.attnum) IS NULL

@@ -503,7 +503,14 @@ def test_delivery_recorded_before_its_notification_row(
 ) -> None:
     user_id = f"u-{_tag()}"
     note = _notification(user_id, [_alert(f"r-{_tag()}", user_id).alert_id])
-    assert writer.record_delivery(note.notification_id, user_id, "in_app", "feed") is True
+    # The notification's window start is the row's partition key (sql/014): given, since the
+    # notification is not stored yet.
+    assert (
+        writer.record_delivery(
+            note.notification_id, user_id, "in_app", "feed", window_start=note.window_start
+        )
+        is True
+    )
     writer.write_notifications([note])
     row = _one(db, "SELECT * FROM consolidated_alerts WHERE user_external_id = %s", user_id)
     assert row["consolidated_title"] == "1 alerts" and row["channels"] == ["in_app", "email"]
