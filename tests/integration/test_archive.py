@@ -583,7 +583,8 @@ def test_the_documented_queries_read_the_archive_with_polars_and_duckdb(
         .sort("symbol")
         .equals(expected.cast({"ticks": pl.UInt32}))
     )
-    by_duckdb = duckdb.sql(documented("sql")).pl()
+    # Fenced duckdb, not sql: tests/integration/test_docs_sql.py runs sql blocks on PostgreSQL.
+    by_duckdb = duckdb.sql(documented("duckdb")).pl()
     assert (
         by_duckdb.select("symbol", "ticks", "high")
         .sort("symbol")
