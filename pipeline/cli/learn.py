@@ -4,14 +4,15 @@
     learn train    --archive ROOT --out MODEL_DIR [--until DATE] [--profiles FILE]
     learn evaluate --archive ROOT --model MODEL_DIR [--profiles FILE]
 
-The archive is the Parquet archive's layout (docs/operations.md, ``smart-alerts archive``):
-``ROOT/topic=<topic>/date=<YYYY-MM-DD>/part-<partition>-<first>-<last>.parquet``, one column per
-message field (lists of scalars as lists, objects and nested values as JSON text) plus
-``kafka_partition``, ``kafka_offset`` and ``kafka_timestamp``. ``simulate`` writes that layout
-(topics rules, triggered, notifications and feedback) and ``ROOT/profiles.json``; ``train`` and ``evaluate`` read the triggered,
-notifications and feedback topics, and the users' time zones from ``--profiles`` (a JSON list or
-JSON lines of ``users.profiles`` messages; default ``ROOT/profiles.json`` when there is one;
-users without a profile are in UTC, as in the job). docs/personalization.md tells the rest.
+The archive is the one ``smart-alerts archive`` writes (docs/contracts.md, "Archive"): a folder or
+an ``s3://`` URL (``[archive] s3_endpoint`` and ``s3_region``, credentials from the environment),
+read through connectors/archive.py as ``backtest --archive`` reads it. ``simulate`` writes a
+folder in that layout with the archiver's own schema (topics rules, triggered, notifications and
+feedback, partition 0, offsets in event order) and ``ROOT/profiles.json``. ``train`` and
+``evaluate`` read the triggered, notifications and feedback topics, and the users' time zones
+from ``--profiles`` (a JSON list or JSON lines of ``users.profiles`` messages; default
+``ROOT/profiles.json`` when there is one; users without a profile are in UTC, as in the job).
+docs/personalization.md tells the rest.
 """
 
 from __future__ import annotations
@@ -23,9 +24,18 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
+from connectors.archive import (
+    KAFKA_COLUMNS,
+    ArchiveError,
+    ArchiveStore,
+    arrow_schema,
+    read_archive,
+)
+from pipeline.cli.archive import archive_store
 from pipeline.cli.commands import CommandError
 from pipeline.config import Settings
 from pipeline.messages import Feedback, Notification, Profile, TriggeredAlert
@@ -42,7 +52,7 @@ from pipeline.personalize.simulator import SimulatorConfig
 
 M = TypeVar("M", bound=BaseModel)
 
-KAFKA_COLUMNS = ("kafka_partition", "kafka_offset", "kafka_timestamp")
+ROW_COLUMNS = {"rules": ("deleted",)}  # archive columns that are not message fields
 PROFILES_FILE = "profiles.json"
 
 
@@ -80,28 +90,31 @@ def write_topic(
         at = when.astimezone(UTC)
         row.update(kafka_partition=0, kafka_offset=offset, kafka_timestamp=at)
         by_day.setdefault(at.date(), []).append(row)
+    schema = arrow_schema(topic)  # the archiver's own columns and types
     for day, rows in sorted(by_day.items()):
         folder = root / f"topic={topic}" / f"date={day.isoformat()}"
         folder.mkdir(parents=True, exist_ok=True)
         first, last = rows[0]["kafka_offset"], rows[-1]["kafka_offset"]
-        frame = pl.DataFrame(rows, infer_schema_length=None)
-        frame.write_parquet(folder / f"part-0-{first}-{last}.parquet")
+        table = pa.Table.from_pylist(rows, schema=schema)
+        pq.write_table(table, folder / f"part-0-{first}-{last}.parquet")
 
 
-def read_topic(root: str, topic: str, model: type[M], nested: tuple[str, ...] = ()) -> list[M]:
-    """Every message of a topic in the archive (none when the topic has no folder), in
-    partition and offset order, once per (partition, offset)."""
-    local = "://" not in root
-    if local and not (Path(root) / f"topic={topic}").is_dir():
-        return []
+def read_topic(
+    store: ArchiveStore, topic: str, model: type[M], nested: tuple[str, ...] = ()
+) -> list[M]:
+    """Every message of a topic in the archive (none when it has no file), in partition and
+    offset order, read as ``backtest --archive`` reads it."""
     try:
-        frame = pl.scan_parquet(f"{root}/topic={topic}/**/*.parquet", hive_partitioning=True)
-        frame = frame.unique(["kafka_partition", "kafka_offset"]).sort(
-            "kafka_partition", "kafka_offset"
+        days = sorted({part.day for part in store.parts(topic)})
+        if not days:
+            return []
+        table = read_archive(
+            store, topic, date.fromisoformat(days[0]), date.fromisoformat(days[-1])
         )
-        rows = frame.drop([*KAFKA_COLUMNS, "topic", "date"], strict=False).collect().to_dicts()
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise CommandError(f"archive {root}, topic={topic}: {exc}") from None
+    except ArchiveError as exc:
+        raise CommandError(str(exc)) from None
+    rows = table.drop_columns([*KAFKA_COLUMNS, *ROW_COLUMNS.get(topic, ())]).to_pylist()
+    root = store.root
     out = []
     for number, row in enumerate(rows):
         for name in nested:
@@ -139,17 +152,20 @@ def read_profiles(path: Path) -> dict[str, str]:
     return {profile.user_id: profile.timezone for profile in profiles}
 
 
-def _timezones(archive: str, profiles: Path | None) -> dict[str, str]:
-    if profiles is None and "://" not in archive and (Path(archive) / PROFILES_FILE).is_file():
-        profiles = Path(archive) / PROFILES_FILE
+def _timezones(store: ArchiveStore, profiles: Path | None) -> dict[str, str]:
+    if profiles is None and store.local and (Path(store.base) / PROFILES_FILE).is_file():
+        profiles = Path(store.base) / PROFILES_FILE
     return read_profiles(profiles) if profiles is not None else {}
 
 
-def training_examples(archive: str, profiles: Path | None, config: LearningConfig) -> list[Example]:
-    alerts = read_topic(archive, "triggered", TriggeredAlert, ("condition_types", "values"))
-    notifications = read_topic(archive, "notifications", Notification, ("alert_ids", "channels"))
-    feedback = read_topic(archive, "feedback", Feedback)
-    found = examples(alerts, notifications, feedback, _timezones(archive, profiles), config)
+def training_examples(
+    settings: Settings, archive: str, profiles: Path | None, config: LearningConfig
+) -> list[Example]:
+    store = archive_store(settings, archive)
+    alerts = read_topic(store, "triggered", TriggeredAlert, ("values",))
+    notifications = read_topic(store, "notifications", Notification)
+    feedback = read_topic(store, "feedback", Feedback)
+    found = examples(alerts, notifications, feedback, _timezones(store, profiles), config)
     if not found:
         raise CommandError(
             f"archive {archive}: no notified alert (topics triggered and notifications)"
@@ -207,7 +223,7 @@ def train_command(
     profiles: Path | None = None,
 ) -> TrainedRelevance:
     config = learning_config(settings)
-    found = training_examples(archive, profiles, config)
+    found = training_examples(settings, archive, profiles, config)
     training = [e for e in found if until is None or e.day <= until]
     if not training:
         raise CommandError(f"archive {archive}: no notified alert on or before {until}")
@@ -234,7 +250,7 @@ def evaluate_command(
     except ArtifactError as exc:
         raise CommandError(str(exc)) from None
     config = learning_config(settings)
-    found = training_examples(archive, profiles, config)
+    found = training_examples(settings, archive, profiles, config)
     trained_on = model.metadata["trained_on"]
     last_day = date.fromisoformat(trained_on["last_day"])
     train_days = {date.fromisoformat(day) for day in trained_on["days"]}

@@ -15,9 +15,11 @@ from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
+import pyarrow.fs as pafs
 import pytest
 from confluent_kafka import Producer
 
+from connectors.archive import ArchiveStore
 from connectors.embedded import StackUrls
 from pipeline.cli.learn import read_topic
 from pipeline.dataflow import run
@@ -25,6 +27,7 @@ from pipeline.messages import Feedback, Notification, TriggeredAlert
 from pipeline.personalize.learning import LearningConfig
 from pipeline.personalize.relevance_model import examples, fit
 from tests.conftest import PUSH_OLD_ALERTS, job_settings
+from tests.integration.test_archive import s3_server  # noqa: F401  (a fixture)
 from tests.integration.test_personalization import (
     CHANNELS,
     T0,
@@ -41,8 +44,9 @@ SMART_ALERTS = str(Path(sys.executable).with_name("smart-alerts"))
 ROW = re.compile(r"^(\S.*?)\s{2,}(\d+\.\d{4})\s+(\d+\.\d{4})$", re.M)
 
 
-def smart_alerts(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def smart_alerts(*args: str | Path, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMART_ALERTS_")}
+    env.update(extra)
     return subprocess.run(
         [SMART_ALERTS, *map(str, args)], capture_output=True, text=True, timeout=180, env=env
     )
@@ -135,44 +139,65 @@ def test_artifact_and_archive_errors_are_one_line(
     assert "no notified alert" in empty.stderr
 
 
-def test_learn_reads_what_the_archiver_writes(
-    stack: StackUrls, archive: Path, model: Path, evaluation: str, tmp_path: Path
+def test_learn_reads_what_the_archiver_writes_on_s3(
+    stack: StackUrls,
+    archive: Path,
+    model: Path,
+    evaluation: str,
+    s3_server: str,  # noqa: F811  (the fixture imported above)
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The simulated topics, published to Kafka and archived by ``smart-alerts archive``, read
-    back as the same messages and evaluate to the same table."""
+    """The simulated topics, published to Kafka and archived by ``smart-alerts archive`` to an
+    S3-compatible server, read back as the same messages and evaluate to the same table."""
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "learn-test",
+        "AWS_SECRET_ACCESS_KEY": "learn-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for name, value in credentials.items():
+        monkeypatch.setenv(name, value)
+    scheme, _, address = s3_server.partition("://")
+    pafs.S3FileSystem(
+        endpoint_override=address, scheme=scheme, region="us-east-1", allow_bucket_creation=True
+    ).create_dir("lake")
+    s3 = {
+        "SMART_ALERTS_ARCHIVE__S3_ENDPOINT": s3_server,
+        "SMART_ALERTS_ARCHIVE__S3_REGION": "us-east-1",
+    }
     settings = job_settings(stack, stack.database_url)
     topics = settings.topics
     published = {
-        "triggered": (topics.triggered, TriggeredAlert, ("condition_types", "values")),
-        "notifications": (topics.notifications, Notification, ("alert_ids", "channels")),
+        "triggered": (topics.triggered, TriggeredAlert, ("values",)),
+        "notifications": (topics.notifications, Notification, ()),
         "feedback": (topics.feedback, Feedback, ()),
     }
     producer = Producer({"bootstrap.servers": stack.kafka_bootstrap, "linger.ms": 5})
     for key, (topic, model_type, nested) in published.items():
-        for message in read_topic(str(archive), key, model_type, nested):
+        for message in read_topic(ArchiveStore(str(archive)), key, model_type, nested):
             value = message.model_dump_json(exclude_none=True).encode()
             producer.produce(topic, value, key=message.user_id.encode())  # type: ignore[attr-defined]
             producer.poll(0)
     assert producer.flush(30) == 0
 
-    root = tmp_path / "archived"
+    root = "s3://lake/learn"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SMART_ALERTS_", "RUST_"))}
-    env.update(settings.as_environment(), SMART_ALERTS_ARCHIVE__ROOT=str(root))
+    env.update(settings.as_environment(), SMART_ALERTS_ARCHIVE__ROOT=root, **s3)
     done = subprocess.run(
         [SMART_ALERTS, "archive", "--bounded"], env=env, capture_output=True, text=True, timeout=180
     )
     assert done.returncode == 0, done.stderr[-3000:]
 
     for key, (_, model_type, nested) in published.items():
-        ours = read_topic(str(archive), key, model_type, nested)
-        theirs = read_topic(str(root), key, model_type, nested)
+        ours = read_topic(ArchiveStore(str(archive)), key, model_type, nested)
+        store = ArchiveStore(root, s3_endpoint=s3_server, s3_region="us-east-1")
+        theirs = read_topic(store, key, model_type, nested)
         assert sorted(m.model_dump_json() for m in theirs) == sorted(
             m.model_dump_json() for m in ours
         )
 
     profiles = archive / "profiles.json"
     again = smart_alerts(
-        "learn", "evaluate", "--archive", root, "--model", model, "--profiles", profiles
+        "learn", "evaluate", "--archive", root, "--model", model, "--profiles", profiles, **s3
     )
     assert again.returncode == 0, again.stderr
     assert again.stdout == evaluation
