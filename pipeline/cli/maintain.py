@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import psycopg
+
 from connectors import dependencies
 from connectors.dependencies import wait_for_dependencies
 from pipeline.cli import commands
@@ -48,4 +50,10 @@ def maintain_command(
             "config file)"
         )
     wait_for_dependencies([dependencies.postgres(settings.database_url)], settings.dependencies)
-    return maintain(settings.database_url, policy_of(settings), now=at, log=echo)
+    try:
+        return maintain(settings.database_url, policy_of(settings), now=at, log=echo)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise commands.CommandError(
+            f"PostgreSQL: {exc.diag.message_primary or exc}; run maintain as the owner of the "
+            "history tables (the role that runs migrate)"
+        ) from exc

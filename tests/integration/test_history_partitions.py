@@ -258,3 +258,27 @@ def test_migration_014_moves_existing_rows_into_their_months(
             "SELECT count(*) FROM v_alerts WHERE status = 'NOTIFIED'"
         ).fetchone() == (6,)
         assert conn.execute("SELECT count(*) FROM v_alert_responses").fetchone() == (6,)
+
+
+def test_maintain_refuses_a_non_owner_and_stops_at_a_held_lock(
+    stack: StackUrls, empty_database: str
+) -> None:
+    migrate(empty_database, log=lambda line: None)
+    as_writer = make_conninfo(empty_database, options="-c role=smart_alerts_writer")
+    run = _cli("maintain", env={"DATABASE_URL": as_writer})
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 2, (out, err)
+    assert "run maintain as the owner of the history tables" in err and "Traceback" not in err
+
+    env = {"DATABASE_URL": empty_database, "SMART_ALERTS_RETENTION__LOCK_TIMEOUT_SECONDS": "1"}
+    with psycopg.connect(empty_database) as holder:
+        holder.execute("LOCK TABLE triggered_alerts_default IN ACCESS EXCLUSIVE MODE")
+        run = _cli("maintain", "--now", "2026-03-15", env=env)
+        out, err = run.communicate(timeout=120)
+    assert run.returncode == 3, (out, err)
+    assert "lock timeout" in err and "Traceback" not in err
+    # The next run does what is left.
+    run = _cli("maintain", "--now", "2026-03-15", env=env)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, (out, err)
+    assert len(partitions(empty_database, "triggered_alerts")) == 4
