@@ -13,7 +13,7 @@ import os
 import tomllib
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -199,6 +199,23 @@ class Personalization(_Section):
         }
 
 
+# An annual, continuously compounded rate or yield: within ±100 %, so exp(rate × years) stays
+# finite for any expiry a contract can have.
+AnnualRate = Annotated[float, Field(ge=-1, le=1)]
+
+
+class Greeks(_Section):
+    """IV and greeks derived for option ticks and prints that carry a price but none
+    (pipeline/evaluate/greeks.py, docs/rules.md "Derived IV and greeks")."""
+
+    enabled: bool = True
+    # The unit the feed's ``iv`` uses, so derived values compare with the same thresholds.
+    iv_unit: Literal["percent", "fraction"] = "percent"
+    risk_free_rate: AnnualRate = 0.04  # no curve: one rate for every expiry
+    dividend_yield: AnnualRate = 0.0  # for underlyings not in dividend_yields
+    dividend_yields: dict[str, AnnualRate] = Field(default_factory=dict)  # per underlying
+
+
 class Api(_Section):
     """The HTTP API (``smart-alerts api``). Secrets come from the environment only:
     SMART_ALERTS_API_JWT_SECRET (HS256 tokens, only with ``jwt_hs256``) and
@@ -333,6 +350,7 @@ class Settings(BaseSettings):
     recovery: Recovery = Field(default_factory=Recovery)
     in_app: InApp = Field(default_factory=InApp)
     personalization: Personalization = Field(default_factory=Personalization)
+    greeks: Greeks = Field(default_factory=Greeks)
     delivery: Delivery = Field(default_factory=Delivery)
     dependencies: Dependencies = Field(default_factory=Dependencies)
     api: Api = Field(default_factory=Api)

@@ -41,6 +41,7 @@ from connectors.kafka import PartitionReader, SourceRecord, list_partitions
 from pipeline import metrics
 from pipeline.config import ConfigError, Personalization, Settings, Topics
 from pipeline.evaluate.engine import EvaluateShard
+from pipeline.evaluate.greeks import GreeksConfig, GreeksDeriver
 from pipeline.evaluate.routing import RuleRouter, all_user_shards, user_shard_of
 from pipeline.event_time import Progress, ProgressReporter, Watermark
 from pipeline.ingest import Partitioning, PartitionIngest, Route, part_name, route_of
@@ -671,6 +672,10 @@ def build_flow(
 
     rules_keyed, rules_dead = keyed("rules", inputs.rules)
     market_keyed, market_dead = keyed("market", inputs.market)
+    if settings.greeks.enabled:
+        # Option ticks and prints without IV/greeks get them from a model, a batch per call.
+        deriver = GreeksDeriver(GreeksConfig.from_section(settings.greeks))
+        market_keyed = op.flat_map_batch("derive_greeks", market_keyed, deriver.derive)
     users_keyed, users_dead = keyed("users", inputs.users)
 
     # EVALUATE, keyed by shard: rules go to the shards of their symbols (all, for wildcards).

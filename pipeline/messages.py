@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
@@ -340,6 +341,9 @@ class Tick(Message):
     vega: Finite | None = None
     open_interest: NonNegative | None = None
     underlying: Symbol | None = None
+    # The underlying's price when this option tick happened (added within v 1): with it, a
+    # tick without ``iv`` or greeks gets them derived (pipeline/evaluate/greeks.py).
+    underlying_price: Price | None = None
 
 
 class OptionsFlow(Message):
@@ -363,6 +367,22 @@ class OptionsFlow(Message):
     @property
     def effective_premium(self) -> float:
         return self.premium if self.premium is not None else self.price * self.size * 100
+
+
+# Fields of a tick or print that the job derived instead of reading them from the feed
+# (pipeline/evaluate/greeks.py). Kept in the instance dict, as ``sent_ms`` is: never serialized,
+# never compared, but pickled with the message when it moves between workers.
+_DERIVED = "derived_fields"
+_NONE_DERIVED: frozenset[str] = frozenset()
+
+
+def mark_derived(message: Tick | OptionsFlow, names: Iterable[str]) -> None:
+    message.__dict__[_DERIVED] = frozenset(names)
+
+
+def derived_fields(message: Tick | OptionsFlow) -> frozenset[str]:
+    derived: frozenset[str] = message.__dict__.get(_DERIVED, _NONE_DERIVED)
+    return derived
 
 
 # ---------------------------------------------------------------- rules

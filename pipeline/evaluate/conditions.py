@@ -27,7 +27,7 @@ from pipeline.evaluate.indicators import BarClose, IndicatorSpec
 from pipeline.evaluate.market_state import SymbolState, passes_filters
 from pipeline.evaluate.specs import AllOf, AnyOf, ConditionNode
 from pipeline.market_calendar import parse_occ, trading_days_until
-from pipeline.messages import OptionsFlow, Position
+from pipeline.messages import OptionsFlow, Position, derived_fields
 
 TICK, FLOW, BAR = "tick", "flow", "bar"
 
@@ -391,7 +391,17 @@ def _volume_spike(leaf: c.VolumeSpike, ctx: EventContext, owner: str) -> Observa
 # ---------------------------------------------------------------- options, per tick
 
 
-def _level(name: str, value: float | None, leaf: Any, *, above: bool) -> Observation | None:
+DERIVED = "derived"
+
+
+def _source(state: SymbolState, name: str) -> dict[str, float | str | None]:
+    """``{"<name>_source": "derived"}`` when the job derived the value the leaf read
+    (pipeline/evaluate/greeks.py); nothing when the feed sent it."""
+    return {f"{name}_source": DERIVED} if name in state.derived else {}
+
+
+def _level(name: str, state: SymbolState, leaf: Any, *, above: bool) -> Observation | None:
+    value = getattr(state, name)
     if (
         value is None
         or (above and not value > leaf.threshold)
@@ -401,7 +411,7 @@ def _level(name: str, value: float | None, leaf: Any, *, above: bool) -> Observa
     way = "above" if above else "below"
     return Observation(
         leaf.type,
-        {name: value, "threshold": leaf.threshold},
+        {name: value, "threshold": leaf.threshold, **_source(state, name)},
         f"{'IV' if name == 'iv' else name} {_num(value)} is {way} {_num(leaf.threshold)}",
     )
 
@@ -412,7 +422,7 @@ for _field in ("iv", "delta", "gamma", "theta", "vega"):
         def _option_level(
             leaf: Any, ctx: EventContext, owner: str, _f: str = _field, _a: bool = _above
         ) -> Observation | None:
-            return _level(_f, getattr(ctx.state, _f), leaf, above=_a)
+            return _level(_f, ctx.state, leaf, above=_a)
 
         _evaluator(f"{_field}_{'above' if _above else 'below'}", sensitive_to=TICK)(_option_level)
 
@@ -428,7 +438,7 @@ def _iv_change(leaf: c.IvChangePct, ctx: EventContext, owner: str) -> Observatio
         return None
     return Observation(
         leaf.type,
-        {"iv": iv, "reference_iv": reference, "change_pct": change},
+        {"iv": iv, "reference_iv": reference, "change_pct": change, **_source(ctx.state, "iv")},
         f"IV {'rose' if change > 0 else 'fell'} {abs(change):.1f}% in "
         f"{_duration(leaf.window_seconds)}, from {_num(reference)} to {_num(iv)}",
     )
@@ -441,7 +451,12 @@ def _iv_rank(leaf: c.IvRankAbove, ctx: EventContext, owner: str) -> Observation 
         return None
     return Observation(
         leaf.type,
-        {"iv_rank": rank, "iv": ctx.state.iv, "threshold": leaf.threshold},
+        {
+            "iv_rank": rank,
+            "iv": ctx.state.iv,
+            "threshold": leaf.threshold,
+            **_source(ctx.state, "iv"),
+        },
         f"IV rank {rank:.0f} over {leaf.lookback_days} days is above {_num(leaf.threshold)}",
     )
 
@@ -466,7 +481,7 @@ def _spread(leaf: c.SpreadPctAbove, ctx: EventContext, owner: str) -> Observatio
 
 
 def _print_values(print_: OptionsFlow) -> dict[str, float | str | None]:
-    return {
+    values: dict[str, float | str | None] = {
         "contract": print_.contract,
         "premium": print_.effective_premium,
         "size": float(print_.size),
@@ -474,6 +489,11 @@ def _print_values(print_: OptionsFlow) -> dict[str, float | str | None]:
         "side": print_.side,
         "trade_type": print_.trade_type,
     }
+    if print_.iv is not None:
+        values["iv"] = print_.iv
+        if "iv" in derived_fields(print_):
+            values["iv_source"] = DERIVED
+    return values
 
 
 _TRADE_WORDS = {"sweep": "sweep", "block": "block", "split": "split print", "single": "print"}

@@ -24,7 +24,7 @@ from typing import NamedTuple, TypeVar
 
 from pipeline.evaluate.indicators import SymbolIndicators
 from pipeline.evaluate.specs import FlowFilters
-from pipeline.messages import OptionsFlow, Tick
+from pipeline.messages import OptionsFlow, Tick, derived_fields
 
 _K = TypeVar("_K")
 
@@ -341,6 +341,9 @@ class FlowWindow:
         return hits
 
 
+_OPTION_FIELDS = ("iv", "delta", "gamma", "theta", "vega")
+
+
 @dataclass(slots=True)
 class SymbolState:
     symbol: str
@@ -355,6 +358,8 @@ class SymbolState:
     gamma: float | None = None
     theta: float | None = None
     vega: float | None = None
+    # Which of those the job derived (pipeline/evaluate/greeks.py) rather than the feed sent.
+    derived: frozenset[str] = frozenset()
     indicators: SymbolIndicators = field(default_factory=SymbolIndicators)
     extrema: dict[int, ExtremaWindow] = field(default_factory=dict)
     extrema_users: Counter[int] = field(default_factory=Counter)
@@ -448,6 +453,11 @@ class SymbolState:
                 setattr(self, name, value)
         if tick.iv is not None:
             self._on_iv(tick.ts, tick.iv)
+        marked = derived_fields(tick)
+        if marked or self.derived:
+            # A field the tick sent replaces its old value's origin with its own.
+            sent = {name for name in _OPTION_FIELDS if getattr(tick, name) is not None}
+            self.derived = (self.derived - sent) | marked
 
     def _on_iv(self, ts: datetime, iv: float) -> None:
         self.iv = iv
