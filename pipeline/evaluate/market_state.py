@@ -84,12 +84,15 @@ def passes_fixed_filters(leaf: FlowFilters, print_: OptionsFlow, days: int | Non
         return False
     if leaf.min_size is not None and print_.size < leaf.min_size:
         return False
-    if leaf.min_days_to_expiry is not None or leaf.max_days_to_expiry is not None:
+    low, high, this_week = leaf.min_days_to_expiry, leaf.max_days_to_expiry, leaf.expires_this_week
+    if low is not None or high is not None or this_week:
         if days is None:
             days = days_to_expiry(print_)
-        if leaf.min_days_to_expiry is not None and days < leaf.min_days_to_expiry:
+        if low is not None and days < low:
             return False
-        if leaf.max_days_to_expiry is not None and days > leaf.max_days_to_expiry:
+        if high is not None and days > high:
+            return False
+        if this_week and not 0 <= days <= 6 - print_.ts.weekday():  # by the print's Sunday
             return False
     return True
 
@@ -156,6 +159,7 @@ def flow_filter_key(filters: FlowFilters) -> FlowKey:
         filters.min_size,
         filters.min_days_to_expiry,
         filters.max_days_to_expiry,
+        bool(filters.expires_this_week),
         filters.moneyness,
         filters.atm_band_pct if filters.moneyness is not None else None,
     )

@@ -276,6 +276,9 @@ class FlowFilters(ConditionSpec):
     moneyness: Literal["itm", "otm", "atm"] | None = None
     atm_band_pct: Annotated[float, Field(gt=0, le=50), NUMBER] = 1.0
     min_size: Annotated[int, Field(ge=1), NUMBER] | None = None
+    # "puts expiring this week": the week of each print (Monday to Sunday), not of the rule's
+    # creation, so a standing rule means the same thing every week.
+    expires_this_week: bool | None = None
 
     @model_validator(mode="after")
     def _expiry_range(self) -> Any:

@@ -650,7 +650,7 @@ def _dte_compare(m: re.Match[str]) -> str:
 def _calendar_expiry(m: re.Match[str]) -> str:
     raise _Refusal(
         f"'{m[0]}' names a date, but the flow filters count the days from each print to its "
-        "expiry: say 'expiring within 5 days' (dte <= 5)"
+        "expiry: say 'expiring this week' or 'expiring within 5 days' (dte <= 5)"
     )
 
 
@@ -663,6 +663,7 @@ _SIDES = {"ask": "ask", "offer": "ask", "bid": "bid", "mid": "mid", "midpoint": 
 # Flow filters, read before the conditions so that "over 500 contracts" is never a price;
 # they go after the one flow phrase of the sentence.
 _FILTERS: list[tuple[str, Callable[[re.Match[str]], str]]] = [
+    (rf"{_EXPIRING} this week", lambda m: "expiring this week"),
     (rf"{_EXPIRING} (?:this|next) (?:week|month|friday)|{_EXPIRING} (?:on |by )?"
      rf"(?:{_WEEKDAY}|{DATE})", _calendar_expiry),
     (r"(?:0 ?dte|zero dte|same[- ]day expiry|expiring today)", lambda m: "dte <= 0"),

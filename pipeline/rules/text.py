@@ -1149,6 +1149,9 @@ class _Build(Transformer[Token, Any]):
             return _Filter("min_days_to_expiry", days + (sign == ">"), keyword)
         return _Filter("max_days_to_expiry", days - (sign == "<"), keyword)
 
+    def this_week(self, children: list[Token]) -> _Filter:
+        return _Filter("expires_this_week", True, children[0])
+
     def size(self, children: list[Token]) -> _Filter:
         keyword, sign, number = children
         contracts = self.integer(number, "a number of contracts") + (sign == ">")
@@ -1386,6 +1389,8 @@ def _flow_text(leaf: Any, core: str) -> str:
         words.append(f"dte >= {leaf.min_days_to_expiry}")
     if leaf.max_days_to_expiry is not None:
         words.append(f"dte <= {leaf.max_days_to_expiry}")
+    if leaf.expires_this_week:
+        words.append("expiring this week")
     if leaf.min_size is not None:
         words.append(f"size >= {leaf.min_size}")
     if leaf.atm_band_pct != 1.0:
@@ -1574,6 +1579,8 @@ def _flow_words(leaf: Any, core: str) -> str:
         filters.append(f"expiring within {high} days")
     elif low is not None:
         filters.append(f"{low}+ days to expiry")
+    if leaf.expires_this_week:
+        filters.append("expiring this week")
     if leaf.min_size is not None:
         filters.append(f"{leaf.min_size}+ contracts")
     return ", ".join(filters)

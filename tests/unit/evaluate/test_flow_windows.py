@@ -27,8 +27,9 @@ from pipeline.evaluate.conditions import (
     leaf_kind,
 )
 from pipeline.evaluate.engine import ExhaustiveShardEngine, LeafSlot, ShardEngine
-from pipeline.evaluate.market_state import SymbolState, moneyness
+from pipeline.evaluate.market_state import SymbolState, flow_filter_key, moneyness
 from pipeline.messages import OptionsFlow, Rule, RuleTombstone, Tick, TriggeredAlert
+from pipeline.rules.text import parse_rule
 from tests.unit import helpers
 
 T0 = datetime(2026, 1, 5, 14, 30, tzinfo=UTC)
@@ -541,3 +542,21 @@ def test_flow_leaf_tracking_fires_what_evaluating_every_rule_fires(seed: int) ->
     kinds = {kind for _, _, values in indexed for kind in values}
     assert len(indexed) > 200 and {"hits", "ratio", "volume_oi_ratio"} <= kinds
     assert indexed == every_print
+
+
+def test_expiring_this_week_takes_the_prints_own_week() -> None:
+    engine = ShardEngine()
+    engine.upsert(parse_rule("AAPL sweep expiring this week cooldown 0", user_id="u", rule_id="r"))
+    wednesday = datetime(2026, 1, 7, 15, tzinfo=UTC)
+    expiries = ["2026-01-06", "2026-01-07", "2026-01-09", "2026-01-11", "2026-01-12"]
+    prints = [
+        helpers_print(0, id=f"p{n}", ts=wednesday + timedelta(seconds=n), expiry=expiry,
+                      trade_type="sweep")
+        for n, expiry in enumerate(expiries)
+    ]  # fmt: skip
+    fired = [alert.triggered_at for alert in engine.process(prints)]
+    # Expired (the 6th) and next week's (Monday the 12th) fail; the 7th to Sunday the 11th pass.
+    assert fired == [wednesday + timedelta(seconds=n) for n in (1, 2, 3)]
+    assert flow_filter_key(c.FlowSweep(type="flow_sweep", expires_this_week=True)) != (
+        flow_filter_key(c.FlowSweep(type="flow_sweep"))
+    )

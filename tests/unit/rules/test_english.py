@@ -100,10 +100,10 @@ def test_a_left_over_rule_word_is_refused_not_misread() -> None:
 
 def test_a_refusal_carries_what_was_understood_and_the_unused_words() -> None:
     with pytest.raises(EnglishRuleError) as caught:
-        parse_english("NVDA put sweeps expiring this week please, mate", user_id="u-1", now=NOW)
+        parse_english("NVDA put sweeps expiring next week please, mate", user_id="u-1", now=NOW)
     assert caught.value.understood == "NVDA put sweep"
     assert caught.value.unused == ("mate",)
-    assert "'expiring this week' names a date" in str(caught.value)
+    assert "'expiring next week' names a date" in str(caught.value)
 
 
 def test_chart_words_between_an_indicator_and_its_level() -> None:

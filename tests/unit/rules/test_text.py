@@ -770,7 +770,7 @@ def _type_label(name: str, annotation: Any) -> str:
         return " \\| ".join(f"`{v}`" for v in get_args(annotation))
     if get_origin(annotation) in (list, tuple):
         return "list of " + " \\| ".join(f"`{v}`" for v in get_args(get_args(annotation)[0]))
-    return {int: "integer", float: "number", str: "string"}[annotation]
+    return {int: "integer", float: "number", str: "string", bool: "boolean"}[annotation]
 
 
 def _bounds(name: str, metadata: list[Any]) -> str:
