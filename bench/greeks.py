@@ -1,14 +1,14 @@
 """What deriving IV and greeks costs per batch, against parsing the same messages.
 
-    python bench/greeks.py [--rounds 5]
+    python bench/greeks.py [--rounds 7]
 
 Option ticks with a price and an underlying price but no IV or greeks (strikes, expiries and
 rights spread over a realistic chain) are parsed from their JSON with ``decode(Tick, ...)``, as
 the job's ingest does: that is the baseline (a). Then ``GreeksDeriver.derive`` fills the batch
 (one call, as the dataflow's ``derive_greeks`` step makes per batch), and, for the step's cost
 on a feed that needs nothing, the same call on ticks that already carry every field. Each line
-is the median of ``--rounds`` passes. A subprocess measures the import of the module and its
-first call, which a job pays once at start-up.
+is the median of ``--rounds`` passes, the three taking turns within each pass. A subprocess
+measures the import of the module and its first call, which a job pays once at start-up.
 """
 
 from __future__ import annotations
@@ -70,18 +70,21 @@ def chain(count: int, *, complete: bool) -> list[bytes]:
     return ticks
 
 
-def per_message(work: Callable[[], object], count: int, rounds: int) -> float:
-    passes = []
+def per_message(works: list[Callable[[], object]], count: int, rounds: int) -> list[float]:
+    """Seconds per message of each work: the median of ``rounds`` passes, the works taking
+    turns within a pass, so that a busy machine slows them alike."""
+    passes: list[list[float]] = [[] for _ in works]
     for _ in range(rounds):
-        started = time.perf_counter()
-        work()
-        passes.append((time.perf_counter() - started) / count)
-    return statistics.median(passes)
+        for timings, work in zip(passes, works, strict=True):
+            started = time.perf_counter()
+            work()
+            timings.append((time.perf_counter() - started) / count)
+    return [statistics.median(timings) for timings in passes]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     deriver = GreeksDeriver(GreeksConfig())
 
@@ -111,7 +114,7 @@ def main() -> None:
         keyed = [("AAPL", decode(Tick, value)) for value in raw]
         keyed_full = [("AAPL", decode(Tick, value)) for value in full]
         derived = deriver.derive(keyed)
-        solved = sum(1 for _, tick in derived if tick.iv is not None)  # type: ignore[attr-defined]
+        solved = sum(1 for _, tick in derived if isinstance(tick, Tick) and tick.iv is not None)
         assert solved == size, f"{size - solved} of {size} ticks got no IV"
         repeat = max(1, 1000 // size)  # a batch of 1 is timed over 1000 calls
 
@@ -128,9 +131,7 @@ def main() -> None:
             for _ in range(repeat):
                 deriver.derive(items)
 
-        base = per_message(parse, size * repeat, args.rounds)
-        cost = per_message(derive, size * repeat, args.rounds)
-        idle = per_message(untouched, size * repeat, args.rounds)
+        base, cost, idle = per_message([parse, derive, untouched], size * repeat, args.rounds)
         print(
             f"{size:>6} | {base * 1e6:>16.1f} | {cost * 1e6:>13.1f} | {cost / base:>5.1f}x | "
             f"{idle * 1e6:>24.2f} | {idle / base:>5.2f}x"
