@@ -147,25 +147,29 @@ def compose(
     channels: list[Channel],
     follow_up_of: str | None = None,
 ) -> Notification:
-    """One notification for ``alerts`` in the given order (most relevant first): grouped by
-    symbol, repeats of a rule merged into one line with a count."""
+    """One notification for ``alerts`` in the given order (most relevant first): one alert as
+    its title and message; several grouped by symbol, repeats of a rule merged into one line
+    with a count."""
     highest = max((a.priority for a in alerts), key=lambda p: p.rank)
-    by_symbol: dict[str, dict[str, list[TriggeredAlert]]] = {}
-    for alert in alerts:
-        by_symbol.setdefault(alert.symbol, {}).setdefault(alert.rule_id, []).append(alert)
-    lines = []
-    for by_rule in by_symbol.values():
-        for repeats in by_rule.values():
-            latest = max(repeats, key=lambda a: a.triggered_at)
-            count = f" (x{len(repeats)})" if len(repeats) > 1 else ""
-            lines.append(f"{latest.title}{count}: {latest.message}")
-    title = alerts[0].title if len(alerts) == 1 else f"{len(alerts)} alerts: {', '.join(by_symbol)}"
+    if len(alerts) == 1:  # its title names the alert: the body is the alert's message alone
+        title, message = alerts[0].title, alerts[0].message
+    else:
+        by_symbol: dict[str, dict[str, list[TriggeredAlert]]] = {}
+        for alert in alerts:
+            by_symbol.setdefault(alert.symbol, {}).setdefault(alert.rule_id, []).append(alert)
+        lines = []
+        for by_rule in by_symbol.values():
+            for repeats in by_rule.values():
+                latest = max(repeats, key=lambda a: a.triggered_at)
+                count = f" (x{len(repeats)})" if len(repeats) > 1 else ""
+                lines.append(f"{latest.title}{count}: {latest.message}")
+        title, message = f"{len(alerts)} alerts: {', '.join(by_symbol)}", "\n".join(lines)
     return Notification(
         notification_id=notification_id,
         user_id=user_id,
         alert_ids=list(dict.fromkeys(a.alert_id for a in alerts)),
         title=title[:255],
-        message="\n".join(lines)[:4096],
+        message=message[:4096],
         highest_priority=highest,
         channels=channels,
         window_start=start,

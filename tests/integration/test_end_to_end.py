@@ -173,7 +173,7 @@ def test_alerts_notifications_scores_and_feed_end_to_end(settings: Settings) -> 
             ("r-breakout", "AAPL", "HIGH", T0 + timedelta(seconds=30)),
             ("r-stop", "TSLA", "CRITICAL", T0 + timedelta(seconds=40)),
         ]
-        assert rows[0][5] == "price 200.50 crossed above 200.00 (from 199.00)"
+        assert rows[0][5] == "price crossed above 200.00, from 199.00 to 200.50"
         notes = conn.execute(
             "SELECT id::text, user_external_id, array_length(alert_ids, 1), highest_priority "
             "FROM consolidated_alerts WHERE user_external_id = ANY(%s) ORDER BY window_start",

@@ -84,3 +84,8 @@ def test_compose_groups_by_symbol_and_merges_repeats_in_the_given_order() -> Non
     assert note.title == "4 alerts: AAPL, MSFT"
     assert note.message == "AAPL: r-1 (x3): something happened\nMSFT: r-2: something happened"
     assert note.alert_ids == ["a-r-1-AAPL-3", "a-r-1-AAPL-1", "a-r-1-AAPL-2", "a-r-2-MSFT-5"]
+
+
+def test_compose_of_one_alert_is_its_title_and_its_message() -> None:
+    note = compose("n-1", "u-1", [alert(1, message="price 180.50 is below 181")], T0, at(60), [])
+    assert (note.title, note.message) == ("AAPL: r-1", "price 180.50 is below 181")
