@@ -161,3 +161,27 @@ def test_an_alert_gets_feedback_once_and_acting_comes_after_opening() -> None:
     opened = {fb.alert_id: fb.ts for fb in first if fb.action is FeedbackAction.OPENED}
     acted = [fb for fb in first if fb.action is FeedbackAction.ACTED]
     assert acted and all(fb.ts > opened[fb.alert_id] for fb in acted)
+
+
+def test_the_learning_reference_scenario_is_seeded_and_answers_each_notified_alert_once() -> None:
+    from pipeline.cli.learning_scenario import simulate
+
+    first = simulate(2, 1, SimulatorConfig(seed=15))
+    again = simulate(2, 1, SimulatorConfig(seed=15))
+    assert first.alerts and first.notifications and first.feedback
+    assert (first.alerts, first.notifications, first.feedback) == (
+        again.alerts,
+        again.notifications,
+        again.feedback,
+    )
+    assert simulate(2, 1, SimulatorConfig(seed=16)).feedback != first.feedback
+    # Feedback names notified alerts, comes after the first notification that names them, and
+    # opens an alert at most once.
+    shown: dict[str, datetime] = {}
+    for note in first.notifications:
+        for alert_id in note.alert_ids:
+            shown.setdefault(alert_id, note.window_end)
+    assert all(fb.alert_id in shown and fb.ts > shown[fb.alert_id] for fb in first.feedback)
+    opens = [fb.alert_id for fb in first.feedback if fb.action is FeedbackAction.OPENED]
+    assert len(opens) == len(set(opens))
+    assert {p.timezone for p in first.profiles} == {"America/New_York", "Europe/London"}
