@@ -305,3 +305,12 @@ def test_the_state_remembers_which_values_were_derived_and_alerts_say_so():
     assert seen is not None and seen.values == {"iv": 31.0, "threshold": 20}
     delta = EVALUATORS["delta_above"](DeltaAbove(type="delta_above", threshold=0.1), context, "u")
     assert delta is not None and delta.values["delta_source"] == "derived"
+
+
+def test_the_example_in_docs_rules_md():
+    example = Tick(symbol=CALL, ts="2026-07-01T14:00:00Z", price=6.0, underlying_price=198.0)
+    (out,) = derive(example)
+    assert years_to_expiry(example.ts, date(2026, 7, 31)) * 365 == pytest.approx(30.25)
+    assert round(out.iv, 2) == 29.14
+    assert (round(out.delta, 4), round(out.gamma, 4)) == (0.4847, 0.0240)
+    assert (round(out.theta, 4), round(out.vega, 4)) == (-0.1193, 0.2272)
