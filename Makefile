@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/delivery.py
 	$(BIN)/python bench/evaluate.py
 	$(BIN)/python bench/evaluate.py --flow
+	$(BIN)/python bench/greeks.py
 	$(BIN)/python bench/live.py
 	$(BIN)/python bench/rule_text.py
 	$(BIN)/python bench/startup.py
