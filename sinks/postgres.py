@@ -312,16 +312,6 @@ WHERE t.id = s.id AND t.triggered_at IS NOT DISTINCT FROM s.triggered_at
   AND (t.status, t.acknowledged_at) IS DISTINCT FROM (s.status, s.acknowledged_at)
 """
 
-# The alerts of a notification a channel delivered: DELIVERED, unless further already.
-NOTIFICATION_ALERTS = """
-SELECT coalesce(alert_ids, '{}') FROM consolidated_alerts WHERE id = %s
-"""
-
-ALERTS_DELIVERED = """
-UPDATE triggered_alerts SET status = 'DELIVERED'
-WHERE id = ANY(%s::uuid[]) AND alert_status_rank(coalesce(status, 'PENDING')) < 3
-"""
-
 # action_history rebuilt from the user's stored feedback (so a replay rebuilds the same value).
 REBUILD_ACTION_HISTORY = """
 INSERT INTO user_alert_profiles AS p (id, user_id, user_external_id, action_history)
@@ -429,14 +419,31 @@ UPDATE delivery_logs SET status = 'RETRYING', claimed_until = NULL, next_attempt
 WHERE notification_id = %s AND channel = %s AND destination = %s AND status = 'SENDING'
 """
 
+# The first delivery of a notification also moves its alerts to DELIVERED (unless they are
+# further on), locked in id order like every status write, in the same round trip.
 MARK_DELIVERED = """
-UPDATE delivery_logs SET
-    status = 'DELIVERED', delivered_at = now(), provider_message_id = %s,
-    provider = coalesce(provider, CASE WHEN channel = 'in_app' THEN 'in_app' END),
-    attempts = attempts + 1, last_attempt_at = now(), next_attempt_at = NULL,
-    claimed_until = NULL, updated_at = now()
-WHERE notification_id = %s AND channel = %s AND destination = %s AND status <> 'DELIVERED'
-RETURNING id
+WITH marked AS (
+    UPDATE delivery_logs SET
+        status = 'DELIVERED', delivered_at = now(), provider_message_id = %(message_id)s,
+        provider = coalesce(provider, CASE WHEN channel = 'in_app' THEN 'in_app' END),
+        attempts = attempts + 1, last_attempt_at = now(), next_attempt_at = NULL,
+        claimed_until = NULL, updated_at = now()
+    WHERE notification_id = %(notification)s AND channel = %(channel)s
+      AND destination = %(destination)s AND status <> 'DELIVERED'
+    RETURNING id
+), due AS (
+    SELECT t.id, t.triggered_at FROM triggered_alerts t
+    WHERE EXISTS (SELECT FROM marked)
+      AND t.id = ANY(coalesce(
+          (SELECT c.alert_ids FROM consolidated_alerts c WHERE c.id = %(notification)s), '{}'))
+      AND alert_status_rank(coalesce(t.status, 'PENDING')) < 3
+    ORDER BY t.id
+    FOR UPDATE
+), moved AS (
+    UPDATE triggered_alerts t SET status = 'DELIVERED'
+    FROM due WHERE t.id = due.id AND t.triggered_at = due.triggered_at
+)
+SELECT id FROM marked
 """
 
 MARK_FAILED = """
@@ -1089,17 +1096,16 @@ class HistoryWriter:
     ) -> None:
         key = storage_uuid("notification", notification_id)
 
+        params = {
+            "message_id": provider_message_id,
+            "notification": key,
+            "channel": channel,
+            "destination": destination,
+        }
+
         def work(conn: psycopg.Connection) -> None:
-            updated = conn.execute(
-                MARK_DELIVERED, (provider_message_id, key, channel, destination)
-            ).fetchone()
-            if updated is None:
+            if conn.execute(MARK_DELIVERED, params).fetchone() is None:
                 _require_recorded(conn, notification_id, channel, destination)
-            found = conn.execute(NOTIFICATION_ALERTS, (key,)).fetchone()
-            alerts = sorted(found[0]) if found is not None else []
-            if alerts:
-                conn.execute(LOCK_ALERTS, (alerts,))
-                conn.execute(ALERTS_DELIVERED, (alerts,))
 
         self._transaction(work)
 
