@@ -8,13 +8,14 @@ storage keys (``pipeline.ids.storage_uuid``), which the tables are indexed on.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import psycopg
 from fastapi import APIRouter, Depends, Path, Query
-from pydantic import BaseModel
+from pydantic import AwareDatetime, BaseModel, BeforeValidator
 
 from api.auth import Principal, for_user, not_found, require, services
 from api.pagination import (
@@ -24,7 +25,6 @@ from api.pagination import (
     page_of,
     time_cursor,
 )
-from api.problems import Problem
 from api.services import Services
 from pipeline.ids import storage_uuid
 from pipeline.masking import mask_destination
@@ -49,12 +49,26 @@ UserParam = Annotated[
 PriorityParam = Annotated[
     list[Priority] | None, Query(description="only these priorities (repeat the parameter)")
 ]
+# A time in a query is RFC 3339 with its offset only: pydantic would also take a number as
+# Unix seconds, which the document does not promise and a typo should not become.
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d(:\d\d(\.\d+)?)?([Zz]|[+-]\d\d:\d\d)")
+
+
+def _rfc3339(value: object) -> object:
+    if isinstance(value, str) and not _RFC3339.fullmatch(value):
+        raise ValueError(
+            "expected an RFC 3339 time with a UTC offset or Z, e.g. 2026-01-05T14:30:00Z"
+        )
+    return value
+
+
+QueryTime = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 FromParam = Annotated[
-    datetime | None,
+    QueryTime | None,
     Query(alias="from", description="RFC 3339 time with offset: at or after it (inclusive)"),
 ]
 ToParam = Annotated[
-    datetime | None, Query(alias="to", description="RFC 3339 time with offset: before it")
+    QueryTime | None, Query(alias="to", description="RFC 3339 time with offset: before it")
 ]
 AlertIdParam = Annotated[str, Path(min_length=1, max_length=128, description="the alert id")]
 
@@ -204,12 +218,6 @@ def single_condition_type(condition_types: list[str]) -> str | None:
     return distinct[0] if len(distinct) == 1 else None
 
 
-def _aware(name: str, value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise Problem(422, f"{name}: give a UTC offset or Z (e.g. 2026-01-05T14:30:00Z)")
-    return value
-
-
 def _newest_first_page(
     where: list[str],
     args: list[Any],
@@ -221,10 +229,10 @@ def _newest_first_page(
     """Adds the ``[from, to)`` range on ``time_column`` and the cursor's position to a query's
     conditions; the ORDER BY that goes with them (time, then the row's key, newest first)."""
     table = time_column.split(".")[0]
-    if _aware("from", from_) is not None:
+    if from_ is not None:
         where.append(f"{time_column} >= %s")
         args.append(from_)
-    if _aware("to", to) is not None:
+    if to is not None:
         where.append(f"{time_column} < %s")
         args.append(to)
     position = time_cursor(cursor, uuid.UUID)

@@ -182,6 +182,8 @@ def test_alert_list_refuses_bad_parameters(api: ApiServer, history: History) -> 
             {"cursor": "not-a-cursor"},
             {"from": "yesterday"},
             {"from": "2026-01-05T14:31:00"},
+            {"to": "0.0"},  # a number is not an RFC 3339 time (pydantic would read Unix seconds)
+            {"from": "1767623460"},
         ):
             for path in ("/v1/alerts", "/v1/notifications"):
                 response = client.get(path, params=params)
