@@ -207,10 +207,10 @@ def test_a_sentence_becomes_a_rule_and_the_answer_says_how_it_was_read(api: ApiS
         assert refused["unused_words"] == ["does", "something", "nice"]
         # a sentence rule text cannot say exactly is refused with the reason, not guessed
         weekly = problem(
-            client.post("/v1/rules/from-text", json={"text": "SPY put sweeps expiring this week"}),
+            client.post("/v1/rules/from-text", json={"text": "SPY put sweeps expiring next week"}),
             422,
         )
-        assert "'expiring this week' names a date" in weekly["detail"]
+        assert "'expiring next week' names a date" in weekly["detail"]
         assert weekly["understood"] == "SPY put sweep"
     assert messages(api, answer["id"]) == [answer]
 
