@@ -19,6 +19,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.cli.learning_scenario import SYMBOLS  # noqa: E402 (the scenario's symbols, prices)
 from pipeline.evaluate.engine import ShardEngine  # noqa: E402
 from pipeline.messages import Priority, Profile, Rule, Tick, TriggeredAlert  # noqa: E402
 from pipeline.personalize.desk import (  # noqa: E402
@@ -31,18 +32,6 @@ from pipeline.personalize.desk import (  # noqa: E402
 OPEN = datetime(2026, 1, 6, 14, 30, tzinfo=UTC)
 CLOSE = datetime(2026, 1, 6, 21, 0, tzinfo=UTC)
 STEP = timedelta(seconds=5)
-SYMBOLS = {
-    "AAPL": 200.0,
-    "MSFT": 420.0,
-    "NVDA": 180.0,
-    "TSLA": 400.0,
-    "AMZN": 230.0,
-    "META": 600.0,
-    "GOOG": 190.0,
-    "AMD": 150.0,
-    "SPY": 600.0,
-    "QQQ": 520.0,
-}
 PROFILE = {
     "user_id": "u-trader",
     "timezone": "America/New_York",

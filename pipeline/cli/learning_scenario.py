@@ -32,6 +32,7 @@ FIRST_DAY = date(2026, 1, 5)
 NEW_YORK = ZoneInfo("America/New_York")
 DAY_START, DAY_END = time(8, 0), time(18, 0)
 STEP = timedelta(seconds=15)
+# The reference scenario's symbols and first prices, shared with bench/consolidation.py.
 SYMBOLS = {
     "AAPL": 200.0,
     "MSFT": 420.0,

@@ -497,13 +497,6 @@ def _print_values(print_: OptionsFlow) -> dict[str, float | str | None]:
 
 
 _TRADE_WORDS = {"sweep": "sweep", "block": "block", "split": "split print", "single": "print"}
-_SIDE_WORDS = {
-    "ask": "at the ask",
-    "bid": "at the bid",
-    "mid": "at mid",
-    "above_ask": "above the ask",
-    "below_bid": "below the bid",
-}
 
 
 def _contract(print_: OptionsFlow) -> str:
@@ -515,7 +508,7 @@ def _describe_print(print_: OptionsFlow) -> str:
     kind = "call" if print_.right == "C" else "put"
     return (
         f"{kind} {_TRADE_WORDS[print_.trade_type]} of {print_.size} {_contract(print_)} "
-        f"at {_num(print_.price)} {_SIDE_WORDS[print_.side]}, "
+        f"at {_num(print_.price)} {c.SIDE_WORDS[print_.side]}, "
         f"premium ${print_.effective_premium:,.0f}"
     )
 

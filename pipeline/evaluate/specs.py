@@ -60,6 +60,14 @@ NonNegative = Annotated[float, Field(ge=0), NUMBER]
 Days = Annotated[int, Field(ge=0, le=3650), NUMBER]
 WindowSeconds = Annotated[int, Field(ge=1, le=31 * 86400), NUMBER]
 Side = Literal["ask", "bid", "mid", "above_ask", "below_bid"]
+# How a side reads in a sentence: alert messages and rule names say it the same way.
+SIDE_WORDS: dict[str, str] = {
+    "ask": "at the ask",
+    "bid": "at the bid",
+    "mid": "at mid",
+    "above_ask": "above the ask",
+    "below_bid": "below the bid",
+}
 
 
 class ConditionSpec(BaseModel):

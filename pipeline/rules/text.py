@@ -39,6 +39,7 @@ from pydantic import BaseModel, ValidationError
 from pipeline.evaluate.specs import (
     CONDITION_MODELS,
     FLOW_CONDITIONS,
+    SIDE_WORDS,
     AllOf,
     AnyOf,
     ConditionNode,
@@ -1509,13 +1510,6 @@ def format_rule(rule: Rule, *, canonical: bool = False) -> str:
 # ---------------------------------------------------------------- a rule's name in words
 
 _NAME_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
-_SIDE_WORDS = {
-    "ask": "at the ask",
-    "bid": "at the bid",
-    "mid": "at mid",
-    "above_ask": "above the ask",
-    "below_bid": "below the bid",
-}
 _SIDE_PAIRS = {
     ("ask", "above_ask"): "at or above the ask",
     ("bid", "below_bid"): "at or below the bid",
@@ -1570,7 +1564,7 @@ def _flow_words(leaf: Any, core: str) -> str:
     filters = [" ".join(words)]
     if leaf.sides:
         sides = tuple(leaf.sides)
-        shown = " or ".join(_SIDE_WORDS[side] for side in sides)
+        shown = " or ".join(SIDE_WORDS[side] for side in sides)
         filters.append(_SIDE_PAIRS.get(sides, shown))
     low, high = leaf.min_days_to_expiry, leaf.max_days_to_expiry
     if low is not None and high is not None:
