@@ -37,6 +37,20 @@ class HistoryReader:
         ).fetchall()
         return [(str(rule), int(count)) for rule, count in rows]
 
+    def alerts_by_status(self) -> list[tuple[str, int]]:
+        """(status, alert count), by status."""
+        rows = self._conn.execute(
+            "SELECT status, count(*) FROM triggered_alerts GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        return [(str(status), int(count)) for status, count in rows]
+
+    def feedback_by_action(self) -> list[tuple[str, int]]:
+        """(feedback action, stored event count), by action."""
+        rows = self._conn.execute(
+            "SELECT action, count(*) FROM alert_feedback GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        return [(str(action), int(count)) for action, count in rows]
+
     def notification_count(self) -> int:
         return self._count("SELECT count(*) FROM consolidated_alerts", ())
 

@@ -185,6 +185,10 @@ def summarize(settings: Settings, read_before: dict[tuple[str, str], float]) -> 
         for rule_id, count in per_rule:
             summary.add(f"alerts: {rule_id}", count, "postgres triggered_alerts")
         summary.add("alerts triggered", sum(c for _, c in per_rule), "postgres triggered_alerts")
+        for status, count in history.alerts_by_status():
+            summary.add(f"alerts {status}", count, "postgres triggered_alerts.status")
+        for action, count in history.feedback_by_action():
+            summary.add(f"feedback {action}", count, "postgres alert_feedback")
         summary.add("notifications", history.notification_count(), "postgres consolidated_alerts")
         for channel, status, error, count in history.deliveries_by_outcome():
             outcome = f"{status} ({error})" if status == "FAILED" and error else status
