@@ -358,37 +358,6 @@ def rules_parse(
     return rule
 
 
-def rules_from_template(
-    settings: Settings | None,
-    name: str,
-    *,
-    symbol: str,
-    user_id: str,
-    params: list[str],
-    echo: Echo = print,
-) -> Rule:
-    """Print the rule of a template; with ``settings``, also publish it to the rules topic."""
-    from pipeline.rules.templates import instantiate
-
-    values: dict[str, str] = {}
-    for param in params:
-        key, sep, value = param.partition("=")
-        if not sep or not key.strip():
-            raise CommandError(f"--param {param!r}: write name=value")
-        values[key.strip()] = value
-    rule = instantiate(name, symbol=symbol, user_id=user_id, params=values)
-    echo(rule_json(rule))
-    if settings is not None:
-        wait_for_servers(settings, "kafka")
-        producer = CheckedProducer(settings.require_servers()[0])
-        try:
-            publish(producer, settings.topics.rules, [rule])
-        finally:
-            producer.close()
-        echo_stderr(f"published {rule.id} v{rule.version} to {settings.topics.rules}")
-    return rule
-
-
 def templates_list(name: str | None = None, echo: Echo = print) -> None:
     from pipeline.rules.templates import get_template, list_templates, render_table, render_template
 

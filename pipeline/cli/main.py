@@ -340,7 +340,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         commands.rules_parse(" ".join(args.text), user_id=args.user, rule_id=args.id)
         return 0
     if args.verb == "rules" and args.rules_verb == "from-template":
-        commands.rules_from_template(
+        from pipeline.cli import rules
+
+        rules.rules_from_template(
             load_settings(args.config) if args.publish else None,
             args.name,
             symbol=args.symbol,

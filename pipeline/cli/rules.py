@@ -1,5 +1,6 @@
-"""The ``rules`` verbs that read and change the configured stores: apply, list, show, history,
-enable, disable, delete; and ``load_rules``, the rule files they (and ``backtest``) read.
+"""The ``rules`` verbs that read and change the configured stores: apply (and from-template
+--publish), list, show, history, enable, disable, delete; and ``load_rules``, the rule files
+they (and ``backtest``) read.
 
 Every change goes through the API's rule store (api/rule_store.py), so a rule has one history
 whoever changed it: in one PostgreSQL transaction the rules are locked, their new versions are
@@ -7,8 +8,8 @@ written (alert_rules with the job's own upsert, and a row each in alert_rule_ver
 messages are published to the rules topic through the checked producer, and the transaction
 commits only after the broker acknowledged them. A refusal publishes nothing and writes nothing;
 a broker that does not acknowledge rolls the transaction back.
-A rule another producer put on the topic (``replay``, ``from-template --publish``, the demo) is
-read as the job stored it and imported on its first change, as the API does.
+A rule another producer put on the topic (``replay``, the demo) is read as the job stored it and
+imported on its first change, as the API does.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pydantic import ValidationError
 
 from api import rule_store as store
 from connectors.files import read_rows
-from pipeline.cli.commands import CommandError, Echo, echo_stderr, wait_for_servers
+from pipeline.cli.commands import CommandError, Echo, echo_stderr, rule_json, wait_for_servers
 from pipeline.config import Settings
 from pipeline.messages import Rule, describe_validation_error, format_timestamp
 from sinks.kafka import CheckedProducer, OutgoingRecord
@@ -299,19 +300,27 @@ def _json_lines(document: dict[str, Any]) -> list[str]:
 def rules_apply(
     settings: Settings, path: Path, echo: Echo = print, *, user_id: str | None = None
 ) -> list[Decision]:
-    """Apply a rule file whole or not at all: every rule is checked against the stored one
-    under its lock (``decide``); if any is refused, the refusals (with their diffs) go to
-    stderr and nothing is written or published; else the new and raised versions are written,
-    published and committed in one transaction. Unchanged rules are not published again."""
+    """Apply a rule file whole or not at all (``apply_rules``)."""
     rules = load_rules(path, user_id=user_id)
     if not rules:
         raise CommandError(f"{path}: no rules in the file")
+    return apply_rules(settings, rules, path.name, echo)
+
+
+def apply_rules(
+    settings: Settings, rules: list[Rule], source: str, echo: Echo = print
+) -> list[Decision]:
+    """Apply ``rules`` (from ``source``, a file name or a template) whole or not at all: every
+    rule is checked against the stored one under its lock (``decide``); if any is refused, the
+    refusals (with their diffs) go to stderr and nothing is written or published; else the new
+    and raised versions are written, published and committed in one transaction. Unchanged
+    rules are not published again."""
     seen: dict[Any, str] = {}
     for rule in rules:
         key = store.rule_key(rule.id)
         if key in seen:
             raise CommandError(
-                f"{path}: rule {rule.id!r} appears twice (also as {seen[key]!r}): "
+                f"{source}: rule {rule.id!r} appears twice (also as {seen[key]!r}): "
                 "a file holds one version of each rule"
             )
         seen[key] = rule.id
@@ -319,7 +328,7 @@ def rules_apply(
         # Locked in key order, so two applies of overlapping files never wait for each other
         # in a cycle (the API locks one rule at a time).
         current = {key: store.lock_rule(conn, rule_id) for key, rule_id in sorted(seen.items())}
-        decisions = [decide(rule, current[store.rule_key(rule.id)], path.name) for rule in rules]
+        decisions = [decide(rule, current[store.rule_key(rule.id)], source) for rule in rules]
         refused = [d for d in decisions if d.refusal is not None]
         if refused:
             for decision in refused:
@@ -328,7 +337,7 @@ def rules_apply(
                 if len(refused) > 1:
                     echo_stderr(f"refused: {decision.refusal}")
             first = refused[0].refusal if len(refused) == 1 else f"{len(refused)} rules refused"
-            raise CommandError(f"{first} (nothing in {path} was applied)")
+            raise CommandError(f"{first} (nothing in {source} was applied)")
         writes = [
             store.VersionWrite(d.rule, d.current, d.change)
             for d in decisions
@@ -342,6 +351,31 @@ def rules_apply(
         note = ": the stored version, not published again" if decision.change is None else ""
         echo(f"{decision.outcome} {rule.id} v{rule.version} ({rule.name}){note}")
     return decisions
+
+
+def rules_from_template(
+    settings: Settings | None,
+    name: str,
+    *,
+    symbol: str,
+    user_id: str,
+    params: list[str],
+    echo: Echo = print,
+) -> Rule:
+    """Print the rule of a template; with ``settings``, also apply it (``apply_rules``)."""
+    from pipeline.rules.templates import instantiate
+
+    values: dict[str, str] = {}
+    for param in params:
+        key, sep, value = param.partition("=")
+        if not sep or not key.strip():
+            raise CommandError(f"--param {param!r}: write name=value")
+        values[key.strip()] = value
+    rule = instantiate(name, symbol=symbol, user_id=user_id, params=values)
+    echo(rule_json(rule))
+    if settings is not None:
+        apply_rules(settings, [rule], f"template {name}", echo_stderr)
+    return rule
 
 
 # ---------------------------------------------------------------- enable, disable, delete

@@ -235,7 +235,7 @@ def test_a_changed_rule_at_its_stored_version_is_refused_with_the_diff(
     assert removed == ['-    "threshold": 200.0'] and added == ['+    "threshold": 210.0']
     assert lines[-1] == (
         f"smart-alerts: error: rule {rule_id!r}: version 1 is stored with other content; "
-        f"raise version to 2 to replace it (nothing in {path} was applied)"
+        f"raise version to 2 to replace it (nothing in {path.name} was applied)"
     )
     assert len(cli.on_topic(rule_id)) == 1  # nothing published
     code, out, _ = cli("rules", "show", rule_id, "--json")
@@ -359,6 +359,21 @@ def test_enable_disable_show_history_and_delete(cli: Cli, tmp_path: Path) -> Non
         (2, "disable"),
         (1, "create"),
     ]
+
+
+def test_a_published_template_is_applied_through_the_store(cli: Cli) -> None:
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    argv = ["rules", "from-template", "breakout_above_resistance", "--symbol", "AAPL"]
+    argv += ["--user", user, "--param", "level=200", "--publish"]
+    code, out, err = cli(*argv)
+    assert code == 0, err
+    rule_id = json.loads(out)["id"]
+    assert f"created {rule_id} v1 " in err
+    code, out, err = cli(*argv)  # the same template again: the stored version, not re-published
+    assert code == 0 and f"unchanged {rule_id} v1 " in err
+    assert len(cli.on_topic(rule_id)) == 1
+    code, out, _ = cli("rules", "history", rule_id, "--json")
+    assert [(v["version"], v["change"]) for v in json.loads(out)] == [(1, "create")]
 
 
 def test_a_rule_another_producer_put_on_the_topic_is_imported_on_its_first_change(
