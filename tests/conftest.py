@@ -9,6 +9,8 @@ for it.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from connectors.embedded import StackUrls, stack_from_env_or_embedded
+from connectors.embedded import StackUrls, free_ports, stack_from_env_or_embedded
 from pipeline.config import Settings
 
 if TYPE_CHECKING:
@@ -120,6 +122,41 @@ def job_settings(stack: StackUrls, database_url: str, **sections: Any) -> Settin
     )
     topics_create(settings, echo=lambda _: None)
     return settings
+
+
+# ---------------------------------------------------------------- the job in processes
+
+CHILD = """
+import sys
+from pipeline.config import Settings
+from pipeline.dataflow import run
+sys.exit(run(Settings.model_validate_json(sys.stdin.read()), bounded=True))
+"""
+
+
+def start_processes(settings: Settings, count: int) -> list[subprocess.Popen[bytes]]:
+    """``count`` processes of one bounded job (a Bytewax cluster when more than one)."""
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(count)] if count > 1 else None
+    children = []
+    for index in range(count):
+        engine = settings.engine.model_copy(
+            update={"process_id": index if addresses else None, "addresses": addresses}
+        )
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD],
+            stdin=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": os.getcwd()},
+        )
+        assert child.stdin is not None
+        child.stdin.write(settings.model_copy(update={"engine": engine}).model_dump_json().encode())
+        child.stdin.close()
+        children.append(child)
+    return children
+
+
+def wait_all(children: list[subprocess.Popen[bytes]], timeout: float) -> list[int]:
+    end = time.monotonic() + timeout
+    return [child.wait(max(0.1, end - time.monotonic())) for child in children]
 
 
 # ---------------------------------------------------------------- a real browser

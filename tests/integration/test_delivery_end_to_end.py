@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import email
 import email.policy
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -29,7 +26,13 @@ from connectors.embedded import StackUrls
 from connectors.mail_catcher import MailCatcher
 from pipeline.config import Settings
 from pipeline.dataflow import run
-from tests.conftest import PUSH_OLD_ALERTS, WEBHOOK_SECRET_REF, job_settings, wait_for
+from tests.conftest import (
+    PUSH_OLD_ALERTS,
+    WEBHOOK_SECRET_REF,
+    job_settings,
+    start_processes,
+    wait_for,
+)
 from tests.fakes.webhook_receiver import Reply, WebhookReceiver
 from tests.integration.test_end_to_end import produce, rule, tick
 
@@ -150,26 +153,6 @@ def test_the_job_delivers_email_and_signed_webhooks_once_across_replays(
     assert len(receiver.received) == 2
 
 
-CHILD = """
-import sys
-from pipeline.config import Settings
-from pipeline.dataflow import run
-run(Settings.model_validate_json(sys.stdin.read()), bounded=True)
-"""
-
-
-def start_job(settings: Settings) -> subprocess.Popen[bytes]:
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD],
-        stdin=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
-    )
-    assert child.stdin is not None
-    child.stdin.write(settings.model_dump_json().encode())
-    child.stdin.close()
-    return child
-
-
 def webhook_statuses(database_url: str, user: str) -> list[str]:
     return sorted(row[2] for row in deliveries(database_url, user) if row[0] == "webhook")
 
@@ -210,7 +193,7 @@ def test_a_job_killed_mid_delivery_delivers_each_webhook_after_restart(
     produce(settings, t.ticks, [tick("NVDA", p, i) for i, p in enumerate(prices)])
     receiver.reply_with(Reply(hang=60))  # the first webhook is held by the "provider"
 
-    job = start_job(settings)
+    [job] = start_processes(settings, 1)
     try:
         wait_for(
             lambda: (
@@ -226,7 +209,7 @@ def test_a_job_killed_mid_delivery_delivers_each_webhook_after_restart(
     in_flight = receiver.received[0].headers["webhook-id"]
     time.sleep(1.2)  # the killed job's lease lapses
 
-    restarted = start_job(settings)
+    [restarted] = start_processes(settings, 1)
     assert restarted.wait(180) == 0
 
     assert webhook_statuses(database_url, user) == ["DELIVERED"] * 3

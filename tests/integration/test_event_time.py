@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -31,7 +28,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from connectors.embedded import StackUrls, free_ports
+from connectors.embedded import StackUrls
 from pipeline.cli import commands
 from pipeline.config import Settings
 from pipeline.dataflow import run
@@ -42,6 +39,8 @@ from tests.conftest import (
     WEBHOOK_SECRET_REF,
     fresh_database,
     job_settings,
+    start_processes,
+    wait_all,
     wait_for,
 )
 from tests.fakes.webhook_receiver import WebhookReceiver
@@ -173,38 +172,6 @@ def other_run(workload: Workload, database_url: str, redis_db: int, **engine: An
 
 
 # ---------------------------------------------------------------- running jobs in processes
-
-CHILD = """
-import sys
-from pipeline.config import Settings
-from pipeline.dataflow import run
-sys.exit(run(Settings.model_validate_json(sys.stdin.read()), bounded=True))
-"""
-
-
-def start_processes(settings: Settings, count: int) -> list[subprocess.Popen[bytes]]:
-    addresses = [f"127.0.0.1:{port}" for port in free_ports(count)] if count > 1 else None
-    children = []
-    for index in range(count):
-        engine = settings.engine.model_copy(
-            update={"process_id": index if addresses else None, "addresses": addresses}
-        )
-        child = subprocess.Popen(
-            [sys.executable, "-c", CHILD],
-            stdin=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": os.getcwd()},
-        )
-        assert child.stdin is not None
-        child.stdin.write(settings.model_copy(update={"engine": engine}).model_dump_json().encode())
-        child.stdin.close()
-        children.append(child)
-    return children
-
-
-def wait_all(children: list[subprocess.Popen[bytes]], timeout: float) -> list[int]:
-    end = time.monotonic() + timeout
-    return [child.wait(max(0.1, end - time.monotonic())) for child in children]
-
 
 # ---------------------------------------------------------------- what a run left behind
 
