@@ -12,11 +12,10 @@ import pytest
 
 from connectors.embedded import StackUrls
 from pipeline.cli import commands
-from pipeline.dataflow import run
 from pipeline.evaluate.greeks import GreeksConfig, GreeksDeriver
 from pipeline.messages import OptionsFlow, Rule, Tick
 from sinks.kafka import CheckedProducer
-from tests.conftest import job_settings
+from tests.conftest import job_settings, start_processes, wait_all
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +37,11 @@ def rule(rule_id: str, user: str, symbol: str, condition: dict[str, Any]) -> Rul
     )
 
 
-def test_derived_iv_and_greeks_fire_rules_and_are_marked(stack: StackUrls, database_url: str):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_derived_iv_and_greeks_fire_rules_and_are_marked(
+    stack: StackUrls, database_url: str, processes: int
+) -> None:
+    # Two processes: the derived marks travel with the messages to another process's shard.
     user = f"u-greeks-{uuid.uuid4().hex[:8]}"
     settings = job_settings(stack, database_url, engine={"epoch_ms": 50})
     rules = [
@@ -71,7 +74,7 @@ def test_derived_iv_and_greeks_fire_rules_and_are_marked(stack: StackUrls, datab
     commands.publish(producer, settings.topics.options_flow, [sweep], echo=lambda _: None)
     producer.close()
 
-    run(settings, bounded=True)
+    assert wait_all(start_processes(settings, processes), 180) == [0] * processes
 
     records = commands.read_topic(stack.kafka_bootstrap, settings.topics.triggered)
     alerts = {a["rule_id"]: a for a in (json.loads(r.value) for r in records if r.value)}
